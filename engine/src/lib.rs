@@ -5,14 +5,21 @@
 //! The binary decides what to show and what to store.
 //!
 //! Layout (leaf modules first):
-//! - [`bencode`], [`metainfo`], [`magnet`]: pure parsing and building.
-//! - [`wire`]: the peer wire codec (BEP 3, 6, 10), bytes in and bytes out.
-//! - `bitfield`, `picker`, `choker`: pure piece and upload decisions.
-//! - `storage`: piece ↔ file mapping, positioned I/O, hash checks.
+//! - [`bencode`], [`metainfo`], [`magnet`]: pure parsing and building;
+//!   [`builder`] makes a torrent from files on disk.
+//! - [`wire`]: the peer wire codec (BEP 3, 6, 9, 10, 11), bytes in and out.
+//! - [`bitfield`], [`picker`], [`choker`]: pure piece and upload decisions.
+//! - [`storage`]: piece ↔ file mapping, positioned I/O, hash checks.
 //! - `peer`: one connection's tasks; `torrent`: the coordinator that owns
-//!   picker, choker, peers and storage; `session`: listener, DHT, limits.
+//!   picker, choker, peers and storage; `dht`: the private DHT;
+//!   [`session`]: listener, DHT, rate limits, and the public handle.
 
 pub mod bencode;
+pub mod bitfield;
+pub mod builder;
+pub mod choker;
 pub mod magnet;
 pub mod metainfo;
+pub mod picker;
+pub mod storage;
 pub mod wire;

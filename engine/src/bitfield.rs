@@ -1,0 +1,149 @@
+//! A fixed-size set of piece indices, in the wire's bit order (BEP 3: the
+//! high bit of the first byte is piece 0).
+
+/// Which pieces a peer (or we) have. Spare bits in the last byte stay zero:
+/// a peer that sets them is sending a malformed bitfield.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Bitfield {
+    bytes: Vec<u8>,
+    len: usize,
+    ones: usize,
+}
+
+impl Bitfield {
+    /// An empty set for `len` pieces.
+    pub fn new(len: usize) -> Self {
+        Self {
+            bytes: vec![0; len.div_ceil(8)],
+            len,
+            ones: 0,
+        }
+    }
+
+    /// The full set for `len` pieces.
+    pub fn full(len: usize) -> Self {
+        let mut b = Self::new(len);
+        for i in 0..len {
+            b.set(i);
+        }
+        b
+    }
+
+    /// Builds from wire bytes; `None` when the length is wrong or spare bits are set.
+    pub fn from_bytes(bytes: &[u8], len: usize) -> Option<Self> {
+        if bytes.len() != len.div_ceil(8) {
+            return None;
+        }
+        let spare = bytes.len() * 8 - len;
+        if spare > 0 && bytes[bytes.len() - 1] & ((1u8 << spare) - 1) != 0 {
+            return None;
+        }
+        let ones = bytes.iter().map(|b| b.count_ones() as usize).sum();
+        Some(Self {
+            bytes: bytes.to_vec(),
+            len,
+            ones,
+        })
+    }
+
+    /// The wire bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// Number of pieces the set ranges over.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True when the set ranges over no pieces.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Number of pieces present.
+    pub fn count(&self) -> usize {
+        self.ones
+    }
+
+    /// True when every piece is present.
+    pub fn is_full(&self) -> bool {
+        self.ones == self.len
+    }
+
+    /// Whether piece `i` is present; out of range is `false`.
+    pub fn get(&self, i: usize) -> bool {
+        i < self.len && self.bytes[i / 8] & (0x80 >> (i % 8)) != 0
+    }
+
+    /// Adds piece `i`; returns whether it was newly added.
+    pub fn set(&mut self, i: usize) -> bool {
+        if i >= self.len || self.get(i) {
+            return false;
+        }
+        self.bytes[i / 8] |= 0x80 >> (i % 8);
+        self.ones += 1;
+        true
+    }
+
+    /// Removes piece `i`; returns whether it was present.
+    pub fn clear(&mut self, i: usize) -> bool {
+        if !self.get(i) {
+            return false;
+        }
+        self.bytes[i / 8] &= !(0x80 >> (i % 8));
+        self.ones -= 1;
+        true
+    }
+
+    /// Indices of present pieces, ascending.
+    pub fn iter_ones(&self) -> impl Iterator<Item = usize> + '_ {
+        (0..self.len).filter(|&i| self.get(i))
+    }
+
+    /// True when `other` has a piece this set lacks.
+    pub fn lacks_any_of(&self, other: &Bitfield) -> bool {
+        self.bytes
+            .iter()
+            .zip(&other.bytes)
+            .any(|(mine, theirs)| theirs & !mine != 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wire_order_and_counts() {
+        let mut b = Bitfield::new(10);
+        assert!(b.set(0));
+        assert!(b.set(9));
+        assert!(!b.set(9));
+        assert!(!b.set(10));
+        assert_eq!(b.as_bytes(), &[0x80, 0x40]);
+        assert_eq!(b.count(), 2);
+        assert!(b.clear(0));
+        assert!(!b.clear(0));
+        assert_eq!(b.iter_ones().collect::<Vec<_>>(), vec![9]);
+    }
+
+    #[test]
+    fn from_bytes_rejects_spare_bits_and_bad_length() {
+        assert!(Bitfield::from_bytes(&[0xff, 0xc0], 10).is_some());
+        assert!(Bitfield::from_bytes(&[0xff, 0xe0], 10).is_none());
+        assert!(Bitfield::from_bytes(&[0xff], 10).is_none());
+        assert_eq!(Bitfield::from_bytes(&[0xff, 0xc0], 10).unwrap().count(), 10);
+        assert!(Bitfield::full(10).is_full());
+    }
+
+    #[test]
+    fn lacks_any_of() {
+        let mut a = Bitfield::new(9);
+        let mut b = Bitfield::new(9);
+        b.set(8);
+        assert!(a.lacks_any_of(&b));
+        a.set(8);
+        assert!(!a.lacks_any_of(&b));
+    }
+}

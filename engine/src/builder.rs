@@ -1,0 +1,204 @@
+//! Making a torrent from files on disk.
+//!
+//! The walk is sorted by name bytes and the piece size is a fixed function
+//! of the total size, so the same content under the same name gives the
+//! same info-hash on any machine.
+//!
+//! Symlinks: a link to a regular file is served as that file's content; a
+//! link to a directory, a dangling link and anything that is neither a file
+//! nor a directory (socket, fifo, device) is skipped and reported in
+//! [`Built::skipped`], so walks never loop and never block on a fifo.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use crate::metainfo::{FileEntry, Info, MetainfoError, piece_length_for};
+use crate::storage::Storage;
+
+/// Errors while making a torrent.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// Reading the tree failed.
+    #[error("cannot read {path}")]
+    Io {
+        /// What could not be read.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: io::Error,
+    },
+    /// A name that cannot go into a torrent (not UTF-8, or unsafe).
+    #[error("cannot serve {0}: its name is not valid UTF-8")]
+    BadName(PathBuf),
+    /// The info dictionary could not be built.
+    #[error("cannot build torrent")]
+    Metainfo(#[source] MetainfoError),
+}
+
+/// A torrent made from disk, with what the walk left out.
+#[derive(Debug)]
+pub struct Built {
+    /// The info dictionary.
+    pub info: Info,
+    /// Where the content lives (the file, or the top directory).
+    pub root: PathBuf,
+    /// Paths skipped by the symlink and special-file rule.
+    pub skipped: Vec<PathBuf>,
+}
+
+struct Walk {
+    files: Vec<(Vec<String>, PathBuf, u64)>,
+    empty_dirs: Vec<Vec<String>>,
+    skipped: Vec<PathBuf>,
+}
+
+/// Walks `path`, hashes its content on all cores and builds the torrent.
+pub fn build(path: &Path) -> Result<Built, BuildError> {
+    let io_err = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| BuildError::Io { path, source }
+    };
+    let root = fs::canonicalize(path).map_err(io_err(path))?;
+    let name = root
+        .file_name()
+        .ok_or_else(|| BuildError::BadName(root.clone()))?
+        .to_str()
+        .ok_or_else(|| BuildError::BadName(root.clone()))?
+        .to_string();
+    let meta = fs::metadata(&root).map_err(io_err(&root))?;
+    let mut walk = Walk {
+        files: Vec::new(),
+        empty_dirs: Vec::new(),
+        skipped: Vec::new(),
+    };
+    let single = meta.is_file();
+    if single {
+        walk.files.push((vec![], root.clone(), meta.len()));
+    } else {
+        walk_dir(&root, &mut Vec::new(), &mut walk)?;
+    }
+    let total: u64 = walk.files.iter().map(|f| f.2).sum();
+    let piece_length = piece_length_for(total);
+    let storage = Storage::from_files(
+        walk.files.iter().map(|(_, p, len)| (p.clone(), *len)),
+        piece_length,
+        false,
+    );
+    let pieces = storage.hash_all().map_err(io_err(&root))?;
+    let files = walk
+        .files
+        .into_iter()
+        .map(|(path, _, length)| FileEntry { path, length })
+        .collect::<Vec<_>>();
+    let info = if !single && files.is_empty() {
+        // A tree of only empty directories still needs one file entry to be
+        // a valid v1 torrent; real clients reject an empty list.
+        return Err(BuildError::Metainfo(MetainfoError::Invalid(
+            "directory holds no files".into(),
+        )));
+    } else {
+        Info::new(&name, piece_length, pieces, files, walk.empty_dirs)
+            .map_err(BuildError::Metainfo)?
+    };
+    Ok(Built {
+        info,
+        root,
+        skipped: walk.skipped,
+    })
+}
+
+fn walk_dir(dir: &Path, rel: &mut Vec<String>, walk: &mut Walk) -> Result<(), BuildError> {
+    let io_err = |source| BuildError::Io {
+        path: dir.to_path_buf(),
+        source,
+    };
+    let mut entries = fs::read_dir(dir)
+        .map_err(io_err)?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(io_err)?;
+    entries.sort_by_key(|e| e.file_name());
+    if entries.is_empty() && !rel.is_empty() {
+        walk.empty_dirs.push(rel.clone());
+    }
+    for entry in entries {
+        let path = entry.path();
+        let name = entry
+            .file_name()
+            .to_str()
+            .ok_or_else(|| BuildError::BadName(path.clone()))?
+            .to_string();
+        let link = entry.file_type().map_err(io_err)?.is_symlink();
+        let meta = match fs::metadata(&path) {
+            Ok(m) => m,
+            Err(_) if link => {
+                walk.skipped.push(path);
+                continue;
+            }
+            Err(source) => return Err(BuildError::Io { path, source }),
+        };
+        rel.push(name);
+        if meta.is_file() {
+            walk.files.push((rel.clone(), path, meta.len()));
+        } else if meta.is_dir() && !link {
+            walk_dir(&path, rel, walk)?;
+        } else {
+            walk.skipped.push(path);
+        }
+        rel.pop();
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn same_content_in_different_places_same_hash() {
+        let a = tempfile::tempdir().unwrap();
+        let b = tempfile::tempdir().unwrap();
+        for base in [a.path(), b.path()] {
+            let t = base.join("tree");
+            fs::create_dir_all(t.join("sub/empty")).unwrap();
+            fs::write(t.join("z.txt"), b"zzz").unwrap();
+            fs::write(t.join("sub/a.txt"), vec![7u8; 40000]).unwrap();
+            fs::write(t.join("e"), b"").unwrap();
+        }
+        let ba = build(&a.path().join("tree")).unwrap();
+        let bb = build(&b.path().join("tree")).unwrap();
+        assert_eq!(ba.info.info_hash(), bb.info.info_hash());
+        let paths: Vec<_> = ba.info.files.iter().map(|f| f.path.join("/")).collect();
+        assert_eq!(paths, vec!["e", "sub/a.txt", "z.txt"]);
+        assert_eq!(ba.info.empty_dirs, vec![vec!["sub", "empty"]]);
+    }
+
+    #[test]
+    fn symlink_rule() {
+        let d = tempfile::tempdir().unwrap();
+        let t = d.path().join("t");
+        fs::create_dir_all(t.join("dir")).unwrap();
+        fs::write(t.join("real"), b"data").unwrap();
+        std::os::unix::fs::symlink(t.join("real"), t.join("link")).unwrap();
+        std::os::unix::fs::symlink(t.join("dir"), t.join("dirlink")).unwrap();
+        std::os::unix::fs::symlink(t.join("gone"), t.join("dangling")).unwrap();
+        fs::write(t.join("dir/x"), b"x").unwrap();
+        let built = build(&t).unwrap();
+        let paths: Vec<_> = built.info.files.iter().map(|f| f.path.join("/")).collect();
+        assert_eq!(paths, vec!["dir/x", "link", "real"]);
+        assert_eq!(built.skipped.len(), 2);
+    }
+
+    #[test]
+    fn single_file_and_missing_path() {
+        let d = tempfile::tempdir().unwrap();
+        fs::write(d.path().join("one.bin"), b"hello").unwrap();
+        let built = build(&d.path().join("one.bin")).unwrap();
+        assert!(built.info.single_file);
+        assert_eq!(built.info.name, "one.bin");
+        assert!(matches!(
+            build(&d.path().join("missing")),
+            Err(BuildError::Io { .. })
+        ));
+    }
+}

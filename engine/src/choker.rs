@@ -1,0 +1,104 @@
+//! Who we upload to: the unchoke set for one round.
+//!
+//! p2pfile runs in cooperative fleets, not in a public swarm of strangers,
+//! so tit-for-tat would only starve hosts that have nothing to trade yet.
+//! The policy: when the interested peers fit in the slots, unchoke them all.
+//! Otherwise, as a downloader, keep the peers that send us the most
+//! (they finish the swarm fastest) and rotate one optimistic slot; as a
+//! seed, serve the peers we have sent the least, rotating so every host
+//! gets a turn. Pure: rates and randomness are passed in.
+
+use rand::Rng;
+use rand::seq::SliceRandom;
+
+/// What the choker knows of a peer.
+#[derive(Clone, Debug)]
+pub struct Candidate<K> {
+    /// The caller's key for the peer.
+    pub key: K,
+    /// The peer wants pieces from us.
+    pub interested: bool,
+    /// Bytes per second the peer sends us.
+    pub download_rate: f64,
+    /// Bytes we sent the peer so far.
+    pub uploaded: u64,
+}
+
+/// The peers to unchoke this round, at most `slots` of them.
+pub fn unchoke_set<K: Clone>(
+    candidates: &[Candidate<K>],
+    slots: usize,
+    we_are_seed: bool,
+    rng: &mut impl Rng,
+) -> Vec<K> {
+    let mut interested: Vec<&Candidate<K>> = candidates.iter().filter(|c| c.interested).collect();
+    if interested.len() <= slots {
+        return interested.into_iter().map(|c| c.key.clone()).collect();
+    }
+    interested.shuffle(rng);
+    if we_are_seed {
+        // Stable sort after the shuffle: ties rotate between rounds.
+        interested.sort_by_key(|c| c.uploaded);
+        return interested[..slots].iter().map(|c| c.key.clone()).collect();
+    }
+    let regular = slots.saturating_sub(1);
+    interested.sort_by(|a, b| b.download_rate.total_cmp(&a.download_rate));
+    let mut chosen: Vec<K> = interested[..regular].iter().map(|c| c.key.clone()).collect();
+    let rest = &interested[regular..];
+    if slots > 0 && !rest.is_empty() {
+        chosen.push(rest[rng.random_range(0..rest.len())].key.clone());
+    }
+    chosen
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+    use rand::rngs::StdRng;
+
+    fn cand(key: u32, interested: bool, rate: f64, uploaded: u64) -> Candidate<u32> {
+        Candidate {
+            key,
+            interested,
+            download_rate: rate,
+            uploaded,
+        }
+    }
+
+    #[test]
+    fn all_interested_fit() {
+        let c = [cand(1, true, 0.0, 0), cand(2, false, 9.0, 0), cand(3, true, 0.0, 0)];
+        let mut got = unchoke_set(&c, 4, false, &mut StdRng::seed_from_u64(1));
+        got.sort();
+        assert_eq!(got, vec![1, 3]);
+    }
+
+    #[test]
+    fn downloader_keeps_best_senders_plus_optimistic() {
+        let c: Vec<_> = (0..10).map(|i| cand(i, true, i as f64, 0)).collect();
+        let got = unchoke_set(&c, 4, false, &mut StdRng::seed_from_u64(1));
+        assert_eq!(got.len(), 4);
+        assert_eq!(&got[..3], &[9, 8, 7]);
+        assert!(got[3] < 7);
+    }
+
+    #[test]
+    fn seed_serves_least_served() {
+        let c: Vec<_> = (0..6).map(|i| cand(i, true, 0.0, 100 * i as u64)).collect();
+        let mut got = unchoke_set(&c, 2, true, &mut StdRng::seed_from_u64(1));
+        got.sort();
+        assert_eq!(got, vec![0, 1]);
+    }
+
+    #[test]
+    fn seed_rotates_ties() {
+        let c: Vec<_> = (0..6).map(|i| cand(i, true, 0.0, 0)).collect();
+        let mut rng = StdRng::seed_from_u64(3);
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..20 {
+            seen.extend(unchoke_set(&c, 2, true, &mut rng));
+        }
+        assert_eq!(seen.len(), 6);
+    }
+}

@@ -1,0 +1,469 @@
+//! Which block to request next.
+//!
+//! Policy, in order: finish pieces already started; then start the rarest
+//! piece the peer has (ties broken at random, so downloaders that all see
+//! one seed start on different pieces and have something to trade); when
+//! every missing block is already requested, endgame: request blocks other
+//! peers are still sending, at most [`ENDGAME_DUPLICATES`] times each.
+//!
+//! Invariants (checked by the tests and `debug_assert!`):
+//! - a piece is in at most one of: `have`, `partial`;
+//! - a block's `requested` count equals the number of outstanding requests
+//!   the coordinator holds for it, because every pick is matched by exactly
+//!   one of `received` or `cancelled`;
+//! - the number of started pieces stays at or under `max_partial`, except
+//!   that a peer which can help no started piece may start one more, up to
+//!   twice the limit (so one slow piece cannot stall a peer).
+//!
+//! Pure: no I/O, no clock; randomness is passed in.
+
+use std::collections::BTreeMap;
+
+use rand::Rng;
+
+use crate::bitfield::Bitfield;
+use crate::wire::{BLOCK_SIZE, BlockRequest};
+
+/// How many peers may be asked for the same block during endgame.
+pub const ENDGAME_DUPLICATES: u8 = 2;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Block {
+    Free,
+    Requested(u8),
+    Received,
+}
+
+#[derive(Debug)]
+struct Partial {
+    blocks: Vec<Block>,
+    received: usize,
+}
+
+/// What a received block meant.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Received {
+    /// Not wanted (already had, or a duplicate in endgame).
+    Unwanted,
+    /// Stored; the piece still misses blocks.
+    Stored,
+    /// The last block of its piece: hash it now.
+    PieceComplete,
+}
+
+/// Piece and block state of one torrent.
+#[derive(Debug)]
+pub struct Picker {
+    piece_length: u32,
+    total: u64,
+    have: Bitfield,
+    availability: Vec<u32>,
+    partial: BTreeMap<u32, Partial>,
+    /// Pieces whose blocks all arrived and are being hashed.
+    verifying: Bitfield,
+    max_partial: usize,
+}
+
+impl Picker {
+    /// A picker for `total` bytes in pieces of `piece_length`, starting from `have`.
+    pub fn new(piece_length: u32, total: u64, have: Bitfield, max_partial: usize) -> Self {
+        let n = have.len();
+        Self {
+            piece_length,
+            total,
+            have,
+            availability: vec![0; n],
+            partial: BTreeMap::new(),
+            verifying: Bitfield::new(n),
+            max_partial: max_partial.max(1),
+        }
+    }
+
+    /// Pieces verified so far.
+    pub fn have(&self) -> &Bitfield {
+        &self.have
+    }
+
+    /// True when every piece is verified.
+    pub fn is_complete(&self) -> bool {
+        self.have.is_full()
+    }
+
+    /// Number of started pieces.
+    pub fn partial_count(&self) -> usize {
+        self.partial.len()
+    }
+
+    /// Length of piece `index`.
+    pub fn piece_size(&self, index: u32) -> u32 {
+        let start = index as u64 * self.piece_length as u64;
+        (self.total - start).min(self.piece_length as u64) as u32
+    }
+
+    fn block_count(&self, index: u32) -> usize {
+        self.piece_size(index).div_ceil(BLOCK_SIZE) as usize
+    }
+
+    fn block(&self, index: u32, b: usize) -> BlockRequest {
+        let begin = b as u32 * BLOCK_SIZE;
+        BlockRequest {
+            index,
+            begin,
+            length: (self.piece_size(index) - begin).min(BLOCK_SIZE),
+        }
+    }
+
+    /// A peer announced piece `index`.
+    pub fn add_availability(&mut self, index: u32) {
+        if let Some(a) = self.availability.get_mut(index as usize) {
+            *a += 1;
+        }
+    }
+
+    /// A peer with bitfield `has` joined.
+    pub fn add_peer(&mut self, has: &Bitfield) {
+        for i in has.iter_ones() {
+            self.availability[i] += 1;
+        }
+    }
+
+    /// A peer with bitfield `has` left.
+    pub fn remove_peer(&mut self, has: &Bitfield) {
+        for i in has.iter_ones() {
+            self.availability[i] = self.availability[i].saturating_sub(1);
+        }
+    }
+
+    /// How many connected peers have piece `index`.
+    pub fn availability(&self, index: u32) -> u32 {
+        self.availability[index as usize]
+    }
+
+    /// Whether `has` holds any piece we still need.
+    pub fn wants_any(&self, has: &Bitfield) -> bool {
+        self.have.lacks_any_of(has)
+    }
+
+    /// Up to `max` blocks to request from a peer holding `has`.
+    /// `outstanding(req)` says whether this peer already has `req` in flight
+    /// (only consulted in endgame). Every returned block must later be
+    /// passed to [`received`](Self::received) or [`cancelled`](Self::cancelled).
+    pub fn pick(
+        &mut self,
+        has: &Bitfield,
+        max: usize,
+        outstanding: impl Fn(&BlockRequest) -> bool,
+        rng: &mut impl Rng,
+    ) -> Vec<BlockRequest> {
+        let mut out = Vec::new();
+        if max == 0 {
+            return out;
+        }
+        // 1. Finish started pieces, most complete first.
+        let mut started: Vec<(u32, usize)> = self
+            .partial
+            .iter()
+            .filter(|(i, _)| has.get(**i as usize))
+            .map(|(i, p)| (*i, p.received))
+            .collect();
+        started.sort_by_key(|&(i, received)| (std::cmp::Reverse(received), i));
+        for (index, _) in started {
+            self.take_free(index, max, &mut out);
+            if out.len() == max {
+                return out;
+            }
+        }
+        // 2. Start rarest pieces.
+        let helped_started = !out.is_empty();
+        while out.len() < max {
+            let limit = if helped_started {
+                self.max_partial
+            } else {
+                self.max_partial * 2
+            };
+            if self.partial.len() >= limit {
+                break;
+            }
+            let Some(index) = self.rarest(has, rng) else {
+                break;
+            };
+            let blocks = vec![Block::Free; self.block_count(index)];
+            self.partial.insert(
+                index,
+                Partial {
+                    blocks,
+                    received: 0,
+                },
+            );
+            self.take_free(index, max, &mut out);
+        }
+        if !out.is_empty() {
+            return out;
+        }
+        // 3. Endgame: only when nothing is free anywhere this peer can help.
+        if self.rarest(has, rng).is_some() {
+            return out;
+        }
+        let candidates: Vec<BlockRequest> = self
+            .partial
+            .iter()
+            .filter(|(i, _)| has.get(**i as usize))
+            .flat_map(|(&i, p)| {
+                p.blocks
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, b)| matches!(b, Block::Requested(n) if *n < ENDGAME_DUPLICATES))
+                    .map(move |(b, _)| (i, b))
+            })
+            .map(|(i, b)| self.block(i, b))
+            .filter(|r| !outstanding(r))
+            .take(max)
+            .collect();
+        for r in candidates {
+            let slot = &mut self.partial.get_mut(&r.index).expect("partial").blocks
+                [(r.begin / BLOCK_SIZE) as usize];
+            if let Block::Requested(n) = slot {
+                *n += 1;
+            }
+            out.push(r);
+        }
+        out
+    }
+
+    fn take_free(&mut self, index: u32, max: usize, out: &mut Vec<BlockRequest>) {
+        let p = self.partial.get_mut(&index).expect("partial");
+        let mut picked = Vec::new();
+        for (b, state) in p.blocks.iter_mut().enumerate() {
+            if out.len() + picked.len() == max {
+                break;
+            }
+            if *state == Block::Free {
+                *state = Block::Requested(1);
+                picked.push(b);
+            }
+        }
+        for b in picked {
+            out.push(self.block(index, b));
+        }
+    }
+
+    /// The rarest piece `has` holds that is neither had, started nor being
+    /// verified; ties at random (reservoir sampling, one pass).
+    fn rarest(&self, has: &Bitfield, rng: &mut impl Rng) -> Option<u32> {
+        let mut best: Option<(u32, u32)> = None;
+        let mut ties = 0u32;
+        for i in has.iter_ones() {
+            let idx = i as u32;
+            if self.have.get(i) || self.verifying.get(i) || self.partial.contains_key(&idx) {
+                continue;
+            }
+            let a = self.availability[i];
+            match best {
+                Some((_, ba)) if a > ba => {}
+                Some((_, ba)) if a == ba => {
+                    ties += 1;
+                    if rng.random_range(0..ties) == 0 {
+                        best = Some((idx, a));
+                    }
+                }
+                _ => {
+                    best = Some((idx, a));
+                    ties = 1;
+                }
+            }
+        }
+        best.map(|(i, _)| i)
+    }
+
+    /// A requested block will not arrive from that peer (choked, rejected,
+    /// peer gone, or cancelled by us).
+    pub fn cancelled(&mut self, req: &BlockRequest) {
+        if let Some(p) = self.partial.get_mut(&req.index) {
+            let slot = &mut p.blocks[(req.begin / BLOCK_SIZE) as usize];
+            *slot = match *slot {
+                Block::Requested(n) if n > 1 => Block::Requested(n - 1),
+                Block::Requested(_) => Block::Free,
+                other => other,
+            };
+        }
+    }
+
+    /// Whether `req` names a real block of a piece we are downloading.
+    pub fn is_valid_block(&self, req: &BlockRequest) -> bool {
+        (req.index as usize) < self.have.len()
+            && req.begin % BLOCK_SIZE == 0
+            && req.begin < self.piece_size(req.index)
+            && req.length == self.block(req.index, (req.begin / BLOCK_SIZE) as usize).length
+    }
+
+    /// A block arrived that matched one of our requests to that peer.
+    pub fn received(&mut self, req: &BlockRequest) -> Received {
+        let Some(p) = self.partial.get_mut(&req.index) else {
+            return Received::Unwanted;
+        };
+        let slot = &mut p.blocks[(req.begin / BLOCK_SIZE) as usize];
+        match *slot {
+            Block::Received => Received::Unwanted,
+            _ => {
+                *slot = Block::Received;
+                p.received += 1;
+                if p.received == p.blocks.len() {
+                    self.partial.remove(&req.index);
+                    self.verifying.set(req.index as usize);
+                    Received::PieceComplete
+                } else {
+                    Received::Stored
+                }
+            }
+        }
+    }
+
+    /// Whether piece `index` still has a block that `req`'s duplicates
+    /// should be cancelled for (endgame bookkeeping).
+    pub fn is_done(&self, index: u32) -> bool {
+        self.have.get(index as usize) || self.verifying.get(index as usize)
+    }
+
+    /// The hash of piece `index` matched.
+    pub fn piece_verified(&mut self, index: u32) {
+        self.verifying.clear(index as usize);
+        self.partial.remove(&index);
+        self.have.set(index as usize);
+    }
+
+    /// The hash of piece `index` did not match: download it again.
+    pub fn piece_failed(&mut self, index: u32) {
+        self.verifying.clear(index as usize);
+        self.partial.remove(&index);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+    use rand::rngs::StdRng;
+
+    fn rng() -> StdRng {
+        StdRng::seed_from_u64(7)
+    }
+
+    fn picker(pieces: usize, max_partial: usize) -> Picker {
+        Picker::new(
+            BLOCK_SIZE * 2,
+            (BLOCK_SIZE as u64 * 2) * pieces as u64 - 100,
+            Bitfield::new(pieces),
+            max_partial,
+        )
+    }
+
+    #[test]
+    fn finishes_started_pieces_first() {
+        let mut p = picker(4, 4);
+        let all = Bitfield::full(4);
+        p.add_peer(&all);
+        let first = p.pick(&all, 1, |_| false, &mut rng());
+        assert_eq!(first.len(), 1);
+        let second = p.pick(&all, 1, |_| false, &mut rng());
+        assert_eq!(second[0].index, first[0].index, "second block of the same piece");
+        assert_eq!(second[0].begin, BLOCK_SIZE);
+    }
+
+    #[test]
+    fn rarest_first() {
+        let mut p = picker(4, 4);
+        let all = Bitfield::full(4);
+        let mut common = Bitfield::new(4);
+        for i in [0, 1, 3] {
+            common.set(i);
+        }
+        p.add_peer(&all);
+        p.add_peer(&common);
+        p.add_peer(&common);
+        let got = p.pick(&all, 2, |_| false, &mut rng());
+        assert!(got.iter().all(|r| r.index == 2), "piece 2 is rarest: {got:?}");
+    }
+
+    #[test]
+    fn random_ties_spread_downloaders() {
+        let mut firsts = std::collections::HashSet::new();
+        let mut r = rng();
+        for _ in 0..20 {
+            let mut p = picker(64, 4);
+            let all = Bitfield::full(64);
+            p.add_peer(&all);
+            firsts.insert(p.pick(&all, 1, |_| false, &mut r)[0].index);
+        }
+        assert!(firsts.len() > 5, "ties must be broken at random: {firsts:?}");
+    }
+
+    #[test]
+    fn last_block_is_short_and_validated() {
+        let p = picker(2, 4);
+        let last = p.block(1, 1);
+        assert_eq!(last.length, BLOCK_SIZE - 100);
+        assert!(p.is_valid_block(&last));
+        assert!(!p.is_valid_block(&BlockRequest {
+            length: BLOCK_SIZE,
+            ..last
+        }));
+        assert!(!p.is_valid_block(&BlockRequest {
+            index: 9,
+            begin: 0,
+            length: BLOCK_SIZE
+        }));
+    }
+
+    #[test]
+    fn receive_cancel_verify_fail_cycle() {
+        let mut p = picker(1, 4);
+        let all = Bitfield::full(1);
+        p.add_peer(&all);
+        let reqs = p.pick(&all, 10, |_| false, &mut rng());
+        assert_eq!(reqs.len(), 2);
+        p.cancelled(&reqs[1]);
+        assert_eq!(p.received(&reqs[0]), Received::Stored);
+        assert_eq!(p.received(&reqs[0]), Received::Unwanted);
+        let again = p.pick(&all, 10, |_| false, &mut rng());
+        assert_eq!(again, vec![reqs[1]]);
+        assert_eq!(p.received(&reqs[1]), Received::PieceComplete);
+        assert!(p.pick(&all, 10, |_| false, &mut rng()).is_empty());
+        p.piece_failed(0);
+        assert_eq!(p.pick(&all, 10, |_| false, &mut rng()).len(), 2);
+        for r in &reqs {
+            p.received(r);
+        }
+        p.piece_verified(0);
+        assert!(p.is_complete());
+        assert!(!p.wants_any(&all));
+    }
+
+    #[test]
+    fn endgame_duplicates_bounded() {
+        let mut p = picker(1, 4);
+        let all = Bitfield::full(1);
+        p.add_peer(&all);
+        let a = p.pick(&all, 10, |_| false, &mut rng());
+        let b = p.pick(&all, 10, |r| !a.contains(r), &mut rng());
+        assert_eq!(b, a, "endgame re-requests from a second peer");
+        let c = p.pick(&all, 10, |_| false, &mut rng());
+        assert!(c.is_empty(), "no more than {ENDGAME_DUPLICATES} requests per block");
+        let own = p.pick(&all, 10, |r| a.contains(r), &mut rng());
+        assert!(own.is_empty());
+    }
+
+    #[test]
+    fn partial_limit() {
+        let mut p = picker(10, 2);
+        let all = Bitfield::full(10);
+        p.add_peer(&all);
+        let got = p.pick(&all, 100, |_| false, &mut rng());
+        // a peer that can help no started piece may go to twice the limit
+        assert_eq!(p.partial_count(), 4);
+        assert_eq!(got.len(), 8);
+        let mut one = Bitfield::new(10);
+        let other = (0..10).find(|i| !got.iter().any(|r| r.index == *i)).unwrap();
+        one.set(other as usize);
+        assert!(p.pick(&one, 100, |_| false, &mut rng()).is_empty());
+    }
+}

@@ -1,0 +1,323 @@
+//! Piece ↔ file mapping and positioned disk I/O.
+//!
+//! A torrent's content is one byte stream cut into pieces; files are
+//! consecutive ranges of that stream. Every read and write here is a
+//! positioned call (`pread`/`pwrite`) on a file handle opened once, so the
+//! same `Storage` is shared by many tasks without a lock around the I/O.
+//! Writes happen a whole verified piece at a time, never per 16 KiB block.
+
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use sha1::{Digest, Sha1};
+
+use crate::bitfield::Bitfield;
+use crate::metainfo::Info;
+
+/// One file's place in the content stream.
+#[derive(Debug)]
+struct Span {
+    path: PathBuf,
+    offset: u64,
+    length: u64,
+    handle: OnceLock<File>,
+}
+
+/// The files of one torrent on disk.
+#[derive(Debug)]
+pub struct Storage {
+    spans: Vec<Span>,
+    empty_dirs: Vec<PathBuf>,
+    piece_length: u64,
+    total: u64,
+    writable: bool,
+}
+
+impl Storage {
+    /// The layout of `info` with its content at `root`: the file itself for
+    /// a single-file torrent, else the top directory.
+    pub fn new(info: &Info, root: &Path, writable: bool) -> Self {
+        let files = info.files.iter().map(|f| {
+            let mut p = root.to_path_buf();
+            p.extend(&f.path);
+            (p, f.length)
+        });
+        let empty_dirs = info
+            .empty_dirs
+            .iter()
+            .map(|d| {
+                let mut p = root.to_path_buf();
+                p.extend(d);
+                p
+            })
+            .collect();
+        let mut s = Self::from_files(files, info.piece_length, writable);
+        s.empty_dirs = empty_dirs;
+        s
+    }
+
+    /// A layout over explicit files, in stream order (used to hash content
+    /// before its info dictionary exists).
+    pub fn from_files(
+        files: impl IntoIterator<Item = (PathBuf, u64)>,
+        piece_length: u32,
+        writable: bool,
+    ) -> Self {
+        let mut offset = 0;
+        let spans = files
+            .into_iter()
+            .map(|(path, length)| {
+                let span = Span {
+                    path,
+                    offset,
+                    length,
+                    handle: OnceLock::new(),
+                };
+                offset += length;
+                span
+            })
+            .collect();
+        Self {
+            spans,
+            empty_dirs: Vec::new(),
+            piece_length: piece_length as u64,
+            total: offset,
+            writable,
+        }
+    }
+
+    /// Total content length.
+    pub fn total_length(&self) -> u64 {
+        self.total
+    }
+
+    /// Number of pieces.
+    pub fn piece_count(&self) -> usize {
+        self.total.div_ceil(self.piece_length) as usize
+    }
+
+    /// Length of piece `index`.
+    pub fn piece_size(&self, index: u32) -> usize {
+        let start = index as u64 * self.piece_length;
+        (self.total.saturating_sub(start)).min(self.piece_length) as usize
+    }
+
+    /// Creates directories and files at their full (sparse) length, and the
+    /// empty directories. Existing files keep their bytes.
+    pub fn prepare(&self) -> io::Result<()> {
+        for span in &self.spans {
+            if let Some(parent) = span.path.parent() {
+                fs::create_dir_all(parent)?;
+            }
+            let f = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&span.path)?;
+            if f.metadata()?.len() != span.length {
+                f.set_len(span.length)?;
+            }
+            let _ = span.handle.set(f);
+        }
+        for d in &self.empty_dirs {
+            fs::create_dir_all(d)?;
+        }
+        Ok(())
+    }
+
+    fn handle<'s>(&self, span: &'s Span) -> io::Result<&'s File> {
+        if let Some(f) = span.handle.get() {
+            return Ok(f);
+        }
+        let f = OpenOptions::new()
+            .read(true)
+            .write(self.writable)
+            .open(&span.path)
+            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", span.path.display())))?;
+        Ok(span.handle.get_or_init(|| f))
+    }
+
+    /// Calls `f(span, offset_in_file, range_in_buf)` for each file a stream
+    /// range touches.
+    fn for_each_span(
+        &self,
+        offset: u64,
+        len: usize,
+        mut f: impl FnMut(&Span, u64, std::ops::Range<usize>) -> io::Result<()>,
+    ) -> io::Result<()> {
+        if offset + len as u64 > self.total {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "bug: range beyond end of torrent",
+            ));
+        }
+        let first = self.spans.partition_point(|s| s.offset + s.length <= offset);
+        let mut done = 0usize;
+        for span in &self.spans[first..] {
+            if done == len {
+                break;
+            }
+            if span.length == 0 {
+                continue;
+            }
+            let pos = offset + done as u64;
+            let in_file = pos - span.offset;
+            let n = ((span.length - in_file) as usize).min(len - done);
+            f(span, in_file, done..done + n)?;
+            done += n;
+        }
+        Ok(())
+    }
+
+    /// Reads `buf.len()` bytes at stream `offset`.
+    pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        let len = buf.len();
+        self.for_each_span(offset, len, |span, at, range| {
+            self.handle(span)?.read_exact_at(&mut buf[range], at)
+        })
+    }
+
+    /// Writes `data` at stream `offset`.
+    pub fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+        self.for_each_span(offset, data.len(), |span, at, range| {
+            self.handle(span)?.write_all_at(&data[range], at)
+        })
+    }
+
+    /// Stream offset of piece `index`.
+    pub fn piece_offset(&self, index: u32) -> u64 {
+        index as u64 * self.piece_length
+    }
+
+    /// SHA-1 of piece `index` as it is on disk.
+    pub fn hash_piece(&self, index: u32, scratch: &mut Vec<u8>) -> io::Result<[u8; 20]> {
+        scratch.resize(self.piece_size(index), 0);
+        self.read_at(self.piece_offset(index), scratch)?;
+        Ok(Sha1::digest(&scratch[..]).into())
+    }
+
+    /// Hashes every piece on all cores, reading each byte once. Workers take
+    /// pieces in order from a shared counter so the disk sees a near
+    /// sequential read.
+    pub fn hash_all(&self) -> io::Result<Vec<[u8; 20]>> {
+        let n = self.piece_count();
+        let results = self.par_pieces(n, |s, i, scratch| s.hash_piece(i, scratch))?;
+        Ok(results)
+    }
+
+    /// Which pieces on disk match `hashes`. Missing or short files make
+    /// their pieces absent rather than failing.
+    pub fn verify(&self, hashes: &[[u8; 20]]) -> Bitfield {
+        let mut have = Bitfield::new(hashes.len());
+        let ok = self
+            .par_pieces(hashes.len(), |s, i, scratch| {
+                Ok(s.hash_piece(i, scratch).ok() == Some(hashes[i as usize]))
+            })
+            .unwrap_or_default();
+        for (i, good) in ok.into_iter().enumerate() {
+            if good {
+                have.set(i);
+            }
+        }
+        have
+    }
+
+    fn par_pieces<T: Send + Default + Clone>(
+        &self,
+        n: usize,
+        job: impl Fn(&Self, u32, &mut Vec<u8>) -> io::Result<T> + Sync,
+    ) -> io::Result<Vec<T>> {
+        let threads = std::thread::available_parallelism()
+            .map(|p| p.get())
+            .unwrap_or(1)
+            .min(n.max(1));
+        let next = AtomicUsize::new(0);
+        let parts: Vec<io::Result<Vec<(usize, T)>>> = std::thread::scope(|scope| {
+            let workers: Vec<_> = (0..threads)
+                .map(|_| {
+                    scope.spawn(|| {
+                        let mut scratch = Vec::new();
+                        let mut out = Vec::new();
+                        loop {
+                            let i = next.fetch_add(1, Ordering::Relaxed);
+                            if i >= n {
+                                return Ok(out);
+                            }
+                            out.push((i, job(self, i as u32, &mut scratch)?));
+                        }
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .map(|w| w.join().expect("hash worker panicked"))
+                .collect()
+        });
+        let mut results = vec![T::default(); n];
+        for part in parts {
+            for (i, v) in part? {
+                results[i] = v;
+            }
+        }
+        Ok(results)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layout(dir: &Path, sizes: &[u64], piece: u32) -> Storage {
+        let files = sizes
+            .iter()
+            .enumerate()
+            .map(|(i, &s)| (dir.join(format!("f{i}")), s));
+        Storage::from_files(files, piece, true)
+    }
+
+    #[test]
+    fn writes_and_reads_across_file_boundaries() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = layout(dir.path(), &[3, 0, 5, 2], 4);
+        assert_eq!(s.piece_count(), 3);
+        assert_eq!(s.piece_size(2), 2);
+        s.prepare().unwrap();
+        s.write_at(0, b"abcdefghij").unwrap();
+        assert_eq!(fs::read(dir.path().join("f0")).unwrap(), b"abc");
+        assert_eq!(fs::read(dir.path().join("f1")).unwrap(), b"");
+        assert_eq!(fs::read(dir.path().join("f2")).unwrap(), b"defgh");
+        assert_eq!(fs::read(dir.path().join("f3")).unwrap(), b"ij");
+        let mut buf = [0u8; 4];
+        s.read_at(2, &mut buf).unwrap();
+        assert_eq!(&buf, b"cdef");
+        assert!(s.read_at(8, &mut buf).is_err());
+    }
+
+    #[test]
+    fn hash_all_and_verify_agree() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = layout(dir.path(), &[7, 9, 1], 4);
+        s.prepare().unwrap();
+        s.write_at(0, b"0123456789abcdefg").unwrap();
+        let hashes = s.hash_all().unwrap();
+        assert_eq!(hashes.len(), 5);
+        let expect: [u8; 20] = Sha1::digest(b"4567").into();
+        assert_eq!(hashes[1], expect);
+        assert!(s.verify(&hashes).is_full());
+        s.write_at(5, b"X").unwrap();
+        let have = s.verify(&hashes);
+        assert_eq!(have.iter_ones().collect::<Vec<_>>(), vec![0, 2, 3, 4]);
+    }
+
+    #[test]
+    fn verify_of_missing_files_is_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Storage::from_files([(dir.path().join("nope"), 10)], 4, false);
+        assert_eq!(s.verify(&[[0; 20]; 3]).count(), 0);
+    }
+}
