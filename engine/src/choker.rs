@@ -43,7 +43,10 @@ pub fn unchoke_set<K: Clone>(
     }
     let regular = slots.saturating_sub(1);
     interested.sort_by(|a, b| b.download_rate.total_cmp(&a.download_rate));
-    let mut chosen: Vec<K> = interested[..regular].iter().map(|c| c.key.clone()).collect();
+    let mut chosen: Vec<K> = interested[..regular]
+        .iter()
+        .map(|c| c.key.clone())
+        .collect();
     let rest = &interested[regular..];
     if slots > 0 && !rest.is_empty() {
         chosen.push(rest[rng.random_range(0..rest.len())].key.clone());
@@ -68,7 +71,11 @@ mod tests {
 
     #[test]
     fn all_interested_fit() {
-        let c = [cand(1, true, 0.0, 0), cand(2, false, 9.0, 0), cand(3, true, 0.0, 0)];
+        let c = [
+            cand(1, true, 0.0, 0),
+            cand(2, false, 9.0, 0),
+            cand(3, true, 0.0, 0),
+        ];
         let mut got = unchoke_set(&c, 4, false, &mut StdRng::seed_from_u64(1));
         got.sort();
         assert_eq!(got, vec![1, 3]);

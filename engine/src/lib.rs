@@ -23,3 +23,17 @@ pub mod metainfo;
 pub mod picker;
 pub mod storage;
 pub mod wire;
+
+mod dht;
+mod error;
+mod event;
+mod peer;
+mod placement;
+pub mod rate;
+pub mod session;
+mod torrent;
+
+pub use error::Error;
+pub use event::{Event, Phase, Stats};
+pub use session::{PortChoice, Session, SessionConfig, Source, TorrentHandle};
+pub use torrent::Target;

@@ -144,21 +144,27 @@ mod tests {
         let m = Magnet {
             info_hash: HASH.parse().unwrap(),
             name: Some("my file (1).bin".into()),
-            peers: vec!["127.0.0.2:42070".parse().unwrap(), "[::1]:7".parse().unwrap()],
+            peers: vec![
+                "127.0.0.2:42070".parse().unwrap(),
+                "[::1]:7".parse().unwrap(),
+            ],
         };
         let s = m.to_string();
         assert_eq!(
             s,
-            format!("magnet:?xt=urn:btih:{HASH}&dn=my%20file%20%281%29.bin&x.pe=127.0.0.2:42070&x.pe=[::1]:7")
+            format!(
+                "magnet:?xt=urn:btih:{HASH}&dn=my%20file%20%281%29.bin&x.pe=127.0.0.2:42070&x.pe=[::1]:7"
+            )
         );
         assert_eq!(s.parse::<Magnet>().unwrap(), m);
     }
 
     #[test]
     fn tolerates_trackers_unknown_keys_and_base32() {
-        let m: Magnet = "magnet:?xt=urn:btih:VOV2XK5LVOV2XK5LVOV2XK5LVOV2XK5L&tr=udp%3A%2F%2Fx&foo=bar&dn=a+b"
-            .parse()
-            .unwrap();
+        let m: Magnet =
+            "magnet:?xt=urn:btih:VOV2XK5LVOV2XK5LVOV2XK5LVOV2XK5L&tr=udp%3A%2F%2Fx&foo=bar&dn=a+b"
+                .parse()
+                .unwrap();
         assert_eq!(m.info_hash, InfoHash([0xab; 20]));
         assert_eq!(m.name.as_deref(), Some("a b"));
         assert!(m.peers.is_empty());
@@ -167,7 +173,10 @@ mod tests {
     #[test]
     fn errors() {
         assert_eq!("http://x".parse::<Magnet>(), Err(MagnetError::NotMagnet));
-        assert_eq!("magnet:?dn=x".parse::<Magnet>(), Err(MagnetError::NoInfoHash));
+        assert_eq!(
+            "magnet:?dn=x".parse::<Magnet>(),
+            Err(MagnetError::NoInfoHash)
+        );
         assert!(matches!(
             "magnet:?xt=urn:btih:abc".parse::<Magnet>(),
             Err(MagnetError::BadInfoHash(_))

@@ -293,7 +293,10 @@ impl Picker {
         (req.index as usize) < self.have.len()
             && req.begin % BLOCK_SIZE == 0
             && req.begin < self.piece_size(req.index)
-            && req.length == self.block(req.index, (req.begin / BLOCK_SIZE) as usize).length
+            && req.length
+                == self
+                    .block(req.index, (req.begin / BLOCK_SIZE) as usize)
+                    .length
     }
 
     /// A block arrived that matched one of our requests to that peer.
@@ -365,7 +368,10 @@ mod tests {
         let first = p.pick(&all, 1, |_| false, &mut rng());
         assert_eq!(first.len(), 1);
         let second = p.pick(&all, 1, |_| false, &mut rng());
-        assert_eq!(second[0].index, first[0].index, "second block of the same piece");
+        assert_eq!(
+            second[0].index, first[0].index,
+            "second block of the same piece"
+        );
         assert_eq!(second[0].begin, BLOCK_SIZE);
     }
 
@@ -381,7 +387,10 @@ mod tests {
         p.add_peer(&common);
         p.add_peer(&common);
         let got = p.pick(&all, 2, |_| false, &mut rng());
-        assert!(got.iter().all(|r| r.index == 2), "piece 2 is rarest: {got:?}");
+        assert!(
+            got.iter().all(|r| r.index == 2),
+            "piece 2 is rarest: {got:?}"
+        );
     }
 
     #[test]
@@ -394,7 +403,10 @@ mod tests {
             p.add_peer(&all);
             firsts.insert(p.pick(&all, 1, |_| false, &mut r)[0].index);
         }
-        assert!(firsts.len() > 5, "ties must be broken at random: {firsts:?}");
+        assert!(
+            firsts.len() > 5,
+            "ties must be broken at random: {firsts:?}"
+        );
     }
 
     #[test]
@@ -447,7 +459,10 @@ mod tests {
         let b = p.pick(&all, 10, |r| !a.contains(r), &mut rng());
         assert_eq!(b, a, "endgame re-requests from a second peer");
         let c = p.pick(&all, 10, |_| false, &mut rng());
-        assert!(c.is_empty(), "no more than {ENDGAME_DUPLICATES} requests per block");
+        assert!(
+            c.is_empty(),
+            "no more than {ENDGAME_DUPLICATES} requests per block"
+        );
         let own = p.pick(&all, 10, |r| a.contains(r), &mut rng());
         assert!(own.is_empty());
     }
@@ -462,7 +477,9 @@ mod tests {
         assert_eq!(p.partial_count(), 4);
         assert_eq!(got.len(), 8);
         let mut one = Bitfield::new(10);
-        let other = (0..10).find(|i| !got.iter().any(|r| r.index == *i)).unwrap();
+        let other = (0..10)
+            .find(|i| !got.iter().any(|r| r.index == *i))
+            .unwrap();
         one.set(other as usize);
         assert!(p.pick(&one, 100, |_| false, &mut rng()).is_empty());
     }

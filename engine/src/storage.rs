@@ -156,7 +156,9 @@ impl Storage {
                 "bug: range beyond end of torrent",
             ));
         }
-        let first = self.spans.partition_point(|s| s.offset + s.length <= offset);
+        let first = self
+            .spans
+            .partition_point(|s| s.offset + s.length <= offset);
         let mut done = 0usize;
         for span in &self.spans[first..] {
             if done == len {
@@ -187,6 +189,17 @@ impl Storage {
         self.for_each_span(offset, data.len(), |span, at, range| {
             self.handle(span)?.write_all_at(&data[range], at)
         })
+    }
+
+    /// Flushes every written file to disk, so a rename after it publishes
+    /// complete data even across a crash.
+    pub fn sync_all(&self) -> io::Result<()> {
+        for span in &self.spans {
+            if let Some(f) = span.handle.get() {
+                f.sync_data()?;
+            }
+        }
+        Ok(())
     }
 
     /// Stream offset of piece `index`.

@@ -1,0 +1,126 @@
+//! What the engine reports. The binary renders these; the engine never prints.
+
+use std::net::SocketAddr;
+
+use crate::metainfo::InfoHash;
+
+/// Something that happened to one torrent.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Event {
+    /// The info dictionary is known (at once for a `.torrent` or a served
+    /// path; after BEP 9 exchange for a magnet).
+    Metadata {
+        /// Torrent name.
+        name: String,
+        /// Content length in bytes.
+        total: u64,
+        /// Number of pieces.
+        pieces: usize,
+    },
+    /// Existing data on disk was checked before downloading.
+    Checked {
+        /// Pieces that were already valid (resume or delta).
+        valid_pieces: usize,
+        /// Bytes those pieces hold.
+        valid_bytes: u64,
+    },
+    /// A downloaded piece passed its hash check and is on disk.
+    PieceVerified {
+        /// The piece.
+        index: u32,
+    },
+    /// A peer sent a piece whose hash did not match.
+    HashFailed {
+        /// The piece.
+        index: u32,
+    },
+    /// A peer connection completed its handshake.
+    PeerConnected {
+        /// The peer's address.
+        addr: SocketAddr,
+    },
+    /// A peer connection ended.
+    PeerDisconnected {
+        /// The peer's address.
+        addr: SocketAddr,
+        /// Why.
+        reason: String,
+    },
+    /// Every piece is verified and the content is at its final path.
+    Completed,
+    /// The torrent stopped for good because of an error (disk full, say).
+    Failed {
+        /// What went wrong.
+        message: String,
+    },
+}
+
+/// Where a torrent is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// Waiting for the info dictionary from peers.
+    FetchingMetadata,
+    /// Checking data already on disk.
+    Checking,
+    /// Downloading pieces.
+    Downloading,
+    /// Complete and uploading.
+    Seeding,
+    /// Stopped after an error.
+    Failed,
+}
+
+/// A snapshot of one torrent's counters, refreshed about once a second and
+/// on every verified piece.
+#[derive(Clone, Debug)]
+pub struct Stats {
+    /// The torrent.
+    pub info_hash: InfoHash,
+    /// Where it is.
+    pub phase: Phase,
+    /// Content length (0 until metadata is known).
+    pub total: u64,
+    /// Verified bytes held.
+    pub have: u64,
+    /// Payload bytes received from peers this run (including waste).
+    pub downloaded: u64,
+    /// Payload bytes sent to peers this run.
+    pub uploaded: u64,
+    /// Bytes per second received, smoothed.
+    pub download_rate: f64,
+    /// Bytes per second sent, smoothed.
+    pub upload_rate: f64,
+    /// Connected peers.
+    pub peers: usize,
+    /// Connected peers that hold every piece.
+    pub seeds: usize,
+    /// Connected peers that are downloading from us (interested and unchoked).
+    pub leechers: usize,
+    /// Distinct peers seen to hold every piece (by bitfield and HAVE).
+    pub completed_peers: usize,
+    /// Addresses known to try (magnet hints, DHT, PEX, incoming).
+    pub known_addrs: usize,
+    /// Connection attempts that failed.
+    pub failed_connects: u64,
+}
+
+impl Stats {
+    pub(crate) fn new(info_hash: InfoHash, phase: Phase) -> Self {
+        Self {
+            info_hash,
+            phase,
+            total: 0,
+            have: 0,
+            downloaded: 0,
+            uploaded: 0,
+            download_rate: 0.0,
+            upload_rate: 0.0,
+            peers: 0,
+            seeds: 0,
+            leechers: 0,
+            completed_peers: 0,
+            known_addrs: 0,
+            failed_connects: 0,
+        }
+    }
+}

@@ -1,0 +1,299 @@
+//! One peer connection: handshake, then a reader task and a writer task.
+//!
+//! The reader decodes messages and forwards them to the torrent's
+//! coordinator over a bounded channel (so a slow coordinator pushes back
+//! into TCP instead of buffering). The writer owns the socket's write half:
+//! it batches everything queued since its last write into one buffer,
+//! reads requested blocks from disk in one blocking call per batch, and
+//! sends it all with one `write_all`. Neither task decides anything about
+//! pieces or choking; the coordinator does.
+
+use std::collections::VecDeque;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::sync::mpsc;
+
+use crate::rate::Limit;
+use crate::storage::Storage;
+use crate::wire::{self, BlockRequest, HANDSHAKE_LEN, Handshake, Message, WireError};
+
+/// How long a connect or handshake may take.
+pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// A peer silent this long is gone (it should send keep-alives every 2 min).
+const IDLE_TIMEOUT: Duration = Duration::from_secs(150);
+/// We send a keep-alive after this much silence.
+const KEEPALIVE: Duration = Duration::from_secs(60);
+/// Most block bytes one write batch reads from disk.
+const BATCH_BYTES: usize = 1 << 20;
+/// Most uploads queued for one peer; further requests are dropped (or
+/// rejected with the fast extension), which bounds memory per peer.
+pub(crate) const MAX_QUEUED_UPLOADS: usize = 512;
+
+/// Key of a connection within its torrent.
+pub(crate) type PeerKey = u64;
+
+/// Why a connection could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum PeerError {
+    #[error("connect failed")]
+    Connect(#[source] std::io::Error),
+    #[error("handshake timed out")]
+    Timeout,
+    #[error("bad handshake")]
+    Wire(#[from] WireError),
+    #[error("peer is serving another torrent")]
+    WrongTorrent,
+}
+
+/// What the coordinator tells a connection's writer.
+#[derive(Debug)]
+pub(crate) enum PeerCmd {
+    /// Send a message. A `Choke` also drops every queued upload.
+    Send(Message),
+    /// Serve a block the peer requested.
+    Upload(BlockRequest, Arc<Storage>),
+    /// The peer cancelled a request.
+    CancelUpload(BlockRequest),
+}
+
+/// What a connection tells its coordinator.
+#[derive(Debug)]
+pub(crate) enum PeerEvent {
+    /// A decoded message.
+    Message(Message),
+    /// Payload bytes of blocks written to the socket.
+    Uploaded(u64),
+    /// The connection ended.
+    Closed(String),
+}
+
+/// Dials `addr` from `local_ip`, exchanges handshakes, and returns the
+/// stream with the peer's handshake.
+pub(crate) async fn connect(
+    addr: SocketAddr,
+    local_ip: IpAddr,
+    ours: Handshake,
+) -> Result<(TcpStream, Handshake), PeerError> {
+    let attempt = async {
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()
+        } else {
+            TcpSocket::new_v6()
+        }
+        .map_err(PeerError::Connect)?;
+        // Bind the source address so the peer (and its PEX) sees our --ip.
+        if local_ip.is_ipv4() == addr.is_ipv4() {
+            socket
+                .bind(SocketAddr::new(local_ip, 0))
+                .map_err(PeerError::Connect)?;
+        }
+        let mut stream = socket.connect(addr).await.map_err(PeerError::Connect)?;
+        stream.set_nodelay(true).map_err(PeerError::Connect)?;
+        stream
+            .write_all(&ours.encode())
+            .await
+            .map_err(PeerError::Connect)?;
+        let theirs = read_handshake(&mut stream).await?;
+        if theirs.info_hash != ours.info_hash {
+            return Err(PeerError::WrongTorrent);
+        }
+        Ok((stream, theirs))
+    };
+    tokio::time::timeout(HANDSHAKE_TIMEOUT, attempt)
+        .await
+        .map_err(|_| PeerError::Timeout)?
+}
+
+/// Reads the 68-byte handshake.
+pub(crate) async fn read_handshake(stream: &mut TcpStream) -> Result<Handshake, PeerError> {
+    let mut buf = [0u8; HANDSHAKE_LEN];
+    stream
+        .read_exact(&mut buf)
+        .await
+        .map_err(PeerError::Connect)?;
+    Ok(Handshake::decode(&buf)?)
+}
+
+/// Starts the reader and writer of an established connection. `greeting`
+/// is written first (our handshake, for an incoming connection).
+pub(crate) fn spawn(
+    key: PeerKey,
+    stream: TcpStream,
+    greeting: Option<Handshake>,
+    fast: bool,
+    events: mpsc::Sender<(PeerKey, PeerEvent)>,
+    upload: Limit,
+    download: Limit,
+) -> mpsc::UnboundedSender<PeerCmd> {
+    let (read, write) = stream.into_split();
+    let (tx, rx) = mpsc::unbounded_channel();
+    let writer_events = events.clone();
+    tokio::spawn(async move {
+        let result = write_loop(key, write, rx, greeting, fast, &writer_events, upload).await;
+        if let Err(e) = result {
+            let _ = writer_events
+                .send((key, PeerEvent::Closed(format!("write: {e}"))))
+                .await;
+        }
+    });
+    tokio::spawn(async move {
+        let reason = match read_loop(key, read, &events, download).await {
+            Ok(()) => "closed by peer".to_string(),
+            Err(e) => e,
+        };
+        let _ = events.send((key, PeerEvent::Closed(reason))).await;
+    });
+    tx
+}
+
+async fn read_loop(
+    key: PeerKey,
+    mut read: OwnedReadHalf,
+    events: &mpsc::Sender<(PeerKey, PeerEvent)>,
+    download: Limit,
+) -> Result<(), String> {
+    let mut buf = BytesMut::with_capacity(64 * 1024);
+    loop {
+        loop {
+            match wire::decode(&mut buf) {
+                Ok(Some(msg)) => {
+                    if let Message::Piece { data, .. } = &msg {
+                        download.take(data.len()).await;
+                    }
+                    if events.send((key, PeerEvent::Message(msg))).await.is_err() {
+                        return Ok(());
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => return Err(format!("protocol error: {e}")),
+            }
+        }
+        if buf.capacity() - buf.len() < 32 * 1024 {
+            buf.reserve(64 * 1024);
+        }
+        match tokio::time::timeout(IDLE_TIMEOUT, read.read_buf(&mut buf)).await {
+            Err(_) => return Err("idle timeout".into()),
+            Ok(Err(e)) => return Err(format!("read: {e}")),
+            Ok(Ok(0)) => return Ok(()),
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+async fn write_loop(
+    key: PeerKey,
+    mut write: OwnedWriteHalf,
+    mut rx: mpsc::UnboundedReceiver<PeerCmd>,
+    greeting: Option<Handshake>,
+    fast: bool,
+    events: &mpsc::Sender<(PeerKey, PeerEvent)>,
+    upload: Limit,
+) -> std::io::Result<()> {
+    let mut out = BytesMut::with_capacity(64 * 1024);
+    if let Some(hs) = greeting {
+        out.extend_from_slice(&hs.encode());
+    }
+    let mut queued: VecDeque<(BlockRequest, Arc<Storage>)> = VecDeque::new();
+    loop {
+        if out.is_empty() && queued.is_empty() {
+            match tokio::time::timeout(KEEPALIVE, rx.recv()).await {
+                Err(_) => Message::KeepAlive.encode(&mut out),
+                Ok(None) => return Ok(()),
+                Ok(Some(cmd)) => apply(cmd, &mut out, &mut queued, fast),
+            }
+        }
+        loop {
+            match rx.try_recv() {
+                Ok(cmd) => apply(cmd, &mut out, &mut queued, fast),
+                Err(mpsc::error::TryRecvError::Empty) => break,
+                Err(mpsc::error::TryRecvError::Disconnected) => {
+                    if queued.is_empty() {
+                        write.write_all(&out).await?;
+                        return Ok(());
+                    }
+                    break;
+                }
+            }
+        }
+        let mut batch = Vec::new();
+        let mut bytes = 0;
+        while let Some(front) = queued.front() {
+            if bytes > 0 && bytes + front.0.length as usize > BATCH_BYTES {
+                break;
+            }
+            bytes += front.0.length as usize;
+            batch.push(queued.pop_front().expect("front exists"));
+        }
+        if !batch.is_empty() {
+            upload.take(bytes).await;
+            let buf = std::mem::take(&mut out);
+            out = tokio::task::spawn_blocking(move || read_blocks(buf, &batch))
+                .await
+                .expect("disk reader panicked")?;
+        }
+        if !out.is_empty() {
+            write.write_all(&out).await?;
+            out.clear();
+            if bytes > 0
+                && events
+                    .send((key, PeerEvent::Uploaded(bytes as u64)))
+                    .await
+                    .is_err()
+            {
+                return Ok(());
+            }
+        }
+    }
+}
+
+fn apply(
+    cmd: PeerCmd,
+    out: &mut BytesMut,
+    queued: &mut VecDeque<(BlockRequest, Arc<Storage>)>,
+    fast: bool,
+) {
+    match cmd {
+        PeerCmd::Send(msg) => {
+            if msg == Message::Choke {
+                for (req, _) in queued.drain(..) {
+                    if fast {
+                        Message::RejectRequest(req).encode(out);
+                    }
+                }
+            }
+            msg.encode(out);
+        }
+        PeerCmd::Upload(req, storage) => {
+            if queued.len() < MAX_QUEUED_UPLOADS {
+                queued.push_back((req, storage));
+            } else if fast {
+                Message::RejectRequest(req).encode(out);
+            }
+        }
+        PeerCmd::CancelUpload(req) => {
+            queued.retain(|(r, _)| *r != req);
+        }
+    }
+}
+
+/// Appends each block as a Piece message, reading its bytes straight into
+/// the output buffer.
+fn read_blocks(
+    mut out: BytesMut,
+    batch: &[(BlockRequest, Arc<Storage>)],
+) -> std::io::Result<BytesMut> {
+    for (req, storage) in batch {
+        wire::encode_piece_header(req.index, req.begin, req.length, &mut out);
+        let start = out.len();
+        out.resize(start + req.length as usize, 0);
+        let offset = storage.piece_offset(req.index) + req.begin as u64;
+        storage.read_at(offset, &mut out[start..])?;
+    }
+    Ok(out)
+}

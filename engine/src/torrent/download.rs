@@ -1,0 +1,247 @@
+//! Requests, block assembly, piece verification and completion.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use sha1::{Digest, Sha1};
+
+use super::peers::Peer;
+use super::{Job, Live, State, Torrent};
+use crate::event::Event;
+use crate::peer::PeerKey;
+use crate::picker::Received;
+use crate::wire::{BlockRequest, Message};
+
+/// A peer that sent nothing for this long while owing us blocks has its
+/// requests handed to others.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(8);
+/// Hash failures a peer may cause before we ban it.
+const MAX_HASH_FAILS: u32 = 3;
+
+impl Torrent {
+    /// Tops up a peer's pipeline of requests.
+    pub(super) fn fill_requests(&mut self, key: PeerKey) {
+        let State::Live(l) = &mut self.state else {
+            return;
+        };
+        let Some(peer) = self.peers.get_mut(&key) else {
+            return;
+        };
+        fill(l, peer, &mut self.rng);
+    }
+
+    pub(super) fn on_block(&mut self, key: PeerKey, index: u32, begin: u32, data: Bytes) {
+        let req = BlockRequest {
+            index,
+            begin,
+            length: data.len() as u32,
+        };
+        let State::Live(l) = &mut self.state else {
+            return;
+        };
+        let peer = self.peers.get_mut(&key).expect("present");
+        self.downloaded += data.len() as u64;
+        self.down_rate.add(data.len() as u64);
+        peer.down_rate.add(data.len() as u64);
+        if !peer.outstanding.remove(&req) {
+            // Late after a cancel or choke, or never asked for.
+            return;
+        }
+        peer.last_block = Instant::now();
+        match l.picker.received(&req) {
+            Received::Unwanted => {}
+            outcome => {
+                let size = l.picker.piece_size(index) as usize;
+                let (buf, from) = l
+                    .assembly
+                    .entry(index)
+                    .or_insert_with(|| (vec![0; size], HashSet::new()));
+                buf[begin as usize..begin as usize + data.len()].copy_from_slice(&data);
+                from.insert(key);
+                // Endgame: others asked for the same block; call them off.
+                for (k, other) in self.peers.iter_mut() {
+                    if *k != key && other.outstanding.remove(&req) {
+                        other.send(Message::Cancel(req));
+                    }
+                }
+                if outcome == Received::PieceComplete {
+                    verify(l, index, &self.job_tx);
+                }
+            }
+        }
+        self.fill_requests(key);
+    }
+
+    pub(super) fn on_verified(&mut self, index: u32, result: Result<bool, String>) {
+        let State::Live(l) = &mut self.state else {
+            return;
+        };
+        let contributors = l
+            .assembly
+            .remove(&index)
+            .map(|(_, from)| from)
+            .unwrap_or_default();
+        match result {
+            Err(message) => return self.fail(message),
+            Ok(true) => {
+                l.picker.piece_verified(index);
+                self.emit(Event::PieceVerified { index });
+                for p in self.peers.values() {
+                    p.send(Message::Have(index));
+                }
+                let keys: Vec<_> = self.peers.keys().copied().collect();
+                for k in &keys {
+                    self.update_interest(*k);
+                }
+                self.maybe_finish();
+                for k in keys {
+                    self.fill_requests(k);
+                }
+            }
+            Ok(false) => {
+                l.picker.piece_failed(index);
+                self.emit(Event::HashFailed { index });
+                for k in contributors {
+                    let Some(p) = self.peers.get_mut(&k) else {
+                        continue;
+                    };
+                    p.hash_fails += 1;
+                    if p.hash_fails >= MAX_HASH_FAILS {
+                        if let Some(a) = p.listen.and_then(|l| self.addrs.get_mut(&l)) {
+                            a.banned = true;
+                        }
+                        self.drop_peer(k, "sent corrupt pieces");
+                    }
+                }
+                let keys: Vec<_> = self.peers.keys().copied().collect();
+                for k in keys {
+                    self.fill_requests(k);
+                }
+            }
+        }
+        self.publish_stats();
+    }
+
+    /// Cancels requests to peers that went quiet, so others can serve them.
+    pub(super) fn expire_requests(&mut self) {
+        let State::Live(l) = &mut self.state else {
+            return;
+        };
+        let now = Instant::now();
+        let mut stalled = Vec::new();
+        for (k, p) in self.peers.iter_mut() {
+            if p.outstanding.is_empty() || now.duration_since(p.last_block) < REQUEST_TIMEOUT {
+                continue;
+            }
+            let lost: Vec<_> = p.outstanding.drain().collect();
+            for req in lost {
+                l.picker.cancelled(&req);
+                p.send(Message::Cancel(req));
+            }
+            p.last_block = now;
+            stalled.push(*k);
+        }
+        let keys: Vec<_> = self
+            .peers
+            .keys()
+            .copied()
+            .filter(|k| !stalled.contains(k))
+            .collect();
+        for k in keys {
+            self.fill_requests(k);
+        }
+    }
+
+    /// When every piece is verified: move the files into place.
+    pub(super) fn maybe_finish(&mut self) {
+        let State::Live(l) = &mut self.state else {
+            return;
+        };
+        if !l.picker.is_complete() || l.finished {
+            return;
+        }
+        let Some(placement) = l.placement.take() else {
+            return self.on_finalized(Ok(()));
+        };
+        let storage = l.storage.clone();
+        let jobs = self.job_tx.clone();
+        tokio::task::spawn_blocking(move || {
+            let result = placement.finalize(&storage).map_err(|e| {
+                format!(
+                    "cannot move {} to {}: {e}",
+                    placement.part.display(),
+                    placement.target.display()
+                )
+            });
+            let _ = jobs.send(Job::Finalized(result));
+        });
+    }
+
+    pub(super) fn on_finalized(&mut self, result: Result<(), String>) {
+        if let Err(message) = result {
+            return self.fail(message);
+        }
+        let State::Live(l) = &mut self.state else {
+            return;
+        };
+        if l.finished {
+            return;
+        }
+        l.finished = true;
+        self.emit(Event::Completed);
+        let keys: Vec<_> = self.peers.keys().copied().collect();
+        for k in keys {
+            if self.peers[&k].is_seed() {
+                self.drop_peer(k, "both complete");
+            } else {
+                self.update_interest(k);
+            }
+        }
+        self.publish_stats();
+    }
+}
+
+fn fill(l: &mut Live, peer: &mut Peer, rng: &mut impl rand::Rng) {
+    if peer.peer_choking || !peer.am_interested || l.finished {
+        return;
+    }
+    let depth = peer.queue_depth();
+    // Refill in batches of at least a quarter of the depth, so a fast
+    // peer is not sent one request per received block.
+    if peer.outstanding.len() > depth - depth / 4 {
+        return;
+    }
+    let want = depth - peer.outstanding.len();
+    let outstanding = &peer.outstanding;
+    let picks = l
+        .picker
+        .pick(&peer.has, want, |r| outstanding.contains(r), rng);
+    for req in picks {
+        peer.outstanding.insert(req);
+        peer.send(Message::Request(req));
+    }
+}
+
+/// Hashes an assembled piece off the async workers and writes it if good.
+fn verify(l: &mut Live, index: u32, jobs: &tokio::sync::mpsc::UnboundedSender<Job>) {
+    let Some((buf, _)) = l.assembly.get_mut(&index) else {
+        return;
+    };
+    let data = std::mem::take(buf);
+    let expected = l.info.pieces[index as usize];
+    let storage = Arc::clone(&l.storage);
+    let jobs = jobs.clone();
+    tokio::task::spawn_blocking(move || {
+        let result = if Sha1::digest(&data).as_slice() == expected {
+            storage
+                .write_at(storage.piece_offset(index), &data)
+                .map(|()| true)
+                .map_err(|e| format!("cannot write piece {index}: {e}"))
+        } else {
+            Ok(false)
+        };
+        let _ = jobs.send(Job::Verified { index, result });
+    });
+}

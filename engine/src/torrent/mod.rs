@@ -1,0 +1,497 @@
+//! The coordinator of one torrent: a single task that owns the picker,
+//! the choker's inputs, the peer table, the known addresses and the
+//! storage, and reacts to messages from peers, connection attempts, disk
+//! jobs and timers. Nothing else mutates that state, so there are no locks.
+//!
+//! - `mod.rs`: the task, its life cycle and the connection table.
+//! - `peers.rs`: one peer's state and the wire messages it sends us.
+//! - `download.rs`: requests, block assembly, verification, completion.
+//! - `metadata.rs`: BEP 9, for magnets.
+
+mod download;
+mod metadata;
+mod peers;
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::bitfield::Bitfield;
+use crate::event::{Event, Phase, Stats};
+use crate::metainfo::{Info, InfoHash};
+use crate::peer::{self, PeerEvent, PeerKey};
+use crate::picker::Picker;
+use crate::placement::Placement;
+use crate::rate::RateEstimate;
+use crate::session::Shared;
+use crate::storage::Storage;
+use crate::wire::Handshake;
+
+use metadata::MetadataFetch;
+use peers::Peer;
+
+/// Most connected peers per torrent.
+const MAX_PEERS: usize = 60;
+/// Most connection attempts in flight per torrent.
+const MAX_CONNECTING: usize = 16;
+/// Upload slots (see `choker`).
+const UNCHOKE_SLOTS: usize = 16;
+/// How often the unchoke set is recomputed.
+const CHOKE_INTERVAL: Duration = Duration::from_secs(10);
+/// Memory for pieces being assembled; bounds the picker's started pieces.
+const ASSEMBLY_BUDGET: u64 = 48 << 20;
+
+/// Messages to a torrent's coordinator.
+#[derive(Debug)]
+pub(crate) enum TorrentCmd {
+    /// A peer connected to us and sent this handshake; we still owe ours.
+    Incoming(TcpStream, Handshake),
+    /// We connected to `addr` and exchanged handshakes.
+    Outgoing(SocketAddr, TcpStream, Handshake),
+    /// A connection attempt to the address failed.
+    ConnectFailed(SocketAddr),
+    /// Addresses to try (DHT, caller).
+    AddPeers(Vec<SocketAddr>),
+    /// Stop, close every connection, then answer.
+    Stop(oneshot::Sender<()>),
+}
+
+/// What the torrent serves from or downloads to.
+#[derive(Clone, Debug)]
+pub enum Target {
+    /// Seed content already at `root` (the file, or the top directory),
+    /// hashed by [`crate::builder`] in this process.
+    Seed {
+        /// The content.
+        root: PathBuf,
+    },
+    /// Download into `dir`, as `dir/<name>`.
+    Download {
+        /// The directory.
+        dir: PathBuf,
+    },
+}
+
+/// What a disk job reports back.
+enum Job {
+    Checked(Result<(Storage, Bitfield, Option<Placement>, bool), String>),
+    Verified {
+        index: u32,
+        result: Result<bool, String>,
+    },
+    Finalized(Result<(), String>),
+}
+
+/// A known address and what we know of it.
+#[derive(Debug, Default)]
+struct Addr {
+    connecting: bool,
+    connected: bool,
+    last_attempt: Option<Instant>,
+    failures: u32,
+    /// Held every piece when last seen; not worth redialing once we do too.
+    seed: bool,
+    banned: bool,
+}
+
+/// The torrent's state once the info dictionary is known.
+struct Live {
+    info: Arc<Info>,
+    storage: Arc<Storage>,
+    picker: Picker,
+    /// Pieces being assembled, with the peers that sent their blocks.
+    assembly: HashMap<u32, (Vec<u8>, HashSet<PeerKey>)>,
+    placement: Option<Placement>,
+    /// Every piece verified and the files at their final path.
+    finished: bool,
+}
+
+enum State {
+    Metadata(MetadataFetch),
+    Checking(Arc<Info>),
+    Live(Box<Live>),
+    Failed,
+}
+
+struct Torrent {
+    shared: Arc<Shared>,
+    info_hash: InfoHash,
+    target: Target,
+    state: State,
+    peers: HashMap<PeerKey, Peer>,
+    addrs: HashMap<SocketAddr, Addr>,
+    next_key: PeerKey,
+    cmd_tx: mpsc::Sender<TorrentCmd>,
+    peer_tx: mpsc::Sender<(PeerKey, PeerEvent)>,
+    job_tx: mpsc::UnboundedSender<Job>,
+    events: mpsc::UnboundedSender<Event>,
+    stats: watch::Sender<Stats>,
+    rng: StdRng,
+    downloaded: u64,
+    uploaded: u64,
+    down_rate: RateEstimate,
+    up_rate: RateEstimate,
+    completed_peers: HashSet<[u8; 20]>,
+    failed_connects: u64,
+    last_choke: Instant,
+}
+
+/// The channels a caller keeps for a running torrent.
+pub(crate) struct Spawned {
+    pub cmd: mpsc::Sender<TorrentCmd>,
+    pub events: mpsc::UnboundedReceiver<Event>,
+    pub stats: watch::Receiver<Stats>,
+}
+
+/// Starts a torrent's coordinator. `info` is `None` for a magnet.
+pub(crate) fn spawn(
+    shared: Arc<Shared>,
+    info_hash: InfoHash,
+    info: Option<Arc<Info>>,
+    target: Target,
+    peers: Vec<SocketAddr>,
+) -> Spawned {
+    let (cmd_tx, cmd_rx) = mpsc::channel(256);
+    let (peer_tx, peer_rx) = mpsc::channel(1024);
+    let (job_tx, job_rx) = mpsc::unbounded_channel();
+    let (events_tx, events_rx) = mpsc::unbounded_channel();
+    let (stats_tx, stats_rx) = watch::channel(Stats::new(info_hash, Phase::FetchingMetadata));
+    let mut t = Torrent {
+        shared,
+        info_hash,
+        target,
+        state: State::Metadata(MetadataFetch::default()),
+        peers: HashMap::new(),
+        addrs: HashMap::new(),
+        next_key: 1,
+        cmd_tx: cmd_tx.clone(),
+        peer_tx,
+        job_tx,
+        events: events_tx,
+        stats: stats_tx,
+        rng: StdRng::from_os_rng(),
+        downloaded: 0,
+        uploaded: 0,
+        down_rate: RateEstimate::default(),
+        up_rate: RateEstimate::default(),
+        completed_peers: HashSet::new(),
+        failed_connects: 0,
+        last_choke: Instant::now(),
+    };
+    t.add_addrs(peers);
+    if let Some(info) = info {
+        t.got_info(info);
+    }
+    tokio::spawn(t.run(cmd_rx, peer_rx, job_rx));
+    Spawned {
+        cmd: cmd_tx,
+        events: events_rx,
+        stats: stats_rx,
+    }
+}
+
+impl Torrent {
+    async fn run(
+        mut self,
+        mut cmd_rx: mpsc::Receiver<TorrentCmd>,
+        mut peer_rx: mpsc::Receiver<(PeerKey, PeerEvent)>,
+        mut job_rx: mpsc::UnboundedReceiver<Job>,
+    ) {
+        let dht_task = self.shared.dht.clone().map(|dht| {
+            let cmd = self.cmd_tx.clone();
+            let info_hash = self.info_hash;
+            let port = self.shared.listen_port;
+            tokio::spawn(async move {
+                let (found_tx, mut found_rx) = mpsc::channel(16);
+                let forward = async {
+                    while let Some(addrs) = found_rx.recv().await {
+                        if cmd.send(TorrentCmd::AddPeers(addrs)).await.is_err() {
+                            return;
+                        }
+                    }
+                };
+                let lookups = async {
+                    // Frequent at first so a new downloader finds the swarm
+                    // in a second or two, then rare.
+                    for round in 0u64.. {
+                        dht.announce_and_lookup(info_hash, port, &found_tx).await;
+                        let pause = if round < 5 { 1 } else { 30 };
+                        tokio::time::sleep(Duration::from_secs(pause)).await;
+                    }
+                };
+                tokio::join!(forward, lookups);
+            })
+        });
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_tick = Instant::now();
+        let done = loop {
+            tokio::select! {
+                Some((key, ev)) = peer_rx.recv() => self.on_peer_event(key, ev),
+                Some(job) = job_rx.recv() => self.on_job(job),
+                cmd = cmd_rx.recv() => match cmd {
+                    Some(TorrentCmd::Stop(done)) => break Some(done),
+                    Some(cmd) => self.on_cmd(cmd),
+                    None => break None,
+                },
+                _ = tick.tick() => {
+                    let secs = last_tick.elapsed().as_secs_f64();
+                    last_tick = Instant::now();
+                    self.on_tick(secs);
+                }
+            }
+        };
+        if let Some(task) = dht_task {
+            task.abort();
+        }
+        let keys: Vec<_> = self.peers.keys().copied().collect();
+        for key in keys {
+            self.drop_peer(key, "torrent stopped");
+        }
+        self.publish_stats();
+        if let Some(done) = done {
+            let _ = done.send(());
+        }
+    }
+
+    fn emit(&self, event: Event) {
+        let _ = self.events.send(event);
+    }
+
+    fn on_cmd(&mut self, cmd: TorrentCmd) {
+        match cmd {
+            TorrentCmd::Incoming(stream, hs) => self.add_connection(None, stream, hs),
+            TorrentCmd::Outgoing(addr, stream, hs) => {
+                if let Some(a) = self.addrs.get_mut(&addr) {
+                    a.connecting = false;
+                }
+                self.add_connection(Some(addr), stream, hs);
+            }
+            TorrentCmd::ConnectFailed(addr) => {
+                self.failed_connects += 1;
+                if let Some(a) = self.addrs.get_mut(&addr) {
+                    a.connecting = false;
+                    a.failures += 1;
+                }
+            }
+            TorrentCmd::AddPeers(addrs) => self.add_addrs(addrs),
+            TorrentCmd::Stop(_) => unreachable!("handled in run"),
+        }
+    }
+
+    fn is_self(&self, addr: &SocketAddr) -> bool {
+        addr.ip() == self.shared.local_ip && addr.port() == self.shared.listen_port
+    }
+
+    fn add_addrs(&mut self, addrs: Vec<SocketAddr>) {
+        for addr in addrs {
+            if addr.port() == 0 || self.is_self(&addr) {
+                continue;
+            }
+            self.addrs.entry(addr).or_default();
+        }
+    }
+
+    fn finished(&self) -> bool {
+        matches!(&self.state, State::Live(l) if l.finished)
+    }
+
+    /// Dials known addresses while we have room, backing off on failures.
+    fn connect_more(&mut self) {
+        let now = Instant::now();
+        let finished = self.finished();
+        let connecting = self.addrs.values().filter(|a| a.connecting).count();
+        let room = MAX_PEERS
+            .saturating_sub(self.peers.len())
+            .min(MAX_CONNECTING.saturating_sub(connecting));
+        let due: Vec<SocketAddr> = self
+            .addrs
+            .iter()
+            .filter(|(_, a)| !a.connecting && !a.connected && !a.banned && !(finished && a.seed))
+            .filter(|(_, a)| match a.last_attempt {
+                None => true,
+                Some(at) => {
+                    let backoff = Duration::from_secs((1u64 << a.failures.min(6)).min(60));
+                    now.duration_since(at) >= backoff
+                }
+            })
+            .map(|(addr, _)| *addr)
+            .take(room)
+            .collect();
+        for addr in due {
+            let a = self.addrs.get_mut(&addr).expect("listed");
+            a.connecting = true;
+            a.last_attempt = Some(now);
+            let ours = Handshake::new(self.info_hash.0, self.shared.peer_id);
+            let local_ip = self.shared.local_ip;
+            let cmd = self.cmd_tx.clone();
+            tokio::spawn(async move {
+                let msg = match peer::connect(addr, local_ip, ours).await {
+                    Ok((stream, theirs)) => TorrentCmd::Outgoing(addr, stream, theirs),
+                    Err(e) => {
+                        tracing::debug!(%addr, "connect: {e}");
+                        TorrentCmd::ConnectFailed(addr)
+                    }
+                };
+                let _ = cmd.send(msg).await;
+            });
+        }
+    }
+
+    fn on_tick(&mut self, secs: f64) {
+        self.down_rate.tick(secs);
+        self.up_rate.tick(secs);
+        for p in self.peers.values_mut() {
+            p.down_rate.tick(secs);
+        }
+        self.connect_more();
+        self.expire_requests();
+        self.request_metadata();
+        if self.last_choke.elapsed() >= CHOKE_INTERVAL {
+            self.last_choke = Instant::now();
+            self.rechoke();
+        }
+        self.send_pex();
+        self.publish_stats();
+    }
+
+    fn on_job(&mut self, job: Job) {
+        match job {
+            Job::Checked(result) => self.on_checked(result),
+            Job::Verified { index, result } => self.on_verified(index, result),
+            Job::Finalized(result) => self.on_finalized(result),
+        }
+    }
+
+    /// The info dictionary is known: check the disk, then go live.
+    fn got_info(&mut self, info: Arc<Info>) {
+        self.emit(Event::Metadata {
+            name: info.name.clone(),
+            total: info.total_length(),
+            pieces: info.piece_count(),
+        });
+        self.state = State::Checking(info.clone());
+        let target = self.target.clone();
+        let jobs = self.job_tx.clone();
+        tokio::task::spawn_blocking(move || {
+            let result = match target {
+                Target::Seed { root } => {
+                    let storage = Storage::new(&info, &root, false);
+                    Ok((storage, Bitfield::full(info.piece_count()), None, true))
+                }
+                Target::Download { dir } => {
+                    let placement = Placement::new(&dir, &info);
+                    placement
+                        .prepare(&info)
+                        .map(|p| (p.storage, p.have, Some(placement), p.already_complete))
+                        .map_err(|e| {
+                            format!("cannot prepare {}: {e}", dir.join(&info.name).display())
+                        })
+                }
+            };
+            let _ = jobs.send(Job::Checked(result));
+        });
+        self.publish_stats();
+    }
+
+    fn on_checked(&mut self, result: Result<(Storage, Bitfield, Option<Placement>, bool), String>) {
+        let State::Checking(info) = &self.state else {
+            return;
+        };
+        let info = info.clone();
+        let (storage, have, placement, complete) = match result {
+            Ok(r) => r,
+            Err(message) => return self.fail(message),
+        };
+        let valid = have.count();
+        let valid_bytes = have
+            .iter_ones()
+            .map(|i| info.piece_size(i as u32) as u64)
+            .sum();
+        let max_partial = (ASSEMBLY_BUDGET / info.piece_length as u64).clamp(4, 256) as usize;
+        let picker = Picker::new(info.piece_length, info.total_length(), have, max_partial);
+        self.state = State::Live(Box::new(Live {
+            info,
+            storage: Arc::new(storage),
+            picker,
+            assembly: HashMap::new(),
+            placement,
+            finished: false,
+        }));
+        if matches!(self.target, Target::Download { .. }) {
+            self.emit(Event::Checked {
+                valid_pieces: valid,
+                valid_bytes,
+            });
+        }
+        self.peers_went_live();
+        if complete {
+            self.on_finalized(Ok(()));
+        } else {
+            self.maybe_finish();
+        }
+        self.publish_stats();
+    }
+
+    fn fail(&mut self, message: String) {
+        tracing::warn!(info_hash = %self.info_hash, "{message}");
+        self.state = State::Failed;
+        let keys: Vec<_> = self.peers.keys().copied().collect();
+        for key in keys {
+            self.drop_peer(key, "torrent failed");
+        }
+        self.emit(Event::Failed { message });
+        self.publish_stats();
+    }
+
+    fn publish_stats(&self) {
+        let (phase, total, have) = match &self.state {
+            State::Metadata(_) => (Phase::FetchingMetadata, 0, 0),
+            State::Checking(info) => (Phase::Checking, info.total_length(), 0),
+            State::Live(l) => {
+                let have = l
+                    .picker
+                    .have()
+                    .iter_ones()
+                    .map(|i| l.info.piece_size(i as u32) as u64)
+                    .sum();
+                let phase = if l.finished {
+                    Phase::Seeding
+                } else {
+                    Phase::Downloading
+                };
+                (phase, l.info.total_length(), have)
+            }
+            State::Failed => (Phase::Failed, 0, 0),
+        };
+        let seeds = self.peers.values().filter(|p| p.is_seed()).count();
+        let leechers = self
+            .peers
+            .values()
+            .filter(|p| p.peer_interested && !p.am_choking)
+            .count();
+        self.stats.send_replace(Stats {
+            info_hash: self.info_hash,
+            phase,
+            total,
+            have,
+            downloaded: self.downloaded,
+            uploaded: self.uploaded,
+            download_rate: self.down_rate.get(),
+            upload_rate: self.up_rate.get(),
+            peers: self.peers.len(),
+            seeds,
+            leechers,
+            completed_peers: self.completed_peers.len(),
+            known_addrs: self.addrs.len(),
+            failed_connects: self.failed_connects,
+        });
+    }
+}

@@ -1,0 +1,618 @@
+//! The peer table: one entry per connection, and what each wire message
+//! does to it.
+
+use std::collections::HashSet;
+use std::net::{SocketAddr, SocketAddrV4};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+
+use super::metadata::{self, Fetched};
+use super::{MAX_PEERS, State, Torrent, UNCHOKE_SLOTS};
+use crate::bitfield::Bitfield;
+use crate::choker::{self, Candidate};
+use crate::event::Event;
+use crate::metainfo::Info;
+use crate::peer::{self, PeerCmd, PeerEvent, PeerKey};
+use crate::rate::RateEstimate;
+use crate::wire::{
+    BLOCK_SIZE, BlockRequest, ExtHandshake, Handshake, Message, MetadataMsg, PexMsg,
+};
+
+/// Our extension ids (BEP 10): what peers must use when sending to us.
+pub(super) const UT_METADATA: u8 = 1;
+pub(super) const UT_PEX: u8 = 2;
+/// PEX to p2pfile peers goes out this often, so downloaders learn of each
+/// other within a couple of seconds.
+const PEX_FAST: Duration = Duration::from_secs(2);
+/// Other clients expect at most one PEX message a minute.
+const PEX_SLOW: Duration = Duration::from_secs(60);
+/// Largest block we serve; clients ask 16 KiB, some allow up to 128 KiB.
+const MAX_SERVED_BLOCK: u32 = 128 * 1024;
+
+/// One connection as the coordinator sees it.
+pub(super) struct Peer {
+    pub addr: SocketAddr,
+    /// Where the peer accepts connections (dialed address, or the port
+    /// from its extension handshake).
+    pub listen: Option<SocketAddr>,
+    pub peer_id: [u8; 20],
+    pub tx: mpsc::UnboundedSender<PeerCmd>,
+    pub fast: bool,
+    pub ext: Option<ExtHandshake>,
+    /// Pieces the peer has; empty until the info dictionary is known.
+    pub has: Bitfield,
+    /// What the peer announced before we knew the piece count.
+    pub early_bitfield: Option<Bytes>,
+    pub early_all: bool,
+    pub early_haves: Vec<u32>,
+    pub am_choking: bool,
+    pub am_interested: bool,
+    pub peer_choking: bool,
+    pub peer_interested: bool,
+    /// Requests we sent and have not seen answered.
+    pub outstanding: HashSet<BlockRequest>,
+    pub last_block: Instant,
+    pub down_rate: RateEstimate,
+    pub uploaded: u64,
+    pub hash_fails: u32,
+    pub pex_sent: HashSet<SocketAddrV4>,
+    pub last_pex: Option<Instant>,
+}
+
+impl Peer {
+    pub(super) fn send(&self, msg: Message) {
+        let _ = self.tx.send(PeerCmd::Send(msg));
+    }
+
+    pub(super) fn is_seed(&self) -> bool {
+        !self.has.is_empty() && self.has.is_full()
+    }
+
+    fn ext_id(&self, name: &str) -> Option<u8> {
+        self.ext.as_ref().and_then(|e| e.ext_id(name))
+    }
+
+    fn is_p2pfile(&self) -> bool {
+        self.ext
+            .as_ref()
+            .and_then(|e| e.client.as_deref())
+            .is_some_and(|c| c.starts_with("p2pfile"))
+    }
+
+    /// Requests to keep in flight: about half a second of what the peer
+    /// sends, within 16..=512 blocks.
+    pub(super) fn queue_depth(&self) -> usize {
+        let blocks = (self.down_rate.get() * 0.5 / BLOCK_SIZE as f64) as usize;
+        blocks.clamp(16, 512)
+    }
+}
+
+impl Torrent {
+    fn info(&self) -> Option<&Arc<Info>> {
+        match &self.state {
+            State::Live(l) => Some(&l.info),
+            State::Checking(info) => Some(info),
+            _ => None,
+        }
+    }
+
+    /// Registers a handshaken connection and starts its tasks.
+    pub(super) fn add_connection(
+        &mut self,
+        dialed: Option<SocketAddr>,
+        stream: TcpStream,
+        hs: Handshake,
+    ) {
+        let Ok(addr) = stream.peer_addr() else {
+            return;
+        };
+        let ours = self.shared.peer_id;
+        if hs.peer_id == ours || matches!(self.state, super::State::Failed) {
+            if let Some(d) = dialed.and_then(|d| self.addrs.get_mut(&d)) {
+                // Our own address, learned from the DHT: never dial it again.
+                d.banned = hs.peer_id == ours;
+            }
+            return;
+        }
+        if let Some((&old, _)) = self.peers.iter().find(|(_, p)| p.peer_id == hs.peer_id) {
+            // Both sides dialed at once: keep the connection opened by the
+            // lower peer id, a choice both ends make alike.
+            let new_by_lower = dialed.is_some() == (ours < hs.peer_id);
+            if !new_by_lower {
+                return;
+            }
+            self.drop_peer(old, "duplicate connection");
+        }
+        if self.peers.len() >= MAX_PEERS {
+            return;
+        }
+        let key = self.next_key;
+        self.next_key += 1;
+        let fast = hs.supports_fast();
+        let greeting = dialed
+            .is_none()
+            .then(|| Handshake::new(self.info_hash.0, ours));
+        let tx = peer::spawn(
+            key,
+            stream,
+            greeting,
+            fast,
+            self.peer_tx.clone(),
+            self.shared.upload.clone(),
+            self.shared.download.clone(),
+        );
+        let mut peer = Peer {
+            addr,
+            listen: dialed,
+            peer_id: hs.peer_id,
+            tx,
+            fast,
+            ext: None,
+            has: Bitfield::new(0),
+            early_bitfield: None,
+            early_all: false,
+            early_haves: Vec::new(),
+            am_choking: true,
+            am_interested: false,
+            peer_choking: true,
+            peer_interested: false,
+            outstanding: HashSet::new(),
+            last_block: Instant::now(),
+            down_rate: RateEstimate::default(),
+            uploaded: 0,
+            hash_fails: 0,
+            pex_sent: HashSet::new(),
+            last_pex: None,
+        };
+        if hs.supports_extensions() {
+            let ext = ExtHandshake {
+                m: [
+                    ("ut_metadata".to_string(), UT_METADATA),
+                    ("ut_pex".to_string(), UT_PEX),
+                ]
+                .into_iter()
+                .collect(),
+                metadata_size: self.info().map(|i| i.as_bytes().len() as u32),
+                listen_port: Some(self.shared.listen_port),
+                client: Some(concat!("p2pfile/", env!("CARGO_PKG_VERSION")).to_string()),
+                reqq: Some(peer::MAX_QUEUED_UPLOADS as u32),
+                upload_only: false,
+            };
+            peer.send(Message::Extended {
+                id: 0,
+                payload: ext.encode().into(),
+            });
+        }
+        match &self.state {
+            State::Live(l) => {
+                let have = l.picker.have();
+                peer.has = Bitfield::new(have.len());
+                if fast && have.is_full() {
+                    peer.send(Message::HaveAll);
+                } else if fast && have.count() == 0 {
+                    peer.send(Message::HaveNone);
+                } else if have.count() > 0 {
+                    peer.send(Message::Bitfield(Bytes::copy_from_slice(have.as_bytes())));
+                }
+            }
+            _ if fast => peer.send(Message::HaveNone),
+            _ => {}
+        }
+        if let Some(d) = dialed {
+            self.addrs.entry(d).or_default().connected = true;
+        }
+        self.peers.insert(key, peer);
+        self.emit(Event::PeerConnected { addr });
+    }
+
+    pub(super) fn drop_peer(&mut self, key: PeerKey, reason: &str) {
+        let Some(peer) = self.peers.remove(&key) else {
+            return;
+        };
+        tracing::debug!(addr = %peer.addr, "peer gone: {reason}");
+        if let Some(a) = peer.listen.and_then(|l| self.addrs.get_mut(&l)) {
+            a.connected = false;
+            a.seed = peer.is_seed();
+        }
+        match &mut self.state {
+            State::Live(l) => {
+                l.picker.remove_peer(&peer.has);
+                for req in &peer.outstanding {
+                    l.picker.cancelled(req);
+                }
+            }
+            State::Metadata(fetch) => fetch.peer_gone(key),
+            _ => {}
+        }
+        self.emit(Event::PeerDisconnected {
+            addr: peer.addr,
+            reason: reason.to_string(),
+        });
+        // Dropping `peer.tx` ends the writer, which closes the socket.
+    }
+
+    pub(super) fn on_peer_event(&mut self, key: PeerKey, ev: PeerEvent) {
+        match ev {
+            PeerEvent::Closed(reason) => self.drop_peer(key, &reason),
+            PeerEvent::Uploaded(n) => {
+                self.uploaded += n;
+                self.up_rate.add(n);
+                if let Some(p) = self.peers.get_mut(&key) {
+                    p.uploaded += n;
+                }
+            }
+            PeerEvent::Message(msg) => {
+                if self.peers.contains_key(&key)
+                    && let Err(why) = self.on_message(key, msg)
+                {
+                    self.drop_peer(key, &why);
+                }
+            }
+        }
+    }
+
+    /// Handles one message; an `Err` closes the connection (malformed or
+    /// hostile input never takes the process down).
+    fn on_message(&mut self, key: PeerKey, msg: Message) -> Result<(), String> {
+        match msg {
+            Message::KeepAlive
+            | Message::Port(_)
+            | Message::SuggestPiece(_)
+            | Message::AllowedFast(_) => {}
+            Message::Choke => {
+                let peer = self.peers.get_mut(&key).expect("present");
+                peer.peer_choking = true;
+                let lost: Vec<_> = peer.outstanding.drain().collect();
+                if let State::Live(l) = &mut self.state {
+                    for req in &lost {
+                        l.picker.cancelled(req);
+                    }
+                }
+            }
+            Message::Unchoke => {
+                self.peers.get_mut(&key).expect("present").peer_choking = false;
+                self.fill_requests(key);
+            }
+            Message::Interested => {
+                let unchoked = self.peers.values().filter(|p| !p.am_choking).count();
+                let peer = self.peers.get_mut(&key).expect("present");
+                peer.peer_interested = true;
+                if peer.am_choking && unchoked < UNCHOKE_SLOTS {
+                    peer.am_choking = false;
+                    peer.send(Message::Unchoke);
+                }
+            }
+            Message::NotInterested => {
+                let peer = self.peers.get_mut(&key).expect("present");
+                peer.peer_interested = false;
+                if !peer.am_choking {
+                    peer.am_choking = true;
+                    peer.send(Message::Choke);
+                }
+            }
+            Message::Have(index) => self.on_have(key, Some(index))?,
+            Message::HaveAll => self.on_have(key, None)?,
+            Message::Bitfield(bytes) => self.on_bitfield(key, Some(bytes))?,
+            Message::HaveNone => self.on_bitfield(key, None)?,
+            Message::Request(req) => self.on_request(key, req),
+            Message::Cancel(req) => {
+                let _ = self.peers[&key].tx.send(PeerCmd::CancelUpload(req));
+            }
+            Message::RejectRequest(req) => {
+                let peer = self.peers.get_mut(&key).expect("present");
+                if peer.outstanding.remove(&req)
+                    && let State::Live(l) = &mut self.state
+                {
+                    l.picker.cancelled(&req);
+                }
+                self.fill_requests(key);
+            }
+            Message::Piece { index, begin, data } => self.on_block(key, index, begin, data),
+            Message::Extended { id, payload } => self.on_extended(key, id, payload)?,
+        }
+        Ok(())
+    }
+
+    /// `Have(i)`, or `HaveAll` when `index` is `None`.
+    fn on_have(&mut self, key: PeerKey, index: Option<u32>) -> Result<(), String> {
+        let peer = self.peers.get_mut(&key).expect("present");
+        let State::Live(l) = &mut self.state else {
+            match index {
+                Some(i) => peer.early_haves.push(i),
+                None => peer.early_all = true,
+            }
+            return Ok(());
+        };
+        match index {
+            Some(i) => {
+                if i as usize >= l.picker.have().len() {
+                    return Err(format!("have for piece {i} out of range"));
+                }
+                if peer.has.set(i as usize) {
+                    l.picker.add_availability(i);
+                }
+            }
+            None => {
+                l.picker.remove_peer(&peer.has);
+                peer.has = Bitfield::full(l.picker.have().len());
+                l.picker.add_peer(&peer.has);
+            }
+        }
+        self.after_has_changed(key);
+        Ok(())
+    }
+
+    /// `Bitfield`, or `HaveNone` when `bytes` is `None`.
+    fn on_bitfield(&mut self, key: PeerKey, bytes: Option<Bytes>) -> Result<(), String> {
+        let peer = self.peers.get_mut(&key).expect("present");
+        let State::Live(l) = &mut self.state else {
+            peer.early_bitfield = bytes;
+            peer.early_all = false;
+            return Ok(());
+        };
+        let n = l.picker.have().len();
+        let has = match bytes {
+            Some(b) => Bitfield::from_bytes(&b, n).ok_or("malformed bitfield")?,
+            None => Bitfield::new(n),
+        };
+        l.picker.remove_peer(&peer.has);
+        peer.has = has;
+        l.picker.add_peer(&peer.has);
+        self.after_has_changed(key);
+        Ok(())
+    }
+
+    /// The info dictionary became known and storage is ready: apply what
+    /// peers announced early, and tell them what we have.
+    pub(super) fn peers_went_live(&mut self) {
+        let keys: Vec<_> = self.peers.keys().copied().collect();
+        for key in keys {
+            let State::Live(l) = &mut self.state else {
+                return;
+            };
+            let n = l.picker.have().len();
+            let peer = self.peers.get_mut(&key).expect("present");
+            let mut has = if peer.early_all {
+                Bitfield::full(n)
+            } else {
+                match peer.early_bitfield.take() {
+                    Some(b) => match Bitfield::from_bytes(&b, n) {
+                        Some(has) => has,
+                        None => {
+                            self.drop_peer(key, "malformed bitfield");
+                            continue;
+                        }
+                    },
+                    None => Bitfield::new(n),
+                }
+            };
+            for i in peer.early_haves.drain(..) {
+                has.set(i as usize);
+            }
+            peer.has = has;
+            l.picker.add_peer(&peer.has);
+            for i in l.picker.have().iter_ones() {
+                peer.send(Message::Have(i as u32));
+            }
+            self.after_has_changed(key);
+        }
+    }
+
+    /// After a peer's pieces changed: note completion, update interest,
+    /// request, and drop pointless seed-to-seed connections.
+    fn after_has_changed(&mut self, key: PeerKey) {
+        let finished = self.finished();
+        let peer = &self.peers[&key];
+        if peer.is_seed() {
+            self.completed_peers.insert(peer.peer_id);
+            if finished {
+                self.drop_peer(key, "both complete");
+                return;
+            }
+        }
+        self.update_interest(key);
+        self.fill_requests(key);
+    }
+
+    pub(super) fn update_interest(&mut self, key: PeerKey) {
+        let State::Live(l) = &self.state else {
+            return;
+        };
+        let peer = self.peers.get_mut(&key).expect("present");
+        let want = !l.finished && l.picker.wants_any(&peer.has);
+        if want != peer.am_interested {
+            peer.am_interested = want;
+            peer.send(if want {
+                Message::Interested
+            } else {
+                Message::NotInterested
+            });
+        }
+    }
+
+    fn on_request(&mut self, key: PeerKey, req: BlockRequest) {
+        let peer = &self.peers[&key];
+        let ok = match &self.state {
+            State::Live(l) => {
+                !peer.am_choking
+                    && l.picker.have().get(req.index as usize)
+                    && req.length > 0
+                    && req.length <= MAX_SERVED_BLOCK
+                    && req.begin as u64 + req.length as u64 <= l.info.piece_size(req.index) as u64
+            }
+            _ => false,
+        };
+        if ok {
+            let State::Live(l) = &self.state else {
+                unreachable!()
+            };
+            let _ = peer.tx.send(PeerCmd::Upload(req, l.storage.clone()));
+        } else if peer.fast {
+            peer.send(Message::RejectRequest(req));
+        }
+    }
+
+    fn on_extended(&mut self, key: PeerKey, id: u8, payload: Bytes) -> Result<(), String> {
+        match id {
+            0 => {
+                let ext = ExtHandshake::decode(&payload)
+                    .map_err(|e| format!("extension handshake: {e}"))?;
+                let peer = self.peers.get_mut(&key).expect("present");
+                if let Some(port) = ext.listen_port.filter(|p| *p != 0) {
+                    let listen = SocketAddr::new(peer.addr.ip(), port);
+                    if peer.listen.is_none() {
+                        peer.listen = Some(listen);
+                        self.addrs.entry(listen).or_default().connected = true;
+                    }
+                }
+                let size = ext.metadata_size;
+                let peer = self.peers.get_mut(&key).expect("present");
+                peer.ext = Some(ext);
+                if let (State::Metadata(fetch), Some(size)) = (&mut self.state, size) {
+                    fetch.offer_size(size);
+                    self.request_metadata();
+                }
+                self.send_pex_to(key, true);
+            }
+            UT_METADATA => {
+                let msg = MetadataMsg::decode(&payload).map_err(|e| format!("ut_metadata: {e}"))?;
+                match msg {
+                    MetadataMsg::Request { piece } => {
+                        let answer = metadata::serve(self.info().map(|i| i.as_bytes()), piece);
+                        let peer = &self.peers[&key];
+                        if let Some(their_id) = peer.ext_id("ut_metadata") {
+                            peer.send(Message::Extended {
+                                id: their_id,
+                                payload: answer.encode().into(),
+                            });
+                        }
+                    }
+                    other => {
+                        let State::Metadata(fetch) = &mut self.state else {
+                            return Ok(());
+                        };
+                        match fetch.on_message(key, other, self.info_hash) {
+                            Fetched::Pending => self.request_metadata(),
+                            Fetched::Corrupt => {
+                                return Err("sent metadata that does not match the info-hash".into());
+                            }
+                            Fetched::Complete(raw) => match Info::from_bytes(&raw) {
+                                Ok(info) => self.got_info(Arc::new(info)),
+                                Err(e) => self.fail(format!(
+                                    "metadata from peers is not a valid torrent: {e}"
+                                )),
+                            },
+                        }
+                    }
+                }
+            }
+            UT_PEX => {
+                let pex = PexMsg::decode(&payload).map_err(|e| format!("ut_pex: {e}"))?;
+                self.add_addrs(pex.added.into_iter().map(SocketAddr::V4).collect());
+            }
+            other => return Err(format!("extension message with unknown id {other}")),
+        }
+        Ok(())
+    }
+
+    /// Sends outstanding metadata requests (magnet phase).
+    pub(super) fn request_metadata(&mut self) {
+        let State::Metadata(fetch) = &mut self.state else {
+            return;
+        };
+        let offering: Vec<PeerKey> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| {
+                p.ext.as_ref().is_some_and(|e| e.metadata_size.is_some())
+                    && p.ext_id("ut_metadata").is_some()
+            })
+            .map(|(k, _)| *k)
+            .collect();
+        for (key, piece) in fetch.requests(&offering, Instant::now()) {
+            let peer = &self.peers[&key];
+            let id = peer.ext_id("ut_metadata").expect("filtered");
+            peer.send(Message::Extended {
+                id,
+                payload: MetadataMsg::Request { piece }.encode().into(),
+            });
+        }
+    }
+
+    pub(super) fn send_pex(&mut self) {
+        let keys: Vec<_> = self.peers.keys().copied().collect();
+        for key in keys {
+            self.send_pex_to(key, false);
+        }
+    }
+
+    /// Tells a peer which other peers we are connected to (BEP 11).
+    fn send_pex_to(&mut self, key: PeerKey, first: bool) {
+        let current: HashSet<SocketAddrV4> = self
+            .peers
+            .iter()
+            .filter(|(k, _)| **k != key)
+            .filter_map(|(_, p)| match p.listen {
+                Some(SocketAddr::V4(a)) => Some(a),
+                _ => None,
+            })
+            .collect();
+        let peer = self.peers.get_mut(&key).expect("present");
+        let Some(id) = peer.ext_id("ut_pex") else {
+            return;
+        };
+        let interval = if peer.is_p2pfile() {
+            PEX_FAST
+        } else {
+            PEX_SLOW
+        };
+        if !first && peer.last_pex.is_some_and(|at| at.elapsed() < interval) {
+            return;
+        }
+        let added: Vec<_> = current.difference(&peer.pex_sent).copied().collect();
+        let dropped: Vec<_> = peer.pex_sent.difference(&current).copied().collect();
+        if added.is_empty() && dropped.is_empty() {
+            return;
+        }
+        peer.pex_sent = current;
+        peer.last_pex = Some(Instant::now());
+        peer.send(Message::Extended {
+            id,
+            payload: PexMsg { added, dropped }.encode().into(),
+        });
+    }
+
+    /// Recomputes the unchoke set.
+    pub(super) fn rechoke(&mut self) {
+        let candidates: Vec<Candidate<PeerKey>> = self
+            .peers
+            .iter()
+            .map(|(k, p)| Candidate {
+                key: *k,
+                interested: p.peer_interested,
+                download_rate: p.down_rate.get(),
+                uploaded: p.uploaded,
+            })
+            .collect();
+        let finished = self.finished();
+        let unchoke: HashSet<PeerKey> =
+            choker::unchoke_set(&candidates, UNCHOKE_SLOTS, finished, &mut self.rng)
+                .into_iter()
+                .collect();
+        for (k, p) in self.peers.iter_mut() {
+            let choke = !unchoke.contains(k);
+            if choke != p.am_choking {
+                p.am_choking = choke;
+                p.send(if choke {
+                    Message::Choke
+                } else {
+                    Message::Unchoke
+                });
+            }
+        }
+    }
+}
