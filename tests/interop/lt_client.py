@@ -115,6 +115,8 @@ def make_session(ip, port, dht=False, dht_nodes=(), passive=False, verbose=False
         "allowed_enc_level": int(lt.enc_level.pe_plaintext),
         # Every test peer lives on 127.0.0.x.
         "allow_multiple_connections_per_ip": True,
+        # Re-dial a peer that dropped us after 2 s, not 60 s.
+        "min_reconnect_time": 2,
         "no_connect_privileged_ports": False,
         "enable_ip_notifier": False,
         "alert_mask": int(mask),
@@ -179,7 +181,7 @@ def wait_listening(ses, want_port, deadline, verbose):
 
 FATAL_ALERTS = tuple(
     getattr(lt, n)
-    for n in ("torrent_error_alert", "file_error_alert", "hash_failed_alert_fatal")
+    for n in ("torrent_error_alert", "file_error_alert")
     if hasattr(lt, n)
 )
 
@@ -199,11 +201,16 @@ def drain(ses, verbose, on_alert=None):
             on_alert(a)
 
 
-def shutdown(ses):
-    """Stops the session and waits for its threads (flushes files to disk)."""
+def shutdown(holder):
+    """Stops the session in holder["ses"] and drops the last reference to it.
+
+    lt.session's destructor blocks until libtorrent has shut down (disk
+    threads joined, files closed), so afterwards the data is on disk.
+    """
+    ses = holder.pop("ses", None)
+    if ses is None:
+        return
     try:
-        for h in ses.get_torrents():
-            h.pause()
         ses.pause()
     except Exception:  # best effort
         pass
@@ -237,6 +244,8 @@ def v1_hex(ti):
 def cmd_seed(args):
     ip = loopback_ip(args.ip, "--ip")
     dht_nodes = [endpoint(n, "--dht-node") for n in args.dht_node]
+    for p in args.peer:
+        endpoint(p, "--peer")
     path = os.path.abspath(args.path.rstrip("/") or "/")
     if not os.path.exists(path):
         raise Fatal("no such file or directory: %s" % path)
@@ -269,9 +278,11 @@ def cmd_seed(args):
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
 
-    ses = make_session(
+    holder = {}
+    ses = holder["ses"] = make_session(
         ip, args.port, args.dht or bool(dht_nodes), dht_nodes, args.passive, args.verbose
     )
+    h = None
     try:
         wait_listening(ses, args.port, min(deadline, time.monotonic() + 30), args.verbose)
         atp = lt.add_torrent_params()
@@ -313,17 +324,26 @@ def cmd_seed(args):
         sys.stdout.flush()
         log("seeding %s (%s) on %s:%d" % (name, v1_hex(ti), ip, args.port))
 
-        for peer in args.peer:
-            h.connect_peer(endpoint(peer, "--peer"))
-
+        peers = [endpoint(p, "--peer") for p in args.peer]
+        last_dial = 0.0
         while not stop["flag"] and time.monotonic() < deadline:
+            # Keep dialing --peer targets that are not connected (they may
+            # start later, or drop us, e.g. Transmission after a magnet's
+            # metadata arrives).
+            if peers and time.monotonic() - last_dial > 3:
+                connected = {tuple(pi.ip) for pi in h.get_peer_info()}
+                for peer in peers:
+                    if peer not in connected:
+                        h.connect_peer(peer)
+                last_dial = time.monotonic()
             ses.wait_for_alert(250)
             drain(ses, args.verbose)
         if args.verbose:
             st = h.status()
             log("seed exiting: uploaded %d bytes, %d peers" % (st.all_time_upload, st.num_peers))
     finally:
-        shutdown(ses)
+        del ses, h
+        shutdown(holder)
     return EXIT_OK
 
 
@@ -361,9 +381,11 @@ def cmd_download(args):
         atp.flags |= lt.torrent_flags.disable_dht
 
     deadline = time.monotonic() + args.timeout
-    ses = make_session(
+    holder = {}
+    ses = holder["ses"] = make_session(
         ip, args.port, args.dht or bool(dht_nodes), dht_nodes, args.passive, args.verbose
     )
+    h = None
     try:
         try:
             wait_listening(ses, args.port, min(deadline, time.monotonic() + 30), args.verbose)
@@ -408,7 +430,8 @@ def cmd_download(args):
         if hasattr(ti, "info_hashes") and ti.info_hashes().has_v2():
             result["info_hash_v2"] = str(ti.info_hashes().v2)
     finally:
-        shutdown(ses)
+        del ses, h
+        shutdown(holder)
     sys.stdout.write(json.dumps(result, separators=(",", ":")) + "\n")
     sys.stdout.flush()
     return EXIT_OK

@@ -314,7 +314,7 @@ impl Torrent {
         let due: Vec<SocketAddr> = self
             .addrs
             .iter()
-            .filter(|(_, a)| !a.connecting && !a.connected && !a.banned && !(finished && a.seed))
+            .filter(|(_, a)| !(a.connecting || a.connected || a.banned || (finished && a.seed)))
             .filter(|(_, a)| match a.last_attempt {
                 None => true,
                 Some(at) => {

@@ -498,7 +498,9 @@ impl Torrent {
                         match fetch.on_message(key, other, self.info_hash) {
                             Fetched::Pending => self.request_metadata(),
                             Fetched::Corrupt => {
-                                return Err("sent metadata that does not match the info-hash".into());
+                                return Err(
+                                    "sent metadata that does not match the info-hash".into()
+                                );
                             }
                             Fetched::Complete(raw) => match Info::from_bytes(&raw) {
                                 Ok(info) => self.got_info(Arc::new(info)),

@@ -1,0 +1,128 @@
+//! Command-line types. Doc comments here are the `--help` text; defaults
+//! live in `config`, so a flag left out can still come from the
+//! environment or the config file.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+pub const EXIT_CODES: &str = "\
+Exit codes:
+  0    success
+  1    runtime failure (disk full, I/O error, torrent failed)
+  2    usage or input error (bad flag, config, magnet, .torrent, missing path)
+  3    incomplete: a download found no peer or made no progress before --timeout
+  4    port unavailable: --port taken, or every port of --port-range taken
+  130  interrupted (SIGINT/SIGTERM during a download), after a clean shutdown";
+
+/// Move files across a private fleet with BitTorrent and a private DHT.
+#[derive(Debug, Parser)]
+#[command(name = "p2pfile", version, after_help = EXIT_CODES)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Flags every subcommand takes. Each also has a config-file key of the
+/// same name and a `P2PFILE_<NAME>` environment variable; the flag wins
+/// over the environment, which wins over the file.
+#[derive(Debug, Args, Default)]
+pub struct GlobalArgs {
+    /// YAML config file [default: $HOME/.p2pfile.yaml, if it exists]
+    #[arg(long, global = true, env = "P2PFILE_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Address to listen on and announce [default: the default route's address]
+    #[arg(long, global = true, env = "P2PFILE_IP", value_name = "IPV4")]
+    pub ip: Option<String>,
+    /// Port for the peer wire (TCP) and the DHT (UDP)
+    #[arg(
+        long,
+        global = true,
+        env = "P2PFILE_PORT",
+        conflicts_with = "port_range"
+    )]
+    pub port: Option<String>,
+    /// Pick a random free port from this range [default: 42070-42099]
+    #[arg(
+        long,
+        global = true,
+        env = "P2PFILE_PORT_RANGE",
+        value_name = "FIRST-LAST"
+    )]
+    pub port_range: Option<String>,
+    /// DHT bootstrap nodes (other p2pfile hosts), comma-separated
+    #[arg(long, global = true, env = "P2PFILE_PEERS", value_name = "IP:PORT,...")]
+    pub peers: Option<String>,
+    /// Upload limit for the process in MiB/s, decimals allowed; 0 = none
+    #[arg(
+        long,
+        global = true,
+        env = "P2PFILE_UPLOAD_LIMIT",
+        value_name = "MIB/S"
+    )]
+    pub upload_limit: Option<String>,
+    /// Download limit for the process in MiB/s, decimals allowed; 0 = none
+    #[arg(
+        long,
+        global = true,
+        env = "P2PFILE_DOWNLOAD_LIMIT",
+        value_name = "MIB/S"
+    )]
+    pub download_limit: Option<String>,
+    /// Print machine-readable JSON lines on stdout
+    #[arg(long, global = true, env = "P2PFILE_JSON")]
+    pub json: bool,
+    /// Log debug details to stderr
+    #[arg(long, global = true, env = "P2PFILE_DEBUG")]
+    pub debug: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Seed files or directories and print one magnet per PATH
+    Serve(ServeArgs),
+    /// Download magnets or .torrent files
+    Download(DownloadArgs),
+    /// Print a shell completion script
+    Completion(CompletionArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Files or directories to seed, one torrent each
+    #[arg(required = true, value_name = "PATH")]
+    pub paths: Vec<PathBuf>,
+    /// Also write DIR/<info-hash>.torrent for each PATH
+    #[arg(long, env = "P2PFILE_TORRENT_OUT", value_name = "DIR")]
+    pub torrent_out: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct DownloadArgs {
+    /// Magnet links or .torrent files
+    #[arg(required = true, value_name = "SOURCE")]
+    pub sources: Vec<String>,
+    /// Directory to download into [default: .]
+    #[arg(long, env = "P2PFILE_DIR", value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+    /// Fail when no piece arrives for this many seconds [default: 60]
+    #[arg(long, env = "P2PFILE_TIMEOUT", value_name = "SECS")]
+    pub timeout: Option<String>,
+    /// Keep seeding after completion, until --seeding-time or --seeding-ratio
+    #[arg(long, env = "P2PFILE_SEEDING")]
+    pub seeding: bool,
+    /// Stop seeding after this many seconds; 0 = no time limit [default: 60]
+    #[arg(long, env = "P2PFILE_SEEDING_TIME", value_name = "SECS")]
+    pub seeding_time: Option<String>,
+    /// Stop seeding once uploaded ÷ size reaches this; 0 = no ratio limit [default: 1.0]
+    #[arg(long, env = "P2PFILE_SEEDING_RATIO", value_name = "RATIO")]
+    pub seeding_ratio: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionArgs {
+    /// bash, zsh, fish, elvish or powershell
+    pub shell: clap_complete::Shell,
+}

@@ -1,0 +1,78 @@
+//! One module per subcommand: the only place settings, engine and output
+//! meet.
+
+pub mod completion;
+pub mod download;
+pub mod serve;
+
+use p2pfile_engine::{Event, Session, SessionConfig, TorrentHandle};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::config::Settings;
+use crate::error::{Failure, from_engine};
+
+/// Starts the engine with the global settings and extra DHT bootstrap
+/// addresses (magnet peer hints).
+pub async fn start_session(
+    settings: &Settings,
+    extra_bootstrap: &[std::net::SocketAddr],
+) -> Result<Session, Failure> {
+    let mut bootstrap = settings.peers.clone();
+    for a in extra_bootstrap {
+        if !bootstrap.contains(a) {
+            bootstrap.push(*a);
+        }
+    }
+    Session::start(SessionConfig {
+        ip: settings.ip,
+        port: settings.port.clone(),
+        bootstrap,
+        dht: true,
+        upload_limit: settings.upload_limit,
+        download_limit: settings.download_limit,
+    })
+    .await
+    .map_err(from_engine)
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("install SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+/// Forwards the events of several torrents into one channel, tagged with
+/// their position. Sending on a torrent's `stop` sender stops it.
+pub fn merge_events(
+    handles: Vec<TorrentHandle>,
+) -> (
+    mpsc::UnboundedReceiver<(usize, Event)>,
+    Vec<oneshot::Sender<()>>,
+) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let mut stops = Vec::new();
+    for (i, mut h) in handles.into_iter().enumerate() {
+        let tx = tx.clone();
+        let (stop_tx, mut stop_rx) = oneshot::channel();
+        stops.push(stop_tx);
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    ev = h.next_event() => match ev {
+                        Some(ev) => if tx.send((i, ev)).is_err() { break },
+                        None => break,
+                    },
+                    _ = &mut stop_rx => {
+                        h.stop().await;
+                        return;
+                    }
+                }
+            }
+        });
+    }
+    (rx, stops)
+}

@@ -1,0 +1,75 @@
+//! The `p2pfile` binary: parse, configure, run one command, exit with the
+//! code from the table in `error`. Everything else lives in `commands/`
+//! and the engine crate.
+
+mod cli;
+mod commands;
+mod config;
+mod error;
+mod output;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::cli::{Cli, Command};
+use crate::config::{FileValues, Settings};
+use crate::error::{Code, Failure};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            if f.code != Code::Interrupted {
+                eprintln!("{f}");
+            }
+            ExitCode::from(f.code as u8)
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<(), Failure> {
+    if let Command::Completion(args) = &cli.command {
+        commands::completion::run(args);
+        return Ok(());
+    }
+    let file = FileValues::load(cli.global.config.as_deref())?;
+    init_tracing(file.flag(cli.global.debug, "debug")?);
+    let settings = Settings::resolve(&cli.global, &file)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::new(Code::Runtime, e))?;
+    runtime.block_on(async {
+        match cli.command {
+            Command::Serve(args) => {
+                let torrent_out = file
+                    .pick(
+                        &args.torrent_out.as_ref().map(|p| p.display().to_string()),
+                        "torrent-out",
+                    )
+                    .map(Into::into);
+                commands::serve::run(args, torrent_out, settings).await
+            }
+            Command::Download(args) => commands::download::run(args, &file, settings).await,
+            Command::Completion(_) => unreachable!("handled above"),
+        }
+    })
+}
+
+/// Logs go to stderr: warnings by default, debug with `--debug`, or what
+/// `P2PFILE_LOG` says (an env-filter directive).
+fn init_tracing(debug: bool) {
+    use tracing_subscriber::EnvFilter;
+    let filter = match std::env::var("P2PFILE_LOG") {
+        Ok(f) => EnvFilter::new(f),
+        Err(_) if debug => EnvFilter::new("debug,mainline=info"),
+        Err(_) => EnvFilter::new("warn,mainline=error"),
+    };
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
