@@ -1,1 +1,7 @@
-// harness comes next
+//! End-to-end tests of the `p2pfile` binary: separate processes on
+//! separate 127.0.0.x addresses, as on a fleet.
+
+mod errors;
+mod interop;
+mod transfer;
+mod util;

@@ -87,7 +87,7 @@ def endpoint(text, what):
 # ---------------------------------------------------------------- session
 
 
-def make_session(ip, port, dht=False, dht_nodes=(), passive=False, verbose=False):
+def make_session(ip, port, dht=False, dht_nodes=(), passive=False, utp=False, verbose=False):
     """A session listening only on ip:port that can reach nothing but loopback."""
     mask = (
         lt.alert.category_t.error_notification
@@ -113,6 +113,11 @@ def make_session(ip, port, dht=False, dht_nodes=(), passive=False, verbose=False
         "out_enc_policy": int(lt.enc_policy.pe_disabled),
         "in_enc_policy": int(lt.enc_policy.pe_disabled),
         "allowed_enc_level": int(lt.enc_level.pe_plaintext),
+        # TCP only unless --utp: libtorrent otherwise dials uTP first and
+        # falls back to TCP after utp_connect_timeout (3 s), and sends uTP
+        # SYNs to the UDP port of a TCP-only peer.
+        "enable_outgoing_utp": bool(utp),
+        "enable_incoming_utp": bool(utp),
         # Every test peer lives on 127.0.0.x.
         "allow_multiple_connections_per_ip": True,
         # Re-dial a peer that dropped us after 2 s, not 60 s.
@@ -280,7 +285,7 @@ def cmd_seed(args):
 
     holder = {}
     ses = holder["ses"] = make_session(
-        ip, args.port, args.dht or bool(dht_nodes), dht_nodes, args.passive, args.verbose
+        ip, args.port, args.dht or bool(dht_nodes), dht_nodes, args.passive, args.utp, args.verbose
     )
     h = None
     try:
@@ -383,7 +388,7 @@ def cmd_download(args):
     deadline = time.monotonic() + args.timeout
     holder = {}
     ses = holder["ses"] = make_session(
-        ip, args.port, args.dht or bool(dht_nodes), dht_nodes, args.passive, args.verbose
+        ip, args.port, args.dht or bool(dht_nodes), dht_nodes, args.passive, args.utp, args.verbose
     )
     h = None
     try:
@@ -454,6 +459,8 @@ def main(argv=None):
                         help="enable DHT with this loopback node as bootstrap (repeatable)")
         sp.add_argument("--dht", action="store_true",
                         help="enable DHT with no bootstrap node (others bootstrap from us)")
+        sp.add_argument("--utp", action="store_true",
+                        help="also use uTP (default: TCP only, like a plain BEP 3 peer)")
         sp.add_argument("--passive", action="store_true",
                         help="make no outgoing peer connections (peers must dial us)")
         sp.add_argument("--verbose", "-v", action="store_true", help="log all alerts to stderr")

@@ -1,0 +1,225 @@
+//! Test harness: each test gets a temp dir, its own 127.0.0.x addresses,
+//! a clean environment, and processes that are killed when dropped.
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// Next free loopback host number; each test takes its own addresses so
+/// tests can run in parallel without port clashes.
+static NEXT_HOST: AtomicU8 = AtomicU8::new(10);
+
+/// A fresh 127.0.0.x address.
+pub fn host() -> String {
+    let n = NEXT_HOST.fetch_add(1, Ordering::SeqCst);
+    assert!(n < 250, "out of loopback hosts");
+    format!("127.0.0.{n}")
+}
+
+/// A test's sandbox.
+pub struct Env {
+    pub dir: tempfile::TempDir,
+}
+
+impl Env {
+    pub fn new() -> Self {
+        Self {
+            dir: tempfile::tempdir().expect("temp dir"),
+        }
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    /// `p2pfile` with `P2PFILE_*`, `HOME` and `XDG_*` cleared (HOME points
+    /// into the sandbox so no real config file is read).
+    pub fn cmd(&self) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_p2pfile"));
+        for (k, _) in std::env::vars() {
+            if k.starts_with("P2PFILE_") || k.starts_with("XDG_") {
+                c.env_remove(k);
+            }
+        }
+        c.env("HOME", self.dir.path());
+        c.current_dir(self.dir.path());
+        c
+    }
+
+    /// Starts `serve` on `ip` and waits for its magnets.
+    pub fn serve(&self, ip: &str, extra: &[&str], paths: &[&Path]) -> Server {
+        let mut c = self.cmd();
+        c.args(["--ip", ip]).arg("serve").args(extra).args(paths);
+        Server::start(c, paths.len())
+    }
+}
+
+/// A running `serve`; killed on drop.
+pub struct Server {
+    pub child: Child,
+    pub magnets: Vec<String>,
+}
+
+impl Server {
+    fn start(mut c: Command, count: usize) -> Self {
+        let mut child = c
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn serve");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut magnets = Vec::new();
+        while magnets.len() < count {
+            match rx.recv_timeout(Duration::from_secs(60)) {
+                Ok(line) => magnets.push(line),
+                Err(_) => {
+                    let _ = child.kill();
+                    let mut err = String::new();
+                    if let Some(mut e) = child.stderr.take() {
+                        let _ = e.read_to_string(&mut err);
+                    }
+                    panic!("serve printed no magnet; stderr: {err}");
+                }
+            }
+        }
+        Server { child, magnets }
+    }
+
+    pub fn magnet(&self) -> &str {
+        &self.magnets[0]
+    }
+
+    /// Sends SIGTERM and returns the exit status.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        signal(&self.child, "TERM");
+        wait_timeout(&mut self.child, Duration::from_secs(20)).expect("serve exits after SIGTERM")
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn signal(child: &Child, sig: &str) {
+    let _ = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(child.id().to_string())
+        .status();
+}
+
+pub fn wait_timeout(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
+}
+
+/// Runs a command to the end, killing it after `limit`.
+pub fn run(mut c: Command, limit: Duration) -> Output {
+    let child = c
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let id = child.id();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(limit) {
+        Ok(out) => out.expect("wait"),
+        Err(_) => {
+            let _ = Command::new("kill")
+                .arg("-KILL")
+                .arg(id.to_string())
+                .status();
+            panic!("command did not finish within {limit:?}");
+        }
+    }
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// JSON lines of a `--json` run.
+pub fn events(o: &Output) -> Vec<serde_json::Value> {
+    stdout(o)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l}: {e}")))
+        .collect()
+}
+
+/// Deterministic pseudo-random bytes (xorshift), so failures reproduce.
+pub fn data(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// Asserts two trees hold the same files, bytes and empty directories.
+pub fn assert_same_tree(a: &Path, b: &Path) {
+    let out = Command::new("diff")
+        .arg("-r")
+        .arg(a)
+        .arg(b)
+        .output()
+        .expect("diff");
+    assert!(
+        out.status.success(),
+        "{} and {} differ:\n{}",
+        a.display(),
+        b.display(),
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+/// The magnet with its `x.pe` hints removed.
+pub fn without_peers(magnet: &str) -> String {
+    magnet
+        .split('&')
+        .filter(|p| !p.starts_with("x.pe="))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+/// The `x.pe` address of a magnet.
+pub fn peer_of(magnet: &str) -> String {
+    magnet
+        .split('&')
+        .find_map(|p| p.strip_prefix("x.pe="))
+        .expect("magnet has x.pe")
+        .to_string()
+}
