@@ -60,6 +60,7 @@ pub struct GlobalArgs {
         long,
         global = true,
         env = "P2PFILE_UPLOAD_LIMIT",
+        allow_negative_numbers = true,
         value_name = "MIB/S"
     )]
     pub upload_limit: Option<String>,
@@ -68,6 +69,7 @@ pub struct GlobalArgs {
         long,
         global = true,
         env = "P2PFILE_DOWNLOAD_LIMIT",
+        allow_negative_numbers = true,
         value_name = "MIB/S"
     )]
     pub download_limit: Option<String>,
@@ -108,16 +110,31 @@ pub struct DownloadArgs {
     #[arg(long, env = "P2PFILE_DIR", value_name = "DIR")]
     pub dir: Option<PathBuf>,
     /// Fail when no piece arrives for this many seconds [default: 60]
-    #[arg(long, env = "P2PFILE_TIMEOUT", value_name = "SECS")]
+    #[arg(
+        long,
+        env = "P2PFILE_TIMEOUT",
+        allow_negative_numbers = true,
+        value_name = "SECS"
+    )]
     pub timeout: Option<String>,
     /// Keep seeding after completion, until --seeding-time or --seeding-ratio
     #[arg(long, env = "P2PFILE_SEEDING")]
     pub seeding: bool,
     /// Stop seeding after this many seconds; 0 = no time limit [default: 60]
-    #[arg(long, env = "P2PFILE_SEEDING_TIME", value_name = "SECS")]
+    #[arg(
+        long,
+        env = "P2PFILE_SEEDING_TIME",
+        allow_negative_numbers = true,
+        value_name = "SECS"
+    )]
     pub seeding_time: Option<String>,
     /// Stop seeding once uploaded ÷ size reaches this; 0 = no ratio limit [default: 1.0]
-    #[arg(long, env = "P2PFILE_SEEDING_RATIO", value_name = "RATIO")]
+    #[arg(
+        long,
+        env = "P2PFILE_SEEDING_RATIO",
+        allow_negative_numbers = true,
+        value_name = "RATIO"
+    )]
     pub seeding_ratio: Option<String>,
 }
 

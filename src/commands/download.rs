@@ -172,7 +172,7 @@ fn parse_source(text: &str) -> Result<Source, Failure> {
     if text.starts_with("magnet:") {
         let m: Magnet = text.parse().map_err(|e| {
             Failure::usage(
-                anyhow!("bad magnet {text:?}").context(e),
+                anyhow::Error::new(e).context(format!("bad magnet {text:?}")),
                 "copy the whole magnet printed by `p2pfile serve`, in quotes",
             )
         })?;

@@ -64,6 +64,11 @@ pub struct Server {
 }
 
 impl Server {
+    /// Starts a prepared `serve` command and waits for `count` lines.
+    pub fn spawn(c: Command, count: usize) -> Self {
+        Self::start(c, count)
+    }
+
     fn start(mut c: Command, count: usize) -> Self {
         let mut child = c
             .stdout(Stdio::piped())

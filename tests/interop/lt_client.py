@@ -8,13 +8,15 @@ Run with the Debian interpreter, which is the one that can import libtorrent:
     /usr/bin/python3 tests/interop/lt_client.py download MAGNET_OR_TORRENT \
         --ip 127.0.0.22 --port 40022 --dir OUT [--timeout SECS] [--peer IP:PORT ...]
 
-Both subcommands accept --verbose (log every alert to stderr) and, opt-in
-only, --dht-node IP:PORT (repeatable) which enables libtorrent's DHT with those
-nodes as the *only* bootstrap nodes (no public routers).
+Both subcommands also accept: --verbose (log every alert to stderr);
+--dht (enable libtorrent's DHT with no bootstrap node: others bootstrap from
+us) and --dht-node IP:PORT (repeatable: enable DHT and bootstrap only from
+these loopback nodes) -- DHT is off otherwise; --passive (never dial peers);
+--utp (also use uTP; default is TCP only, like a plain BEP 3 peer).
 
 Network safety (enforced here, not left to the caller): every address given
 (--ip, --peer, --dht-node, x.pe peers in a magnet) must be IPv4 loopback
-127.0.0.0/8; the session listens only on IP:PORT; DHT (unless --dht-node),
+127.0.0.0/8; the session listens only on IP:PORT; DHT (unless --dht or --dht-node),
 LSD, UPnP and NAT-PMP are off; dht_bootstrap_nodes is empty; trackers and web
 seeds from a magnet or .torrent are dropped (override_trackers /
 override_web_seeds); and an IP filter blocks every address outside 127/8
