@@ -143,7 +143,7 @@ def main():
                         f.write("%.6f\n" % time.time())
                     os.replace(a.done_file + ".tmp", a.done_file)
                 print(json.dumps({"event": "completed", "name": h.torrent_file().name(),
-                                  "downloaded": st.total_payload_download}), flush=True)
+                                  "downloaded": st.total_payload_download}, separators=(",", ":")), flush=True)
     del h
     ses.pause()
     del ses

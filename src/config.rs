@@ -320,6 +320,20 @@ mod tests {
     }
 
     #[test]
+    fn example_config_is_valid() {
+        let f = FileValues::parse(include_str!("../.p2pfile.yaml.example")).unwrap();
+        let s = Settings::resolve(&GlobalArgs::default(), &f).unwrap();
+        assert_eq!(s.ip, Ipv4Addr::new(10, 0, 0, 5));
+        assert_eq!(s.peers.len(), 2);
+        for key in KEYS {
+            assert!(
+                include_str!("../.p2pfile.yaml.example").contains(&format!("{key}:")),
+                "example documents {key}"
+            );
+        }
+    }
+
+    #[test]
     fn values() {
         assert!(parse_peers("127.0.0.1:1, 127.0.0.2:2").unwrap().len() == 2);
         assert!(parse_peers("127.0.0.1").is_err());

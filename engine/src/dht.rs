@@ -8,7 +8,10 @@ use std::time::Duration;
 use futures_lite::StreamExt;
 use mainline::async_dht::AsyncDht;
 use mainline::{Dht as MainlineDht, Id};
+use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
+
+use crate::bencode::{self, Value};
 
 use crate::metainfo::InfoHash;
 
@@ -16,6 +19,7 @@ use crate::metainfo::InfoHash;
 #[derive(Clone, Debug)]
 pub(crate) struct Dht {
     node: AsyncDht,
+    addr: SocketAddrV4,
 }
 
 impl Dht {
@@ -40,7 +44,66 @@ impl Dht {
             builder.bootstrap(&boot);
         }
         let node = builder.build()?.as_async();
-        Ok(Self { node })
+        Ok(Self {
+            node,
+            addr: SocketAddrV4::new(ip, port),
+        })
+    }
+
+    /// Makes our own node list us as a peer for `info_hash`.
+    ///
+    /// mainline stores announces only from other nodes, so the first node
+    /// of a network (a lone seed) would answer `get_peers` for its own
+    /// torrent with nothing, and a client that enters the DHT through it
+    /// (aria2's `--dht-entry-point`) would never find it. Two KRPC queries
+    /// from a throwaway socket on our address fix that: `get_peers` for a
+    /// token, then `announce_peer` with our port. Both are marked read-only
+    /// (BEP 43) so the throwaway socket never enters a routing table.
+    async fn announce_to_self(&self, info_hash: InfoHash, port: u16) -> std::io::Result<()> {
+        let sock = UdpSocket::bind(SocketAddrV4::new(*self.addr.ip(), 0)).await?;
+        sock.connect(self.addr).await?;
+        let id: [u8; 20] = rand::random();
+        let query = |t: &str, q: &str, args: Vec<(&str, Value)>| {
+            let mut a: Vec<(&str, Value)> = vec![("id", Value::from(id.to_vec()))];
+            a.extend(args);
+            bencode::encode(&Value::dict([
+                ("a", Value::dict(a)),
+                ("q", Value::from(q)),
+                ("ro", Value::from(1)),
+                ("t", Value::from(t)),
+                ("y", Value::from("q")),
+            ]))
+        };
+        let timeout = |e| std::io::Error::new(std::io::ErrorKind::TimedOut, e);
+        let mut buf = vec![0u8; 2048];
+        sock.send(&query(
+            "pfg1",
+            "get_peers",
+            vec![("info_hash", Value::from(info_hash.0.to_vec()))],
+        ))
+        .await?;
+        let n = tokio::time::timeout(Duration::from_secs(2), sock.recv(&mut buf))
+            .await
+            .map_err(|_| timeout("no get_peers answer from our own node"))??;
+        let token = bencode::decode(&buf[..n])
+            .ok()
+            .and_then(|v| v.get(b"r")?.get(b"token")?.as_bytes().map(<[u8]>::to_vec))
+            .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidData, "no token"))?;
+        sock.send(&query(
+            "pfa1",
+            "announce_peer",
+            vec![
+                ("implied_port", Value::from(0)),
+                ("info_hash", Value::from(info_hash.0.to_vec())),
+                ("port", Value::from(i64::from(port))),
+                ("token", Value::from(token)),
+            ],
+        ))
+        .await?;
+        tokio::time::timeout(Duration::from_secs(2), sock.recv(&mut buf))
+            .await
+            .map_err(|_| timeout("no announce_peer answer from our own node"))??;
+        Ok(())
     }
 
     /// Bootstrap nodes worth keeping for the next start.
@@ -70,6 +133,9 @@ impl Dht {
             }
         };
         let announce = async {
+            if let Err(e) = self.announce_to_self(info_hash, port).await {
+                tracing::debug!("dht self-announce of {info_hash}: {e}");
+            }
             if let Err(e) = self.node.announce_peer(id, Some(port)).await {
                 tracing::debug!("dht announce of {info_hash}: {e}");
             }

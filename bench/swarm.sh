@@ -1,0 +1,407 @@
+#!/usr/bin/env bash
+# Swarm benchmark: one seed, HOSTS-1 downloaders started at once in an
+# emulated LAN (bench/lab.sh); time until the LAST downloader holds a
+# verified copy, against the Kumar & Ross lower bound.
+#
+#   sudo bench/swarm.sh                      # 8 hosts, 100 Mbit/s, 256 MiB, 3 clients
+#   sudo HOSTS=4 SIZE_MIB=16 bench/swarm.sh  # small
+#   sudo bench/swarm.sh --ci                 # = CI_SMALL=1: 4 hosts, 16 MiB, p2pfile
+#
+# Environment:
+#   HOSTS=8  RATE_MBIT=100  SIZE_MIB=256  RUNS=1
+#   CLIENTS="p2pfile aria2 libtorrent"   downloaders to measure, in this order
+#   SWARM_TIMEOUT=S    give up on a run after S s (default 10*T_min + 60)
+#   P2PFILE=PATH       use this binary instead of `cargo build --release`
+#   BENCH_TMP=DIR      where the data and copies go (default /tmp)
+#   BENCH_PORT=42070   TCP+UDP port every host uses
+#
+# The seed is always `p2pfile serve` on h1 (10.77.0.1), whatever the
+# downloaders are, so every client is measured against the same kind of seed:
+#   p2pfile    `p2pfile download MAGNET --seeding --seeding-time 600
+#              --seeding-ratio 0`; peers from x.pe (the seed, also its DHT
+#              bootstrap), then DHT and PEX
+#   aria2      aria2c on the .torrent written by `serve --torrent-out`,
+#              --dht-entry-point = the seed's DHT (UDP, same port), PEX on,
+#              --seed-time=10 (minutes) --seed-ratio=0.0; completion from
+#              --on-bt-download-complete (its stdout is block-buffered)
+#   libtorrent bench/lt_peer.py MAGNET (x.pe) with the seed as its only DHT
+#              node; TCP only (uTP off); keeps seeding after completion
+# Downloaders keep seeding after they finish; all are killed at the end.
+# Completion time per host = when its completion signal is seen (p2pfile's
+# `completed` JSON event, aria2's hook, lt_peer's done file); every copy is
+# then checked with sha256sum against the source.
+#
+# Lower bound (Kumar & Ross), F = file size, u = RATE (upload of every host,
+# seed included), n = HOSTS-1 downloaders, d_min = download capacity:
+#   T_min = max(F/u_s, F/d_min, n*F/(u_s + sum u_i)) = max(F/u, n*F/(N*u))
+# Ingress is not shaped, so d_min is taken as unlimited (F/d_min = 0).
+# The bound uses the nominal rate; tbf leaves ~95.6 % of it to one TCP flow.
+#
+# Output: a table on stdout; one JSON line per run appended to
+# bench/results/swarm.jsonl and one CSV row to bench/results/swarm.csv; the
+# logs of each run (stdout/stderr of every process) in
+# bench/results/swarm-<stamp>/<client>-run<k>/.
+# Exit: 0 every copy verified in every run; 1 otherwise.
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT=$(cd "$HERE/.." && pwd)
+# shellcheck source=lab.sh
+source "$HERE/lab.sh"
+
+CI_SMALL=${CI_SMALL:-0}
+for arg in "$@"; do
+    case $arg in
+    --ci) CI_SMALL=1 ;;
+    -h | --help)
+        sed -n '2,47p' "$0"
+        exit 0
+        ;;
+    *)
+        echo "swarm: unknown argument $arg (see --help)" >&2
+        exit 2
+        ;;
+    esac
+done
+if [[ $CI_SMALL == 1 ]]; then
+    HOSTS=4 SIZE_MIB=16 CLIENTS=p2pfile RUNS=1
+fi
+HOSTS=${HOSTS:-8}
+RATE_MBIT=${RATE_MBIT:-100}
+SIZE_MIB=${SIZE_MIB:-256}
+CLIENTS=${CLIENTS:-p2pfile aria2 libtorrent}
+RUNS=${RUNS:-1}
+PORT=${BENCH_PORT:-42070}
+LT_PY=/usr/bin/python3
+
+for v in HOSTS RATE_MBIT SIZE_MIB RUNS PORT; do
+    if ! [[ ${!v} =~ ^[0-9]+$ ]] || ((${!v} == 0)); then
+        echo "swarm: $v must be a positive integer" >&2
+        exit 2
+    fi
+done
+((HOSTS >= 2)) || {
+    echo "swarm: HOSTS must be at least 2" >&2
+    exit 2
+}
+
+# --- can we build a lab at all? -------------------------------------------
+probe_ns=${LAB_PREFIX}-probe$$
+if [[ $EUID -ne 0 ]] || ! command -v ip >/dev/null || ! command -v tc >/dev/null ||
+    ! ip netns add "$probe_ns" 2>/dev/null; then
+    echo "skipped: needs root and ip netns"
+    if [[ $CI_SMALL == 1 ]]; then exit 0; fi
+    exit 1
+fi
+ip netns del "$probe_ns"
+
+# --- numbers ----------------------------------------------------------------
+F_BYTES=$((SIZE_MIB * 1048576))
+N_DL=$((HOSTS - 1))
+T_MIN=$(awk -v f="$F_BYTES" -v u="$RATE_MBIT" -v n="$N_DL" -v N="$HOSTS" 'BEGIN {
+    us = u * 1e6 / 8; a = f / us; b = n * f / (N * us); printf "%.2f", (a > b ? a : b) }')
+TIMEOUT=${SWARM_TIMEOUT:-$(awk -v t="$T_MIN" 'BEGIN { printf "%d", 10 * t + 60 }')}
+NAME="swarm-${SIZE_MIB}MiB.bin"
+SEED_IP=$(lab_ip 1)
+
+# --- state and cleanup -------------------------------------------------------
+WORK=
+PIDS=()
+cleanup() {
+    local rc=$?
+    trap - EXIT INT TERM HUP
+    stop_pids "${PIDS[@]}" || true
+    lab_down || true
+    [[ -n $WORK && -d $WORK ]] && rm -rf "$WORK"
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM HUP
+
+# stop_pids PID...: TERM, wait up to 10 s, then KILL; only our own children.
+stop_pids() {
+    local p alive t
+    (($# > 0)) || return 0
+    for p in "$@"; do kill -TERM "$p" 2>/dev/null || true; done
+    for ((t = 0; t < 100; t++)); do
+        alive=0
+        for p in "$@"; do kill -0 "$p" 2>/dev/null && alive=1; done
+        ((alive)) || break
+        sleep 0.1
+    done
+    for p in "$@"; do kill -KILL "$p" 2>/dev/null || true; done
+    for p in "$@"; do wait "$p" 2>/dev/null || true; done
+}
+
+# --- binaries ----------------------------------------------------------------
+if [[ -z ${P2PFILE:-} ]]; then
+    echo "swarm: cargo build --release" >&2
+    (cd "$ROOT" && cargo build --release --quiet)
+    P2PFILE=$ROOT/target/release/p2pfile
+fi
+[[ -x $P2PFILE ]] || {
+    echo "swarm: no p2pfile binary at $P2PFILE" >&2
+    exit 1
+}
+P2PFILE=$(realpath "$P2PFILE")
+
+client_available() {
+    case $1 in
+    p2pfile) return 0 ;;
+    aria2) command -v aria2c >/dev/null ;;
+    libtorrent) "$LT_PY" -c 'import libtorrent' 2>/dev/null ;;
+    *) return 1 ;;
+    esac
+}
+
+# --- data ----------------------------------------------------------------------
+WORK=$(mktemp -d "${BENCH_TMP:-/tmp}/p2pf-swarm.XXXXXX")
+chmod 755 "$WORK"
+STAMP=$(date -u +%Y%m%dT%H%M%SZ)
+RESULTS=$HERE/results
+LOGROOT=$RESULTS/swarm-$STAMP
+mkdir -p "$RESULTS" "$LOGROOT"
+REV=$(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo unknown)
+
+echo "swarm: $HOSTS hosts x $RATE_MBIT Mbit/s, $SIZE_MIB MiB, clients: $CLIENTS, runs: $RUNS" >&2
+echo "swarm: T_min = $T_MIN s, timeout $TIMEOUT s, work dir $WORK, logs $LOGROOT" >&2
+mkdir -p "$WORK/h1"
+head -c "$F_BYTES" /dev/urandom >"$WORK/h1/$NAME"
+WANT_SHA=$(sha256sum "$WORK/h1/$NAME" | awk '{print $1}')
+
+# --- one run -------------------------------------------------------------------
+# Results of the last run_one.
+R_SECONDS='' R_VERIFIED=0 R_HOSTTIMES='' R_DOWNLOADED=''
+
+# watch_json FIFO OUT DONE: copy FIFO's lines to OUT; on the first line
+# that is a `completed` event, write the time to DONE. Builtins only.
+watch_json() {
+    local fifo=$1 out=$2 donef=$3 line
+    while IFS= read -r line; do
+        printf '%s\n' "$line" >>"$out"
+        if [[ ! -s $donef && $line == *'"event":"completed"'* ]]; then
+            printf '%s\n' "$EPOCHREALTIME" >"$donef"
+        fi
+    done <"$fifo"
+}
+
+start_downloader() { # client host_index log_dir magnet torrent
+    local client=$1 i=$2 log=$3 magnet=$4 torrent=$5
+    local ip dir donef
+    ip=$(lab_ip "$i")
+    dir=$WORK/h$i
+    donef=$WORK/h$i.done
+    mkdir -p "$dir"
+    case $client in
+    p2pfile)
+        mkfifo "$WORK/h$i.fifo"
+        watch_json "$WORK/h$i.fifo" "$log/h$i.out" "$donef" &
+        PIDS+=("$!")
+        lab_exec "$i" "$P2PFILE" --ip "$ip" --port "$PORT" download "$magnet" \
+            --dir "$dir" --json --timeout 60 \
+            --seeding --seeding-time 600 --seeding-ratio 0 \
+            >"$WORK/h$i.fifo" 2>"$log/h$i.err" &
+        ;;
+    aria2)
+        mkdir -p "$WORK/aria2-h$i"
+        printf '#!/bin/sh\ndate +%%s.%%N >"%s"\n' "$donef" >"$WORK/aria2-h$i/hook.sh"
+        chmod +x "$WORK/aria2-h$i/hook.sh"
+        # Every socket on the lab address; no trackers, LPD, IPv6, RPC or
+        # config file; a fresh DHT table whose only entry point is the seed.
+        lab_exec "$i" aria2c --no-conf=true --no-netrc=true --enable-rpc=false \
+            --dir="$dir" --interface="$ip" --disable-ipv6=true --async-dns=false \
+            --listen-port="$PORT" \
+            --enable-dht=true --enable-dht6=false \
+            --dht-listen-addr="$ip" --dht-listen-port="$PORT" \
+            --dht-entry-point="$SEED_IP:$PORT" \
+            --dht-file-path="$WORK/aria2-h$i/dht.dat" \
+            --dht-file-path6="$WORK/aria2-h$i/dht6.dat" \
+            --bt-enable-lpd=false --enable-peer-exchange=true \
+            --bt-exclude-tracker='*' \
+            --bt-save-metadata=false --bt-detach-seed-only=false \
+            --seed-time=10 --seed-ratio=0.0 \
+            --file-allocation=none --auto-file-renaming=false --allow-overwrite=true \
+            --summary-interval=0 --show-console-readout=false \
+            --console-log-level=warn \
+            --log="$log/h$i.aria2.log" --log-level="${ARIA2_LOG_LEVEL:-notice}" \
+            --on-bt-download-complete="$WORK/aria2-h$i/hook.sh" \
+            --stop="$((TIMEOUT + 30))" \
+            "$torrent" >"$log/h$i.out" 2>"$log/h$i.err" &
+        ;;
+    libtorrent)
+        lab_exec "$i" "$LT_PY" "$HERE/lt_peer.py" "$magnet" --ip "$ip" --port "$PORT" \
+            --dir "$dir" --done-file "$donef" --dht-node "$SEED_IP:$PORT" \
+            --timeout "$((TIMEOUT + 30))" >"$log/h$i.out" 2>"$log/h$i.err" &
+        ;;
+    esac
+    DL_PID[i]=$!
+    PIDS+=("$!")
+}
+
+run_one() { # client run
+    local client=$1 run=$2
+    local log=$LOGROOT/$client-run$run
+    local i t0 line magnet hash torrent seed_pid deadline pending last_report
+    local -a done_at
+    DL_PID=()
+    R_SECONDS='' R_VERIFIED=0 R_HOSTTIMES='' R_DOWNLOADED=''
+    mkdir -p "$log"
+    for ((i = 2; i <= HOSTS; i++)); do rm -rf "$WORK/h$i" "$WORK/h$i.done" "$WORK/h$i.fifo" "$WORK/aria2-h$i"; done
+    rm -rf "$WORK/torrent"
+
+    lab_up "$HOSTS" "$RATE_MBIT"
+
+    # Seed on h1; wait (bounded) for its magnet.
+    lab_exec 1 "$P2PFILE" --ip "$SEED_IP" --port "$PORT" serve "$WORK/h1/$NAME" \
+        --torrent-out "$WORK/torrent" --json >"$log/seed.out" 2>"$log/seed.err" &
+    seed_pid=$!
+    PIDS+=("$seed_pid")
+    line=
+    for ((i = 0; i < 600; i++)); do
+        line=$(grep -m1 '"event":"serving"' "$log/seed.out" || true)
+        [[ -z $line ]] || break
+        kill -0 "$seed_pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    if [[ -z $line ]]; then
+        echo "swarm: the seed did not start; its stderr:" >&2
+        cat "$log/seed.err" >&2
+        return 1
+    fi
+    magnet=$(sed -n 's/.*"magnet":"\([^"]*\)".*/\1/p' <<<"$line")
+    hash=$(sed -n 's/.*"info_hash":"\([0-9a-f]*\)".*/\1/p' <<<"$line")
+    torrent=$WORK/torrent/$hash.torrent
+    [[ -n $magnet && -s $torrent ]] || {
+        echo "swarm: no magnet or .torrent from the seed: $line" >&2
+        return 1
+    }
+    echo "swarm: [$client run $run] seed ready: $magnet" >&2
+
+    t0=$EPOCHREALTIME
+    for ((i = 2; i <= HOSTS; i++)); do
+        start_downloader "$client" "$i" "$log" "$magnet" "$torrent"
+    done
+
+    deadline=$((SECONDS + TIMEOUT))
+    last_report=$SECONDS
+    while :; do
+        pending=0
+        for ((i = 2; i <= HOSTS; i++)); do
+            [[ -z ${done_at[i]:-} ]] || continue
+            if [[ -s $WORK/h$i.done ]]; then
+                done_at[i]=$(<"$WORK/h$i.done")
+            elif ! kill -0 "${DL_PID[i]}" 2>/dev/null; then
+                done_at[i]=exited
+                echo "swarm: [$client run $run] h$i exited before completing" >&2
+            else
+                pending=$((pending + 1))
+            fi
+        done
+        ((pending > 0)) || break
+        if ((SECONDS >= deadline)); then
+            echo "swarm: [$client run $run] timeout after $TIMEOUT s, $pending hosts incomplete" >&2
+            break
+        fi
+        if ((SECONDS - last_report >= 10)); then
+            last_report=$SECONDS
+            echo "swarm: [$client run $run] $((N_DL - pending))/$N_DL done after $((SECONDS - deadline + TIMEOUT)) s" >&2
+        fi
+        sleep 0.1
+    done
+
+    # Everyone stops: downloaders, then the seed.
+    stop_pids "${PIDS[@]}"
+    PIDS=()
+    lab_down
+
+    # Verify every copy and collect per-host times.
+    local times=() dls=() ok=0 sha t last=0
+    for ((i = 2; i <= HOSTS; i++)); do
+        t=${done_at[i]:-}
+        if [[ $t =~ ^[0-9.]+$ ]]; then
+            t=$(awk -v a="$t" -v b="$t0" 'BEGIN { printf "%.2f", a - b }')
+        else
+            t=null
+        fi
+        sha=$(sha256sum "$WORK/h$i/$NAME" 2>/dev/null | awk '{print $1}' || true)
+        if [[ $sha == "$WANT_SHA" && $t != null ]]; then
+            ok=$((ok + 1))
+            last=$(awk -v a="$t" -v b="$last" 'BEGIN { print (a > b ? a : b) }')
+        else
+            echo "swarm: [$client run $run] h$i has no verified copy (completion: $t, sha256: ${sha:-none})" >&2
+        fi
+        times+=("$t")
+        # Payload bytes the host received (redundant blocks included).
+        local d=null
+        if [[ -f $log/h$i.out ]]; then
+            d=$(grep -m1 '"event":"completed"' "$log/h$i.out" |
+                sed -n 's/.*"downloaded":\([0-9]*\).*/\1/p' || true)
+            [[ -n $d ]] || d=null
+        fi
+        dls+=("$d")
+    done
+    R_VERIFIED=$ok
+    R_HOSTTIMES=$(IFS=,; echo "${times[*]}")
+    R_DOWNLOADED=$(IFS=,; echo "${dls[*]}")
+    if ((ok == N_DL)); then R_SECONDS=$last; else R_SECONDS=null; fi
+    return 0
+}
+
+# --- all runs ------------------------------------------------------------------
+JSONL=$RESULTS/swarm.jsonl
+CSV=$RESULTS/swarm.csv
+[[ -s $CSV ]] || echo "stamp,rev,client,run,hosts,rate_mbit,size_mib,seconds,t_min,ratio,verified,downloaders,copies_moved" >"$CSV"
+ROWS=()
+FAILED=0
+for ((run = 1; run <= RUNS; run++)); do
+    for client in $CLIENTS; do
+        if ! client_available "$client"; then
+            echo "swarm: $client not available, skipped" >&2
+            ROWS+=("$client skipped")
+            continue
+        fi
+        # A harness failure (lab, seed) aborts everything through the trap.
+        run_one "$client" "$run"
+        ratio=null
+        [[ $R_SECONDS == null ]] || ratio=$(awk -v a="$R_SECONDS" -v b="$T_MIN" 'BEGIN { printf "%.2f", a / b }')
+        # File copies moved = all payload received / F (1.0 per downloader is ideal).
+        copies=$(awk -v l="$R_DOWNLOADED" -v f="$F_BYTES" 'BEGIN {
+            n = split(l, a, ","); s = 0; for (i = 1; i <= n; i++) { if (a[i] == "null" || a[i] == "") { print "null"; exit } s += a[i] }
+            if (n == 0) print "null"; else printf "%.2f", s / f }')
+        ((R_VERIFIED == N_DL)) || FAILED=1
+        printf '{"stamp":"%s","rev":"%s","client":"%s","run":%d,"hosts":%d,"rate_mbit":%d,"size_mib":%d,"seconds":%s,"t_min":%s,"ratio":%s,"verified":%d,"downloaders":%d,"host_seconds":[%s],"host_downloaded":[%s],"copies_moved":%s}\n' \
+            "$STAMP" "$REV" "$client" "$run" "$HOSTS" "$RATE_MBIT" "$SIZE_MIB" "$R_SECONDS" "$T_MIN" "$ratio" \
+            "$R_VERIFIED" "$N_DL" "$R_HOSTTIMES" "$R_DOWNLOADED" "$copies" >>"$JSONL"
+        echo "$STAMP,$REV,$client,$run,$HOSTS,$RATE_MBIT,$SIZE_MIB,$R_SECONDS,$T_MIN,$ratio,$R_VERIFIED,$N_DL,$copies" >>"$CSV"
+        ROWS+=("$client $run $R_SECONDS $ratio $R_VERIFIED $copies $R_HOSTTIMES")
+        echo "swarm: [$client run $run] last verified copy after ${R_SECONDS} s (T_min $T_MIN s, ratio $ratio), $R_VERIFIED/$N_DL verified, per host: $R_HOSTTIMES" >&2
+    done
+done
+
+# --- table -------------------------------------------------------------------------
+echo
+echo "Swarm: $HOSTS hosts ($N_DL downloaders), $RATE_MBIT Mbit/s egress each, $SIZE_MIB MiB, seed: p2pfile serve, rev $REV"
+printf '%-11s %4s %9s %9s %7s %9s %7s  %s\n' client run "time (s)" "T_min (s)" ratio verified copies "per-host completion (s)"
+for row in "${ROWS[@]}"; do
+    read -r c r s ra v cp ht <<<"$row"
+    if [[ $r == skipped ]]; then
+        printf '%-11s %s\n' "$c" "skipped (not installed)"
+        continue
+    fi
+    printf '%-11s %4s %9s %9s %7s %9s %7s  %s\n' "$c" "$r" "$s" "$T_MIN" "$ra" "$v/$N_DL" "$cp" "$ht"
+done
+if ((RUNS > 1)); then
+    echo
+    printf '%-11s %9s %7s\n' client "median (s)" ratio
+    for client in $CLIENTS; do
+        printf '%s\n' "${ROWS[@]}" | awk -v c="$client" '$1 == c && $3 != "null" && $2 != "skipped" { print $3 }' |
+            sort -g | awk -v c="$client" -v tm="$T_MIN" '{ v[++n] = $1 }
+                END { if (n == 0) exit; m = (n % 2) ? v[(n + 1) / 2] : (v[n / 2] + v[n / 2 + 1]) / 2
+                      printf "%-11s %9.2f %7.2f\n", c, m, m / tm }'
+    done
+fi
+echo "results: $JSONL, $CSV; logs: $LOGROOT"
+if ((FAILED)); then
+    echo "swarm: FAILED: some host lacks a verified copy" >&2
+    exit 1
+fi
