@@ -410,10 +410,14 @@ def cmd_download(args):
             st = h.status()
             if st.errc.value() != 0:
                 raise Fatal("torrent error: %s" % st.errc.message())
-            if st.has_metadata and st.is_seeding and st.state == lt.torrent_status.seeding:
-                ti = h.torrent_file()
-                if st.num_pieces != ti.num_pieces():
-                    raise Fatal("seeding with %d/%d pieces?" % (st.num_pieces, ti.num_pieces()))
+            # libtorrent can report "seeding" a moment before num_pieces
+            # counts the last pieces written; done means both agree.
+            if (
+                st.has_metadata
+                and st.is_seeding
+                and st.state == lt.torrent_status.seeding
+                and st.num_pieces == h.torrent_file().num_pieces()
+            ):
                 break
             now = time.monotonic()
             if now >= deadline:

@@ -54,10 +54,14 @@ impl Torrent {
             Received::Unwanted => {}
             outcome => {
                 let size = l.picker.piece_size(index) as usize;
-                let (buf, from) = l
-                    .assembly
-                    .entry(index)
-                    .or_insert_with(|| (vec![0; size], HashSet::new()));
+                let spare = &mut l.spare;
+                let (buf, from) = l.assembly.entry(index).or_insert_with(|| {
+                    // Stale bytes in a reused buffer are harmless: a piece
+                    // is hashed only once every block was written into it.
+                    let mut buf = spare.pop().unwrap_or_default();
+                    buf.resize(size, 0);
+                    (buf, HashSet::new())
+                });
                 buf[begin as usize..begin as usize + data.len()].copy_from_slice(&data);
                 from.insert(key);
                 // Endgame: others asked for the same block; call them off.
@@ -74,10 +78,14 @@ impl Torrent {
         self.fill_requests(key);
     }
 
-    pub(super) fn on_verified(&mut self, index: u32, result: Result<bool, String>) {
+    pub(super) fn on_verified(&mut self, index: u32, result: Result<bool, String>, buf: Vec<u8>) {
         let State::Live(l) = &mut self.state else {
             return;
         };
+        l.verifying -= 1;
+        if l.spare.len() < l.max_verifying {
+            l.spare.push(buf);
+        }
         let contributors = l
             .assembly
             .remove(&index)
@@ -204,7 +212,7 @@ impl Torrent {
 }
 
 fn fill(l: &mut Live, peer: &mut Peer, rng: &mut impl rand::Rng) {
-    if peer.peer_choking || !peer.am_interested || l.finished {
+    if peer.peer_choking || !peer.am_interested || l.finished || l.verifying >= l.max_verifying {
         return;
     }
     let depth = peer.queue_depth();
@@ -230,6 +238,7 @@ fn verify(l: &mut Live, index: u32, jobs: &tokio::sync::mpsc::UnboundedSender<Jo
         return;
     };
     let data = std::mem::take(buf);
+    l.verifying += 1;
     let expected = l.info.pieces[index as usize];
     let storage = Arc::clone(&l.storage);
     let jobs = jobs.clone();
@@ -242,6 +251,10 @@ fn verify(l: &mut Live, index: u32, jobs: &tokio::sync::mpsc::UnboundedSender<Jo
         } else {
             Ok(false)
         };
-        let _ = jobs.send(Job::Verified { index, result });
+        let _ = jobs.send(Job::Verified {
+            index,
+            result,
+            buf: data,
+        });
     });
 }

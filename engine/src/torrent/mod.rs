@@ -46,7 +46,9 @@ const UNCHOKE_SLOTS: usize = 16;
 /// How often the unchoke set is recomputed.
 const CHOKE_INTERVAL: Duration = Duration::from_secs(10);
 /// Memory for pieces being assembled; bounds the picker's started pieces.
-const ASSEMBLY_BUDGET: u64 = 48 << 20;
+const ASSEMBLY_BUDGET: u64 = 32 << 20;
+/// Memory for complete pieces waiting to be hashed and written.
+const VERIFY_BUDGET: u64 = 16 << 20;
 
 /// Messages to a torrent's coordinator.
 #[derive(Debug)]
@@ -85,6 +87,8 @@ enum Job {
     Verified {
         index: u32,
         result: Result<bool, String>,
+        /// The piece buffer, returned for reuse.
+        buf: Vec<u8>,
     },
     Finalized(Result<(), String>),
 }
@@ -108,6 +112,13 @@ struct Live {
     picker: Picker,
     /// Pieces being assembled, with the peers that sent their blocks.
     assembly: HashMap<u32, (Vec<u8>, HashSet<PeerKey>)>,
+    /// Complete pieces being hashed and written. While this is at
+    /// `max_verifying`, no new blocks are requested: a disk slower than the
+    /// network pushes back on the peers instead of filling memory.
+    verifying: usize,
+    max_verifying: usize,
+    /// Piece buffers to reuse, so steady state allocates (and page-faults) nothing.
+    spare: Vec<Vec<u8>>,
     placement: Option<Placement>,
     /// Every piece verified and the files at their final path.
     finished: bool,
@@ -365,7 +376,7 @@ impl Torrent {
     fn on_job(&mut self, job: Job) {
         match job {
             Job::Checked(result) => self.on_checked(result),
-            Job::Verified { index, result } => self.on_verified(index, result),
+            Job::Verified { index, result, buf } => self.on_verified(index, result, buf),
             Job::Finalized(result) => self.on_finalized(result),
         }
     }
@@ -415,13 +426,17 @@ impl Torrent {
             .iter_ones()
             .map(|i| info.piece_size(i as u32) as u64)
             .sum();
-        let max_partial = (ASSEMBLY_BUDGET / info.piece_length as u64).clamp(4, 256) as usize;
+        let info_piece_len = info.piece_length as u64;
+        let max_partial = (ASSEMBLY_BUDGET / info_piece_len).clamp(4, 256) as usize;
         let picker = Picker::new(info.piece_length, info.total_length(), have, max_partial);
         self.state = State::Live(Box::new(Live {
             info,
             storage: Arc::new(storage),
             picker,
             assembly: HashMap::new(),
+            verifying: 0,
+            max_verifying: (VERIFY_BUDGET / info_piece_len).clamp(2, 16) as usize,
+            spare: Vec::new(),
             placement,
             finished: false,
         }));
