@@ -37,6 +37,11 @@
 # Ingress is not shaped, so d_min is taken as unlimited (F/d_min = 0).
 # The bound uses the nominal rate; tbf leaves ~95.6 % of it to one TCP flow.
 #
+# While a run goes, each downloader's established TCP peers are sampled once
+# a second (ss, SWARM_SAMPLE=0 turns it off): "seed@" is when the last
+# downloader first had a connection with the seed, "mesh@" when the last one
+# first had a connection with another downloader (1 s resolution).
+#
 # Output: a table on stdout; one JSON line per run appended to
 # bench/results/swarm.jsonl and one CSV row to bench/results/swarm.csv; the
 # logs of each run (stdout/stderr of every process) in
@@ -54,7 +59,7 @@ for arg in "$@"; do
     case $arg in
     --ci) CI_SMALL=1 ;;
     -h | --help)
-        sed -n '2,47p' "$0"
+        awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"
         exit 0
         ;;
     *)
@@ -172,6 +177,7 @@ WANT_SHA=$(sha256sum "$WORK/h1/$NAME" | awk '{print $1}')
 # --- one run -------------------------------------------------------------------
 # Results of the last run_one.
 R_SECONDS='' R_VERIFIED=0 R_HOSTTIMES='' R_DOWNLOADED=''
+R_SEEDREACH=null R_MESH=null R_MAXPEERS=''
 
 # watch_json FIFO OUT DONE: copy FIFO's lines to OUT; on the first line
 # that is a `completed` event, write the time to DONE. Builtins only.
@@ -183,6 +189,36 @@ watch_json() {
             printf '%s\n' "$EPOCHREALTIME" >"$donef"
         fi
     done <"$fifo"
+}
+
+# sample_conns OUT T0 END_SECONDS: once a second, each host's established
+# TCP peers (lab addresses), as "ELAPSED hI ip,ip,..." lines. Bounded by END.
+sample_conns() {
+    local out=$1 t0=$2 end=$3 i peers
+    while ((SECONDS < end)); do
+        for ((i = 2; i <= HOSTS; i++)); do
+            peers=$(ss -N "$(lab_ns "$i")" -Htn state established 2>/dev/null |
+                awk '{ sub(/:[0-9]+$/, "", $4); if (!seen[$4]++) printf "%s%s", (n++ ? "," : ""), $4 }')
+            printf '%s h%d %s\n' "$(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }')" "$i" "$peers"
+        done >>"$out"
+        sleep 1
+    done
+}
+
+# conn_summary OUT: per host, first time connected to the seed, first time
+# connected to another downloader, most peers at once ("null" if never).
+conn_summary() {
+    awk -v seed="$SEED_IP" -v hosts="$HOSTS" '
+        { h = substr($2, 2); n = split($3, p, ",")
+          if (n > maxp[h]) maxp[h] = n
+          for (k = 1; k <= n; k++) {
+              if (p[k] == seed) { if (!(h in sr)) sr[h] = $1 }
+              else if (!(h in ms)) ms[h] = $1 } }
+        END { for (i = 2; i <= hosts; i++) {
+                a = a (i > 2 ? "," : "") ((i in sr) ? sr[i] : "null")
+                b = b (i > 2 ? "," : "") ((i in ms) ? ms[i] : "null")
+                c = c (i > 2 ? "," : "") (maxp[i] + 0) }
+              print a, b, c }' "$1"
 }
 
 start_downloader() { # client host_index log_dir magnet torrent
@@ -281,6 +317,10 @@ run_one() { # client run
     for ((i = 2; i <= HOSTS; i++)); do
         start_downloader "$client" "$i" "$log" "$magnet" "$torrent"
     done
+    if [[ ${SWARM_SAMPLE:-1} == 1 ]]; then
+        sample_conns "$log/conns.log" "$t0" "$((SECONDS + TIMEOUT + 5))" &
+        PIDS+=("$!")
+    fi
 
     deadline=$((SECONDS + TIMEOUT))
     last_report=$SECONDS
@@ -341,10 +381,21 @@ run_one() { # client run
         dls+=("$d")
     done
     R_VERIFIED=$ok
+    R_SEEDREACH=null R_MESH=null R_MAXPEERS=
+    if [[ -s $log/conns.log ]]; then
+        read -r R_SEEDREACH R_MESH R_MAXPEERS < <(conn_summary "$log/conns.log")
+    fi
     R_HOSTTIMES=$(IFS=,; echo "${times[*]}")
     R_DOWNLOADED=$(IFS=,; echo "${dls[*]}")
     if ((ok == N_DL)); then R_SECONDS=$last; else R_SECONDS=null; fi
     return 0
+}
+
+# list_max "a,b,...": the largest number, or "never" if any entry is null.
+list_max() {
+    awk -v l="$1" 'BEGIN { n = split(l, a, ","); m = ""
+        for (i = 1; i <= n; i++) { if (a[i] == "null" || a[i] == "") { print "never"; exit } if (m == "" || a[i] + 0 > m) m = a[i] + 0 }
+        print (m == "" ? "-" : m) }'
 }
 
 # --- all runs ------------------------------------------------------------------
@@ -369,11 +420,13 @@ for ((run = 1; run <= RUNS; run++)); do
             n = split(l, a, ","); s = 0; for (i = 1; i <= n; i++) { if (a[i] == "null" || a[i] == "") { print "null"; exit } s += a[i] }
             if (n == 0) print "null"; else printf "%.2f", s / f }')
         ((R_VERIFIED == N_DL)) || FAILED=1
-        printf '{"stamp":"%s","rev":"%s","client":"%s","run":%d,"hosts":%d,"rate_mbit":%d,"size_mib":%d,"seconds":%s,"t_min":%s,"ratio":%s,"verified":%d,"downloaders":%d,"host_seconds":[%s],"host_downloaded":[%s],"copies_moved":%s}\n' \
+        seed_at=$(list_max "$R_SEEDREACH")
+        mesh_at=$(list_max "$R_MESH")
+        printf '{"stamp":"%s","rev":"%s","client":"%s","run":%d,"hosts":%d,"rate_mbit":%d,"size_mib":%d,"seconds":%s,"t_min":%s,"ratio":%s,"verified":%d,"downloaders":%d,"host_seconds":[%s],"host_downloaded":[%s],"copies_moved":%s,"host_seed_reach_s":[%s],"host_mesh_s":[%s],"host_max_peers":[%s]}\n' \
             "$STAMP" "$REV" "$client" "$run" "$HOSTS" "$RATE_MBIT" "$SIZE_MIB" "$R_SECONDS" "$T_MIN" "$ratio" \
-            "$R_VERIFIED" "$N_DL" "$R_HOSTTIMES" "$R_DOWNLOADED" "$copies" >>"$JSONL"
+            "$R_VERIFIED" "$N_DL" "$R_HOSTTIMES" "$R_DOWNLOADED" "$copies" "$R_SEEDREACH" "$R_MESH" "$R_MAXPEERS" >>"$JSONL"
         echo "$STAMP,$REV,$client,$run,$HOSTS,$RATE_MBIT,$SIZE_MIB,$R_SECONDS,$T_MIN,$ratio,$R_VERIFIED,$N_DL,$copies" >>"$CSV"
-        ROWS+=("$client $run $R_SECONDS $ratio $R_VERIFIED $copies $R_HOSTTIMES")
+        ROWS+=("$client $run $R_SECONDS $ratio $R_VERIFIED $copies $seed_at $mesh_at $R_HOSTTIMES")
         echo "swarm: [$client run $run] last verified copy after ${R_SECONDS} s (T_min $T_MIN s, ratio $ratio), $R_VERIFIED/$N_DL verified, per host: $R_HOSTTIMES" >&2
     done
 done
@@ -381,14 +434,14 @@ done
 # --- table -------------------------------------------------------------------------
 echo
 echo "Swarm: $HOSTS hosts ($N_DL downloaders), $RATE_MBIT Mbit/s egress each, $SIZE_MIB MiB, seed: p2pfile serve, rev $REV"
-printf '%-11s %4s %9s %9s %7s %9s %7s  %s\n' client run "time (s)" "T_min (s)" ratio verified copies "per-host completion (s)"
+printf '%-11s %4s %9s %9s %7s %9s %7s %8s %8s  %s\n' client run "time (s)" "T_min (s)" ratio verified copies "seed@ s" "mesh@ s" "per-host completion (s)"
 for row in "${ROWS[@]}"; do
-    read -r c r s ra v cp ht <<<"$row"
+    read -r c r s ra v cp sa ma ht <<<"$row"
     if [[ $r == skipped ]]; then
         printf '%-11s %s\n' "$c" "skipped (not installed)"
         continue
     fi
-    printf '%-11s %4s %9s %9s %7s %9s %7s  %s\n' "$c" "$r" "$s" "$T_MIN" "$ra" "$v/$N_DL" "$cp" "$ht"
+    printf '%-11s %4s %9s %9s %7s %9s %7s %8s %8s  %s\n' "$c" "$r" "$s" "$T_MIN" "$ra" "$v/$N_DL" "$cp" "$sa" "$ma" "$ht"
 done
 if ((RUNS > 1)); then
     echo

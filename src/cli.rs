@@ -73,6 +73,9 @@ pub struct GlobalArgs {
         value_name = "MIB/S"
     )]
     pub download_limit: Option<String>,
+    /// SQLite state database (served torrents, downloads, DHT nodes) [default: ./.p2pfile.db]
+    #[arg(long, global = true, env = "P2PFILE_STATE", value_name = "FILE")]
+    pub state: Option<String>,
     /// Print machine-readable JSON lines on stdout
     #[arg(long, global = true, env = "P2PFILE_JSON")]
     pub json: bool,
@@ -87,6 +90,8 @@ pub enum Command {
     Serve(ServeArgs),
     /// Download magnets or .torrent files
     Download(DownloadArgs),
+    /// Show what the state database knows: served torrents and downloads
+    Status,
     /// Print a shell completion script
     Completion(CompletionArgs),
 }
@@ -99,6 +104,9 @@ pub struct ServeArgs {
     /// Also write DIR/<info-hash>.torrent for each PATH
     #[arg(long, env = "P2PFILE_TORRENT_OUT", value_name = "DIR")]
     pub torrent_out: Option<PathBuf>,
+    /// Exit 0 once N distinct peers have completed every PATH
+    #[arg(long, env = "P2PFILE_EXIT_AFTER", value_name = "N")]
+    pub exit_after: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -136,6 +144,14 @@ pub struct DownloadArgs {
         value_name = "RATIO"
     )]
     pub seeding_ratio: Option<String>,
+    /// Stop seeding once no peer has downloaded from us for SECS; 0 = off [default: 0]
+    #[arg(
+        long,
+        env = "P2PFILE_SEEDING_UNTIL_IDLE",
+        allow_negative_numbers = true,
+        value_name = "SECS"
+    )]
+    pub seeding_until_idle: Option<String>,
 }
 
 #[derive(Debug, Args)]

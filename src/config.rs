@@ -28,6 +28,9 @@ const KEYS: &[&str] = &[
     "seeding-time",
     "seeding-ratio",
     "torrent-out",
+    "state",
+    "exit-after",
+    "seeding-until-idle",
 ];
 
 const DEFAULT_PORT_RANGE: (u16, u16) = (42070, 42099);
@@ -121,6 +124,8 @@ impl FileValues {
 /// Settings every command uses.
 #[derive(Debug, Clone)]
 pub struct Settings {
+    /// Where the SQLite state lives.
+    pub state: PathBuf,
     pub ip: Ipv4Addr,
     pub port: PortChoice,
     pub peers: Vec<SocketAddr>,
@@ -150,6 +155,7 @@ impl Settings {
             None => Vec::new(),
         };
         Ok(Settings {
+            state: state_path(args, file),
             ip,
             port,
             peers,
@@ -164,6 +170,14 @@ impl Settings {
             json: file.flag(args.json, "json")?,
         })
     }
+}
+
+/// The state database: `--state`, the `state` key, or `./.p2pfile.db`.
+pub fn state_path(args: &GlobalArgs, file: &FileValues) -> PathBuf {
+    PathBuf::from(
+        file.pick(&args.state, "state")
+            .unwrap_or_else(|| ".p2pfile.db".into()),
+    )
 }
 
 fn parse_ip(s: &str) -> Result<Ipv4Addr, Failure> {

@@ -7,6 +7,7 @@ mod commands;
 mod config;
 mod error;
 mod output;
+mod state;
 
 use std::process::ExitCode;
 
@@ -36,6 +37,11 @@ fn run(cli: Cli) -> Result<(), Failure> {
     }
     let file = FileValues::load(cli.global.config.as_deref())?;
     init_tracing(file.flag(cli.global.debug, "debug")?);
+    if let Command::Status = cli.command {
+        // Needs no address or port: it only reads the database.
+        let state = crate::config::state_path(&cli.global, &file);
+        return commands::status::run(&state, file.flag(cli.global.json, "json")?);
+    }
     let settings = Settings::resolve(&cli.global, &file)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -43,17 +49,9 @@ fn run(cli: Cli) -> Result<(), Failure> {
         .map_err(|e| Failure::new(Code::Runtime, e))?;
     runtime.block_on(async {
         match cli.command {
-            Command::Serve(args) => {
-                let torrent_out = file
-                    .pick(
-                        &args.torrent_out.as_ref().map(|p| p.display().to_string()),
-                        "torrent-out",
-                    )
-                    .map(Into::into);
-                commands::serve::run(args, torrent_out, settings).await
-            }
+            Command::Serve(args) => commands::serve::run(args, &file, settings).await,
             Command::Download(args) => commands::download::run(args, &file, settings).await,
-            Command::Completion(_) => unreachable!("handled above"),
+            Command::Completion(_) | Command::Status => unreachable!("handled above"),
         }
     })
 }

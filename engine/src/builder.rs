@@ -45,16 +45,43 @@ pub struct Built {
     pub root: PathBuf,
     /// Paths skipped by the symlink and special-file rule.
     pub skipped: Vec<PathBuf>,
+    /// The scan the torrent was built from.
+    pub scan: Scan,
 }
 
-struct Walk {
-    files: Vec<(Vec<String>, PathBuf, u64)>,
-    empty_dirs: Vec<Vec<String>>,
-    skipped: Vec<PathBuf>,
+/// One file found by [`scan`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ScannedFile {
+    /// Path components below the root (empty for a single file).
+    pub path: Vec<String>,
+    /// Where it is on disk.
+    pub disk_path: PathBuf,
+    /// Length in bytes.
+    pub length: u64,
+    /// Modification time, nanoseconds since the epoch (0 if unknown).
+    pub mtime_ns: i128,
 }
 
-/// Walks `path`, hashes its content on all cores and builds the torrent.
-pub fn build(path: &Path) -> Result<Built, BuildError> {
+/// What a path holds, before hashing: enough to tell whether content
+/// changed since an earlier build (same files, sizes and mtimes).
+#[derive(Clone, Debug)]
+pub struct Scan {
+    /// The canonical path.
+    pub root: PathBuf,
+    /// The torrent name (last component of the path).
+    pub name: String,
+    /// Whether the path is one file.
+    pub single_file: bool,
+    /// Files in torrent order.
+    pub files: Vec<ScannedFile>,
+    /// Empty directories below the root.
+    pub empty_dirs: Vec<Vec<String>>,
+    /// Paths skipped by the symlink and special-file rule.
+    pub skipped: Vec<PathBuf>,
+}
+
+/// Walks `path` without reading file contents.
+pub fn scan(path: &Path) -> Result<Scan, BuildError> {
     let io_err = |path: &Path| {
         let path = path.to_path_buf();
         move |source| BuildError::Io { path, source }
@@ -62,53 +89,89 @@ pub fn build(path: &Path) -> Result<Built, BuildError> {
     let root = fs::canonicalize(path).map_err(io_err(path))?;
     let name = root
         .file_name()
-        .ok_or_else(|| BuildError::BadName(root.clone()))?
-        .to_str()
+        .and_then(|n| n.to_str())
         .ok_or_else(|| BuildError::BadName(root.clone()))?
         .to_string();
     let meta = fs::metadata(&root).map_err(io_err(&root))?;
-    let mut walk = Walk {
+    let mut scan = Scan {
+        root: root.clone(),
+        name,
+        single_file: meta.is_file(),
         files: Vec::new(),
         empty_dirs: Vec::new(),
         skipped: Vec::new(),
     };
-    let single = meta.is_file();
-    if single {
-        walk.files.push((vec![], root.clone(), meta.len()));
+    if scan.single_file {
+        scan.files.push(scanned(vec![], root, &meta));
     } else {
-        walk_dir(&root, &mut Vec::new(), &mut walk)?;
+        walk_dir(&root, &mut Vec::new(), &mut scan)?;
     }
-    let total: u64 = walk.files.iter().map(|f| f.2).sum();
-    let piece_length = piece_length_for(total);
-    let storage = Storage::from_files(
-        walk.files.iter().map(|(_, p, len)| (p.clone(), *len)),
-        piece_length,
-        false,
-    );
-    let pieces = storage.hash_all().map_err(io_err(&root))?;
-    let files = walk
-        .files
-        .into_iter()
-        .map(|(path, _, length)| FileEntry { path, length })
-        .collect::<Vec<_>>();
-    let info = if !single && files.is_empty() {
-        // A tree of only empty directories still needs one file entry to be
-        // a valid v1 torrent; real clients reject an empty list.
+    Ok(scan)
+}
+
+/// Hashes a scan's content on all cores, reading it once, and builds the torrent.
+pub fn hash(scan: Scan) -> Result<Built, BuildError> {
+    if !scan.single_file && scan.files.is_empty() {
+        // Real clients reject a v1 torrent with an empty file list.
         return Err(BuildError::Metainfo(MetainfoError::Invalid(
             "directory holds no files".into(),
         )));
-    } else {
-        Info::new(&name, piece_length, pieces, files, walk.empty_dirs)
-            .map_err(BuildError::Metainfo)?
-    };
+    }
+    let total: u64 = scan.files.iter().map(|f| f.length).sum();
+    let piece_length = piece_length_for(total);
+    let storage = Storage::from_files(
+        scan.files.iter().map(|f| (f.disk_path.clone(), f.length)),
+        piece_length,
+        false,
+    );
+    let pieces = storage.hash_all().map_err(|source| BuildError::Io {
+        path: scan.root.clone(),
+        source,
+    })?;
+    let files = scan
+        .files
+        .iter()
+        .map(|f| FileEntry {
+            path: f.path.clone(),
+            length: f.length,
+        })
+        .collect();
+    let info = Info::new(
+        &scan.name,
+        piece_length,
+        pieces,
+        files,
+        scan.empty_dirs.clone(),
+    )
+    .map_err(BuildError::Metainfo)?;
     Ok(Built {
         info,
-        root,
-        skipped: walk.skipped,
+        root: scan.root.clone(),
+        skipped: scan.skipped.clone(),
+        scan,
     })
 }
 
-fn walk_dir(dir: &Path, rel: &mut Vec<String>, walk: &mut Walk) -> Result<(), BuildError> {
+/// Walks `path`, hashes its content on all cores and builds the torrent.
+pub fn build(path: &Path) -> Result<Built, BuildError> {
+    hash(scan(path)?)
+}
+
+fn scanned(path: Vec<String>, disk_path: PathBuf, meta: &fs::Metadata) -> ScannedFile {
+    let mtime_ns = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos() as i128);
+    ScannedFile {
+        path,
+        disk_path,
+        length: meta.len(),
+        mtime_ns,
+    }
+}
+
+fn walk_dir(dir: &Path, rel: &mut Vec<String>, walk: &mut Scan) -> Result<(), BuildError> {
     let io_err = |source| BuildError::Io {
         path: dir.to_path_buf(),
         source,
@@ -139,7 +202,7 @@ fn walk_dir(dir: &Path, rel: &mut Vec<String>, walk: &mut Walk) -> Result<(), Bu
         };
         rel.push(name);
         if meta.is_file() {
-            walk.files.push((rel.clone(), path, meta.len()));
+            walk.files.push(scanned(rel.clone(), path, &meta));
         } else if meta.is_dir() && !link {
             walk_dir(&path, rel, walk)?;
         } else {

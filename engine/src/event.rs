@@ -96,8 +96,13 @@ pub struct Stats {
     pub seeds: usize,
     /// Connected peers that are downloading from us (interested and unchoked).
     pub leechers: usize,
-    /// Distinct peers seen to hold every piece (by bitfield and HAVE).
+    /// Connected peers that lack pieces.
+    pub incomplete_peers: usize,
+    /// Distinct peers seen to finish: first seen incomplete, later holding
+    /// every piece (by bitfield and HAVE), connected now or not.
     pub completed_peers: usize,
+    /// Distinct peers that held every piece when first seen (other seeds).
+    pub seeds_seen: usize,
     /// Addresses known to try (magnet hints, DHT, PEX, incoming).
     pub known_addrs: usize,
     /// Connection attempts that failed.
@@ -118,7 +123,9 @@ impl Stats {
             peers: 0,
             seeds: 0,
             leechers: 0,
+            incomplete_peers: 0,
             completed_peers: 0,
+            seeds_seen: 0,
             known_addrs: 0,
             failed_connects: 0,
         }

@@ -33,6 +33,8 @@ pub enum PortChoice {
     Exact(u16),
     /// A random free one from the range (tried in random order).
     Range(RangeInclusive<u16>),
+    /// This one if free (the port used last time), else as `Range`.
+    Preferred(u16, RangeInclusive<u16>),
 }
 
 /// How to start a session.
@@ -224,9 +226,13 @@ async fn bind(config: &SessionConfig) -> Result<(TcpListener, Option<Dht>), Erro
     let ip = IpAddr::V4(config.ip);
     let ports: Vec<u16> = match &config.port {
         PortChoice::Exact(p) => vec![*p],
-        PortChoice::Range(r) => {
+        PortChoice::Range(r) | PortChoice::Preferred(_, r) => {
             let mut all: Vec<u16> = r.clone().collect();
             rand::seq::SliceRandom::shuffle(&mut all[..], &mut rand::rng());
+            if let PortChoice::Preferred(p, _) = &config.port {
+                all.retain(|x| x != p);
+                all.insert(0, *p);
+            }
             all
         }
     };
@@ -268,7 +274,7 @@ async fn bind(config: &SessionConfig) -> Result<(TcpListener, Option<Dht>), Erro
         }
     }
     let (first, last) = match &config.port {
-        PortChoice::Range(r) => (*r.start(), *r.end()),
+        PortChoice::Range(r) | PortChoice::Preferred(_, r) => (*r.start(), *r.end()),
         PortChoice::Exact(p) => (*p, *p),
     };
     Err(Error::NoFreePort { ip, first, last })

@@ -1,5 +1,7 @@
 //! `p2pfile download SOURCE...`: fetch magnets and .torrent files, all at
-//! once, then optionally seed for a while.
+//! once, then optionally seed until a rule says stop. Progress and
+//! cumulative counters go to the state database as it runs, so a killed
+//! download resumes and `status` tells where each one is.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -13,30 +15,75 @@ use p2pfile_engine::{Event, Phase, Source, Stats, Target};
 use serde_json::json;
 use tokio::sync::watch;
 
-use super::{merge_events, shutdown_signal, start_session};
+use super::{merge_events, open_state, save_dht_nodes, shutdown_signal, start_session};
 use crate::cli::DownloadArgs;
 use crate::config::{FileValues, Settings, parse_number};
 use crate::error::{Code, Failure, from_engine};
 use crate::output::{Output, progress_text, stats_json};
+use crate::state::{Download, State};
 
 /// When to stop seeding after completion (0 turns a rule off).
 struct SeedingRules {
     enabled: bool,
     time: f64,
     ratio: f64,
+    until_idle: f64,
 }
 
 /// One source as it goes.
 struct Track {
-    label: String,
+    info_hash: String,
     name: Option<String>,
     stats: watch::Receiver<Stats>,
     started: Instant,
     last_progress: Instant,
     last_have: u64,
     completed_at: Option<Instant>,
+    last_upload: Instant,
+    last_uploaded: u64,
     stopped: bool,
+    failed: bool,
     last_event: Option<Instant>,
+    /// Counters of earlier runs, from the state database.
+    before: Download,
+}
+
+impl Track {
+    fn record(&self, dir: &Path) -> Download {
+        let s = self.stats.borrow();
+        let seeding = self.completed_at.map_or(0.0, |t| t.elapsed().as_secs_f64());
+        let state = if self.failed {
+            "failed"
+        } else if self.completed_at.is_some() && !self.stopped {
+            "seeding"
+        } else if self.completed_at.is_some() {
+            "complete"
+        } else {
+            "downloading"
+        };
+        Download {
+            info_hash: self.info_hash.clone(),
+            dir: dir.display().to_string(),
+            name: self
+                .name
+                .clone()
+                .unwrap_or_else(|| self.before.name.clone()),
+            state: state.into(),
+            total: if s.total > 0 {
+                s.total
+            } else {
+                self.before.total
+            },
+            have: if s.total > 0 {
+                s.have
+            } else {
+                self.before.have
+            },
+            uploaded: self.before.uploaded + s.uploaded,
+            downloaded: self.before.downloaded + s.downloaded,
+            seeding_secs: self.before.seeding_secs + seeding,
+        }
+    }
 }
 
 pub async fn run(args: DownloadArgs, file: &FileValues, settings: Settings) -> Result<(), Failure> {
@@ -64,6 +111,11 @@ pub async fn run(args: DownloadArgs, file: &FileValues, settings: Settings) -> R
             "--seeding-ratio",
             1.0,
         )?,
+        until_idle: parse_number(
+            file.pick(&args.seeding_until_idle, "seeding-until-idle"),
+            "--seeding-until-idle",
+            0.0,
+        )?,
     };
     let sources = args
         .sources
@@ -79,6 +131,8 @@ pub async fn run(args: DownloadArgs, file: &FileValues, settings: Settings) -> R
             "pass --dir with a writable directory",
         )
     })?;
+    let dir = std::fs::canonicalize(&dir).unwrap_or(dir);
+    let state = open_state(&settings)?;
     let hints: Vec<SocketAddr> = sources
         .iter()
         .flat_map(|s| match s {
@@ -86,7 +140,14 @@ pub async fn run(args: DownloadArgs, file: &FileValues, settings: Settings) -> R
             Source::Info(_) => Vec::new(),
         })
         .collect();
-    let session = start_session(&settings, &hints).await?;
+    let mut bootstrap = hints.clone();
+    bootstrap.extend(
+        state
+            .dht_nodes()?
+            .iter()
+            .filter_map(|n| n.parse::<SocketAddr>().ok()),
+    );
+    let session = start_session(&settings, &bootstrap).await?;
     let mut tracks = Vec::new();
     let mut handles = Vec::new();
     for (source, text) in sources.into_iter().zip(&args.sources) {
@@ -101,26 +162,42 @@ pub async fn run(args: DownloadArgs, file: &FileValues, settings: Settings) -> R
                 settings.peers.clone(),
             )
             .map_err(from_engine)?;
-        out.event(
-            "started",
-            json!({"info_hash": h.info_hash().to_string(), "name": name, "source": text, "dir": dir.display().to_string()}),
-        );
+        let info_hash = h.info_hash().to_string();
+        let before = state
+            .download(&info_hash, &dir.display().to_string())?
+            .unwrap_or(Download {
+                info_hash: info_hash.clone(),
+                dir: dir.display().to_string(),
+                name: name.clone().unwrap_or_default(),
+                state: "downloading".into(),
+                total: 0,
+                have: 0,
+                uploaded: 0,
+                downloaded: 0,
+                seeding_secs: 0.0,
+            });
+        out.event("started", json!({"info_hash": info_hash, "name": name, "source": text, "dir": dir.display().to_string()}));
         tracks.push(Track {
-            label: h.info_hash().to_string(),
+            info_hash,
             name,
             stats: h.watch_stats(),
             started: Instant::now(),
             last_progress: Instant::now(),
             last_have: 0,
             completed_at: None,
+            last_upload: Instant::now(),
+            last_uploaded: 0,
             stopped: false,
+            failed: false,
             last_event: None,
+            before,
         });
         handles.push(h);
     }
-    let (mut events, mut stops) = merge_events(handles);
-    let mut stops: Vec<Option<_>> = stops.drain(..).map(Some).collect();
+    let (mut events, stops) = merge_events(handles);
+    let mut stops: Vec<Option<_>> = stops.into_iter().map(Some).collect();
     let mut tick = tokio::time::interval(Duration::from_millis(500));
+    let mut last_save = Instant::now();
     let result = loop {
         if tracks.iter().all(|t| t.stopped) {
             break Ok(());
@@ -131,41 +208,63 @@ pub async fn run(args: DownloadArgs, file: &FileValues, settings: Settings) -> R
                 break if all_done { Ok(()) } else { Err(Failure::interrupted()) };
             }
             Some((i, ev)) = events.recv() => {
-                if let Err(f) = on_event(&out, &mut tracks[i], ev, &dir, &rules) {
-                    break Err(f);
-                }
-                if tracks[i].completed_at.is_some() && !rules.enabled && !tracks[i].stopped {
-                    tracks[i].stopped = true;
+                let t = &mut tracks[i];
+                let outcome = on_event(&out, t, ev, &dir, &rules);
+                if t.completed_at.is_some() && !rules.enabled && !t.stopped {
+                    t.stopped = true;
                     stops[i].take().map(|s| s.send(()));
+                }
+                if outcome.is_err() || t.completed_at.is_some() {
+                    save(&state, t, &dir);
+                }
+                if let Err(f) = outcome {
+                    break Err(f);
                 }
             }
             _ = tick.tick() => {
                 let mut lines = Vec::new();
+                let mut failure = None;
                 for (i, t) in tracks.iter_mut().enumerate() {
                     if let Err(f) = on_tick(&out, t, timeout, &rules, &settings, &hints) {
-                        return finish(session, &out, Err(f)).await;
+                        failure = Some(f);
+                        break;
                     }
                     if t.stopped {
-                        stops[i].take().map(|s| s.send(()));
+                        if let Some(s) = stops[i].take() {
+                            let _ = s.send(());
+                            save(&state, t, &dir);
+                        }
                     } else {
-                        lines.push(progress_text(t.name.as_deref().unwrap_or(&t.label), &t.stats.borrow()));
+                        lines.push(progress_text(t.name.as_deref().unwrap_or(&t.info_hash), &t.stats.borrow()));
                     }
                 }
                 out.progress(&lines);
+                if last_save.elapsed() >= Duration::from_secs(2) {
+                    last_save = Instant::now();
+                    tracks.iter().filter(|t| !t.stopped).for_each(|t| save(&state, t, &dir));
+                }
+                if let Some(f) = failure {
+                    break Err(f);
+                }
             }
         }
     };
-    finish(session, &out, result).await
-}
-
-async fn finish(
-    session: p2pfile_engine::Session,
-    out: &Output,
-    result: Result<(), Failure>,
-) -> Result<(), Failure> {
     out.end_progress();
+    for t in &tracks {
+        save(&state, t, &dir);
+    }
+    save_dht_nodes(&state, &session).await;
     session.shutdown().await;
     result
+}
+
+fn save(state: &State, t: &Track, dir: &Path) {
+    if let Err(e) = state.save_download(&t.record(dir)) {
+        tracing::warn!(
+            "cannot record progress in {}: {e:#}",
+            state.path().display()
+        );
+    }
 }
 
 fn parse_source(text: &str) -> Result<Source, Failure> {
@@ -178,8 +277,7 @@ fn parse_source(text: &str) -> Result<Source, Failure> {
         })?;
         return Ok(Source::Magnet(m));
     }
-    let path = Path::new(text);
-    let bytes = std::fs::read(path).map_err(|e| {
+    let bytes = std::fs::read(Path::new(text)).map_err(|e| {
         Failure::usage(
             anyhow!(e).context(format!("cannot read {text}")),
             "a SOURCE is a magnet (magnet:?xt=urn:btih:...) or the path of a .torrent file",
@@ -201,7 +299,7 @@ fn on_event(
     dir: &Path,
     rules: &SeedingRules,
 ) -> Result<(), Failure> {
-    let hash = t.label.clone();
+    let hash = t.info_hash.clone();
     match ev {
         Event::Metadata {
             name,
@@ -224,6 +322,7 @@ fn on_event(
         Event::Completed => {
             let s = t.stats.borrow().clone();
             t.completed_at = Some(Instant::now());
+            t.last_upload = Instant::now();
             let name = t.name.clone().unwrap_or_default();
             let path = dir.join(&name);
             out.event(
@@ -241,10 +340,14 @@ fn on_event(
                 out.line(&path.display().to_string());
             }
             if rules.enabled {
-                out.event("seeding", json!({"info_hash": hash, "seeding_time": rules.time, "seeding_ratio": rules.ratio}));
+                out.event(
+                    "seeding",
+                    json!({"info_hash": hash, "seeding_time": rules.time, "seeding_ratio": rules.ratio, "seeding_until_idle": rules.until_idle}),
+                );
             }
         }
         Event::Failed { message } => {
+            t.failed = true;
             out.event("error", json!({"info_hash": hash, "message": message}));
             return Err(Failure::new(Code::Runtime, anyhow!("download of {} failed: {message}", t.name.as_deref().unwrap_or(&hash)))
                 .hint("free disk space or fix the directory's permissions, then run the same command again: verified pieces are kept"));
@@ -255,6 +358,32 @@ fn on_event(
         | Event::PeerDisconnected { .. } => {}
     }
     Ok(())
+}
+
+/// Which seeding rule, if any, says stop now.
+///
+/// The time limit always applies. The ratio and idle rules wait while we
+/// may be the only complete copy that connected incomplete peers can see:
+/// some connected peer still lacks pieces and no other complete copy (a
+/// seed, or a peer that finished) has been seen in this run.
+fn stop_rule(t: &Track, s: &Stats, rules: &SeedingRules) -> Option<&'static str> {
+    let done = t.completed_at?;
+    let seeding = t.before.seeding_secs + done.elapsed().as_secs_f64();
+    if rules.time > 0.0 && seeding >= rules.time {
+        return Some("seeding-time");
+    }
+    let sole_copy = s.incomplete_peers > 0 && s.seeds_seen == 0 && s.completed_peers == 0;
+    if sole_copy {
+        return None;
+    }
+    let uploaded = t.before.uploaded + s.uploaded;
+    if rules.ratio > 0.0 && s.total > 0 && uploaded as f64 / s.total as f64 >= rules.ratio {
+        return Some("seeding-ratio");
+    }
+    if rules.until_idle > 0.0 && t.last_upload.elapsed().as_secs_f64() >= rules.until_idle {
+        return Some("seeding-until-idle");
+    }
+    None
 }
 
 fn on_tick(
@@ -273,6 +402,10 @@ fn on_tick(
         t.last_have = s.have;
         t.last_progress = Instant::now();
     }
+    if s.uploaded > t.last_uploaded {
+        t.last_uploaded = s.uploaded;
+        t.last_upload = Instant::now();
+    }
     if t.last_event
         .is_none_or(|at| at.elapsed() >= Duration::from_secs(1))
         && s.phase != Phase::Seeding
@@ -282,28 +415,23 @@ fn on_tick(
         fields["name"] = json!(t.name);
         out.event("progress", fields);
     }
-    if let Some(done) = t.completed_at {
-        let elapsed = done.elapsed().as_secs_f64();
-        let ratio = if s.total > 0 {
-            s.uploaded as f64 / s.total as f64
-        } else {
-            f64::INFINITY
-        };
-        let rule = if rules.time > 0.0 && elapsed >= rules.time {
-            Some("seeding-time")
-        } else if rules.ratio > 0.0 && ratio >= rules.ratio {
-            Some("seeding-ratio")
-        } else {
-            None
-        };
-        if let Some(rule) = rule {
+    if t.completed_at.is_some() {
+        if let Some(rule) = stop_rule(t, &s, rules) {
             t.stopped = true;
-            out.event("stopped", json!({"info_hash": t.label, "rule": rule, "uploaded": s.uploaded, "seconds": elapsed}));
+            out.event(
+                "stopped",
+                json!({
+                    "info_hash": t.info_hash,
+                    "rule": rule,
+                    "uploaded": t.before.uploaded + s.uploaded,
+                    "seconds": t.completed_at.map(|c| c.elapsed().as_secs_f64()),
+                }),
+            );
         }
         return Ok(());
     }
     if t.last_progress.elapsed().as_secs_f64() >= timeout {
-        let what = t.name.as_deref().unwrap_or(&t.label);
+        let what = t.name.as_deref().unwrap_or(&t.info_hash);
         let mut tried = Vec::new();
         if !hints.is_empty() {
             tried.push(format!("magnet peers {}", join(hints)));
@@ -321,7 +449,7 @@ fn on_tick(
             s.known_addrs,
             s.failed_connects
         );
-        out.event("error", json!({"info_hash": t.label, "message": msg}));
+        out.event("error", json!({"info_hash": t.info_hash, "message": msg}));
         return Err(Failure::new(Code::Incomplete, anyhow!(msg)).hint(
             "check that a seed is running and reachable (its magnet's x.pe, or --peers for the DHT); verified pieces are kept for the next run",
         ));

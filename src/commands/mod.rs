@@ -4,12 +4,14 @@
 pub mod completion;
 pub mod download;
 pub mod serve;
+pub mod status;
 
 use p2pfile_engine::{Event, Session, SessionConfig, TorrentHandle};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::Settings;
 use crate::error::{Failure, from_engine};
+use crate::state::State;
 
 /// Starts the engine with the global settings and extra DHT bootstrap
 /// addresses (magnet peer hints).
@@ -75,4 +77,23 @@ pub fn merge_events(
         });
     }
     (rx, stops)
+}
+
+/// Opens the state database named by the settings.
+pub fn open_state(settings: &Settings) -> Result<State, Failure> {
+    State::open(&settings.state).map_err(|e| {
+        Failure::new(crate::error::Code::Runtime, e)
+            .hint("pass --state with a writable file path, or run from a writable directory")
+    })
+}
+
+/// Keeps the DHT nodes this run learned, to bootstrap from next time.
+pub async fn save_dht_nodes(state: &State, session: &Session) {
+    let nodes = session.dht_nodes().await;
+    if let Err(e) = state.save_dht_nodes(&nodes) {
+        tracing::warn!(
+            "cannot record DHT nodes in {}: {e:#}",
+            state.path().display()
+        );
+    }
 }

@@ -149,7 +149,10 @@ struct Torrent {
     uploaded: u64,
     down_rate: RateEstimate,
     up_rate: RateEstimate,
+    /// Peers seen incomplete and later complete.
     completed_peers: HashSet<[u8; 20]>,
+    /// Peers complete when first seen.
+    seeds_seen: HashSet<[u8; 20]>,
     failed_connects: u64,
     last_choke: Instant,
 }
@@ -193,6 +196,7 @@ pub(crate) fn spawn(
         down_rate: RateEstimate::default(),
         up_rate: RateEstimate::default(),
         completed_peers: HashSet::new(),
+        seeds_seen: HashSet::new(),
         failed_connects: 0,
         last_choke: Instant::now(),
     };
@@ -504,7 +508,9 @@ impl Torrent {
             peers: self.peers.len(),
             seeds,
             leechers,
+            incomplete_peers: self.peers.len() - seeds,
             completed_peers: self.completed_peers.len(),
+            seeds_seen: self.seeds_seen.len(),
             known_addrs: self.addrs.len(),
             failed_connects: self.failed_connects,
         });

@@ -59,6 +59,10 @@ pub(super) struct Peer {
     pub down_rate: RateEstimate,
     pub uploaded: u64,
     pub hash_fails: u32,
+    /// The peer has announced what it has (bitfield, HAVE-ALL/NONE or a HAVE).
+    pub announced: bool,
+    /// It lacked pieces when it first announced.
+    pub seen_incomplete: bool,
     pub pex_sent: HashSet<SocketAddrV4>,
     pub last_pex: Option<Instant>,
 }
@@ -165,6 +169,8 @@ impl Torrent {
             down_rate: RateEstimate::default(),
             uploaded: 0,
             hash_fails: 0,
+            announced: false,
+            seen_incomplete: false,
             pex_sent: HashSet::new(),
             last_pex: None,
         };
@@ -406,9 +412,17 @@ impl Torrent {
     /// request, and drop pointless seed-to-seed connections.
     fn after_has_changed(&mut self, key: PeerKey) {
         let finished = self.finished();
-        let peer = &self.peers[&key];
+        let peer = self.peers.get_mut(&key).expect("present");
+        if !peer.announced {
+            peer.announced = true;
+            peer.seen_incomplete = !peer.is_seed();
+        }
         if peer.is_seed() {
-            self.completed_peers.insert(peer.peer_id);
+            if peer.seen_incomplete {
+                self.completed_peers.insert(peer.peer_id);
+            } else {
+                self.seeds_seen.insert(peer.peer_id);
+            }
             if finished {
                 self.drop_peer(key, "both complete");
                 return;
