@@ -15,7 +15,7 @@ use p2pfile_engine::{Event, Phase, Source, Stats, Target};
 use serde_json::json;
 use tokio::sync::watch;
 
-use super::{merge_events, open_state, save_dht_nodes, shutdown_signal, start_session};
+use super::{Signals, merge_events, open_state, save_dht_nodes, start_session};
 use crate::cli::DownloadArgs;
 use crate::config::{FileValues, Settings, parse_number};
 use crate::error::{Code, Failure, from_engine};
@@ -87,6 +87,7 @@ impl Track {
 }
 
 pub async fn run(args: DownloadArgs, file: &FileValues, settings: Settings) -> Result<(), Failure> {
+    let mut signals = Signals::install()?;
     let out = Output::new(settings.json);
     let dir = file
         .pick(&args.dir.as_ref().map(|d| d.display().to_string()), "dir")
@@ -203,7 +204,7 @@ pub async fn run(args: DownloadArgs, file: &FileValues, settings: Settings) -> R
             break Ok(());
         }
         tokio::select! {
-            _ = shutdown_signal() => {
+            _ = signals.recv() => {
                 let all_done = tracks.iter().all(|t| t.completed_at.is_some());
                 break if all_done { Ok(()) } else { Err(Failure::interrupted()) };
             }
@@ -250,11 +251,12 @@ pub async fn run(args: DownloadArgs, file: &FileValues, settings: Settings) -> R
         }
     };
     out.end_progress();
+    save_dht_nodes(&state, &session).await;
+    // Stopping the torrents publishes their final counters; save after it.
+    session.shutdown().await;
     for t in &tracks {
         save(&state, t, &dir);
     }
-    save_dht_nodes(&state, &session).await;
-    session.shutdown().await;
     result
 }
 

@@ -14,7 +14,7 @@ use p2pfile_engine::{Event, PortChoice, Source, Stats, Target};
 use serde_json::json;
 use tokio::sync::watch;
 
-use super::{merge_events, open_state, save_dht_nodes, shutdown_signal, start_session};
+use super::{Signals, merge_events, open_state, save_dht_nodes, start_session};
 use crate::cli::ServeArgs;
 use crate::config::{FileValues, Settings, parse_number};
 use crate::error::{Failure, from_engine};
@@ -34,6 +34,7 @@ pub async fn run(
     file: &FileValues,
     mut settings: Settings,
 ) -> Result<(), Failure> {
+    let mut signals = Signals::install()?;
     let out = Output::new(settings.json);
     let torrent_out: Option<PathBuf> = file
         .pick(
@@ -171,7 +172,7 @@ pub async fn run(
     let mut tick = tokio::time::interval(Duration::from_secs(2));
     loop {
         tokio::select! {
-            _ = shutdown_signal() => break,
+            _ = signals.recv() => break,
             Some((i, ev)) = events.recv() => {
                 // A torrent whose files vanished is reported; the others keep serving.
                 if let Event::Failed { message } = ev {
@@ -190,9 +191,10 @@ pub async fn run(
             }
         }
     }
-    save_uploads(&state, &seeded);
     save_dht_nodes(&state, &session).await;
+    // Stopping the torrents publishes their final counters; save after it.
     session.shutdown().await;
+    save_uploads(&state, &seeded);
     Ok(())
 }
 

@@ -3,5 +3,7 @@
 
 mod errors;
 mod interop;
+mod seeding;
+mod state;
 mod transfer;
 mod util;

@@ -228,3 +228,83 @@ pub fn peer_of(magnet: &str) -> String {
         .expect("magnet has x.pe")
         .to_string()
 }
+
+/// A running p2pfile with `--json`, its events read as they come.
+pub struct JsonProc {
+    pub child: Child,
+    events: mpsc::Receiver<serde_json::Value>,
+    pub seen: Vec<serde_json::Value>,
+}
+
+impl JsonProc {
+    pub fn spawn(mut c: Command) -> Self {
+        let mut child = c
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, events) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let v =
+                    serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON: {line}: {e}"));
+                if tx.send(v).is_err() {
+                    break;
+                }
+            }
+        });
+        Self {
+            child,
+            events,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits for the first event matching `pred` (events before it are kept in `seen`).
+    pub fn wait_for(
+        &mut self,
+        what: &str,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while Instant::now() < deadline {
+            match self.events.recv_timeout(Duration::from_millis(200)) {
+                Ok(ev) => {
+                    self.seen.push(ev.clone());
+                    if pred(&ev) {
+                        return ev;
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        let mut err = String::new();
+        let _ = self.child.kill();
+        if let Some(mut e) = self.child.stderr.take() {
+            let _ = e.read_to_string(&mut err);
+        }
+        panic!("no {what} event; saw {:?}; stderr: {err}", self.seen);
+    }
+
+    /// Waits for exit; returns the status and every event.
+    pub fn finish(mut self) -> (std::process::ExitStatus, Vec<serde_json::Value>) {
+        let status =
+            wait_timeout(&mut self.child, Duration::from_secs(120)).expect("process exits");
+        self.seen.extend(self.events.iter());
+        (status, std::mem::take(&mut self.seen))
+    }
+
+    /// The first event of a kind among those seen so far.
+    pub fn find(events: &[serde_json::Value], kind: &str) -> Option<serde_json::Value> {
+        events.iter().find(|e| e["event"] == kind).cloned()
+    }
+}
+
+impl Drop for JsonProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

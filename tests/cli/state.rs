@@ -1,0 +1,226 @@
+//! Issue #3: state in SQLite, restart, resume after SIGKILL, delta updates,
+//! several processes on one database, migration.
+
+use std::fs;
+use std::process::Command;
+
+use crate::util::*;
+
+fn download_cmd(env: &Env, dir: &str, magnet: &str, extra: &[&str]) -> Command {
+    let mut c = env.cmd();
+    c.args(["--ip", &host(), "download", "--json", "--dir", dir])
+        .args(extra)
+        .arg(magnet);
+    c
+}
+
+fn status_rows(env: &Env) -> Vec<serde_json::Value> {
+    let mut c = env.cmd();
+    c.args(["status", "--json"]);
+    let out = run(c, std::time::Duration::from_secs(30));
+    assert!(out.status.success(), "status failed: {}", stderr(&out));
+    events(&out)
+}
+
+#[test]
+fn restarted_serve_reuses_port_and_magnet_without_rehashing() {
+    let env = Env::new();
+    fs::create_dir_all(env.path("src/tree")).unwrap();
+    fs::write(env.path("src/tree/a.bin"), data(2 << 20, 1)).unwrap();
+    let ip = host();
+    let serving = |env: &Env| {
+        let s = env.serve(&ip, &["--json"], &[&env.path("src/tree")]);
+        let ev: serde_json::Value = serde_json::from_str(s.magnet()).unwrap();
+        assert!(s.terminate().success());
+        ev
+    };
+    let first = serving(&env);
+    assert_eq!(first["hashed"], true);
+    let second = serving(&env);
+    assert_eq!(
+        second["hashed"], false,
+        "unchanged files are not hashed again"
+    );
+    assert_eq!(second["magnet"], first["magnet"], "same port, same magnet");
+    // A changed file is hashed again.
+    fs::write(env.path("src/tree/a.bin"), data(2 << 20, 2)).unwrap();
+    let third = serving(&env);
+    assert_eq!(third["hashed"], true);
+    assert_ne!(third["info_hash"], first["info_hash"]);
+}
+
+#[test]
+fn download_killed_half_way_resumes_from_verified_pieces() {
+    let env = Env::new();
+    fs::create_dir_all(env.path("src")).unwrap();
+    let total = 24u64 << 20;
+    fs::write(env.path("src/big.bin"), data(total as usize, 9)).unwrap();
+    let seed = env.serve(&host(), &[], &[&env.path("src/big.bin")]);
+    let limited = ["--download-limit", "6"];
+    let mut first = JsonProc::spawn(download_cmd(&env, "dl", seed.magnet(), &limited));
+    first.wait_for("half-way progress", |e| {
+        e["event"] == "progress" && e["bytes"].as_u64() >= Some(total / 2)
+    });
+    first.child.kill().unwrap(); // SIGKILL
+    let _ = first.child.wait();
+    assert!(
+        !env.path("dl/big.bin").exists(),
+        "no partial file under the final name"
+    );
+    assert!(env.path("dl/.big.bin.p2pfile-part").exists());
+    let second = JsonProc::spawn(download_cmd(&env, "dl", seed.magnet(), &[]));
+    let (status, evs) = second.finish();
+    assert!(status.success(), "{evs:?}");
+    let checked = JsonProc::find(&evs, "checked").expect("checked event");
+    let valid = checked["valid_bytes"].as_u64().unwrap();
+    assert!(valid >= total / 3, "kept verified pieces: {checked}");
+    let done = JsonProc::find(&evs, "completed").unwrap();
+    let refetched = done["downloaded"].as_u64().unwrap();
+    // Only what was missing, plus pieces that were in flight at the kill.
+    assert!(
+        refetched <= total - valid + (2 << 20),
+        "re-fetched {refetched} of {total}, {valid} were kept"
+    );
+    assert_eq!(
+        fs::read(env.path("dl/big.bin")).unwrap(),
+        fs::read(env.path("src/big.bin")).unwrap()
+    );
+    let rows = status_rows(&env);
+    let row = rows
+        .iter()
+        .find(|r| r["event"] == "download")
+        .expect("download row");
+    assert_eq!(row["state"], "complete");
+    assert_eq!(row["bytes"].as_u64(), Some(total));
+}
+
+#[test]
+fn delta_update_moves_about_the_changed_fraction() {
+    let env = Env::new();
+    let total = 16usize << 20;
+    let v1 = data(total, 3);
+    let mut v2 = v1.clone();
+    // Change 10 % of the file in place.
+    let changed = data(total / 10, 4);
+    v2[total / 2..total / 2 + changed.len()].copy_from_slice(&changed);
+    fs::create_dir_all(env.path("v1")).unwrap();
+    fs::create_dir_all(env.path("v2")).unwrap();
+    fs::write(env.path("v1/app.bin"), &v1).unwrap();
+    fs::write(env.path("v2/app.bin"), &v2).unwrap();
+    let seed1 = env.serve(&host(), &[], &[&env.path("v1/app.bin")]);
+    let (status1, _) = JsonProc::spawn(download_cmd(&env, "dl", seed1.magnet(), &[])).finish();
+    assert!(status1.success());
+    drop(seed1);
+    let seed2 = env.serve(&host(), &[], &[&env.path("v2/app.bin")]);
+    let (status2, evs) = JsonProc::spawn(download_cmd(&env, "dl", seed2.magnet(), &[])).finish();
+    assert!(status2.success(), "{evs:?}");
+    let moved = JsonProc::find(&evs, "completed").unwrap()["downloaded"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        moved <= (total as u64) / 10 + (total as u64) / 20,
+        "moved {moved} bytes of {total} for a 10 % change"
+    );
+    assert!(moved >= (total as u64) / 10, "the changed tenth moved");
+    assert_eq!(fs::read(env.path("dl/app.bin")).unwrap(), v2);
+}
+
+#[test]
+fn several_processes_share_one_database() {
+    let env = Env::new();
+    fs::create_dir_all(env.path("a")).unwrap();
+    fs::write(env.path("a/one.bin"), data(3 << 20, 5)).unwrap();
+    fs::write(env.path("a/two.bin"), data(3 << 20, 6)).unwrap();
+    let s1 = env.serve(&host(), &[], &[&env.path("a/one.bin")]);
+    let s2 = env.serve(&host(), &[], &[&env.path("a/two.bin")]);
+    let children: Vec<_> = [s1.magnet(), s2.magnet()]
+        .into_iter()
+        .enumerate()
+        .map(|(i, m)| JsonProc::spawn(download_cmd(&env, &format!("dl{i}"), m, &[])))
+        .collect();
+    for child in children {
+        let mut child = child;
+        let status = wait_timeout(&mut child.child, std::time::Duration::from_secs(120)).unwrap();
+        let mut err = String::new();
+        std::io::Read::read_to_string(child.child.stderr.as_mut().unwrap(), &mut err).unwrap();
+        assert!(status.success(), "{err}");
+        assert!(!err.contains("locked"), "{err}");
+    }
+    for s in [s1, s2] {
+        let mut s = s;
+        let mut err = String::new();
+        assert!(s.child.try_wait().unwrap().is_none(), "serve still runs");
+        crate::util::signal(&s.child, "TERM");
+        wait_timeout(&mut s.child, std::time::Duration::from_secs(20)).unwrap();
+        std::io::Read::read_to_string(s.child.stderr.as_mut().unwrap(), &mut err).unwrap();
+        assert!(!err.contains("locked"), "{err}");
+    }
+    let rows = status_rows(&env);
+    assert_eq!(rows.iter().filter(|r| r["event"] == "served").count(), 2);
+    let downloads: Vec<_> = rows.iter().filter(|r| r["event"] == "download").collect();
+    assert_eq!(downloads.len(), 2);
+    assert!(downloads.iter().all(|d| d["state"] == "complete"));
+    // Both seeds recorded what they uploaded.
+    assert!(
+        rows.iter()
+            .filter(|r| r["event"] == "served")
+            .all(|r| r["uploaded"].as_u64() >= Some(3 << 20))
+    );
+}
+
+#[test]
+fn upload_totals_survive_a_restart() {
+    let env = Env::new();
+    fs::create_dir_all(env.path("src")).unwrap();
+    let size = 2u64 << 20;
+    fs::write(env.path("src/f.bin"), data(size as usize, 8)).unwrap();
+    let ip = host();
+    for round in 1..=2u64 {
+        let seed = env.serve(&ip, &[], &[&env.path("src/f.bin")]);
+        let (ok, _) = JsonProc::spawn(download_cmd(
+            &env,
+            &format!("dl{round}"),
+            seed.magnet(),
+            &[],
+        ))
+        .finish();
+        assert!(ok.success());
+        assert!(seed.terminate().success());
+        let rows = status_rows(&env);
+        let served = rows.iter().find(|r| r["event"] == "served").unwrap();
+        assert!(
+            served["uploaded"].as_u64() >= Some(round * size),
+            "after run {round}: {served}"
+        );
+    }
+}
+
+#[test]
+fn a_version_1_database_is_upgraded() {
+    let env = Env::new();
+    let db = env.path(".p2pfile.db");
+    {
+        let c = rusqlite::Connection::open(&db).unwrap();
+        c.execute_batch(
+            "CREATE TABLE served (path TEXT PRIMARY KEY, info_hash TEXT NOT NULL, name TEXT NOT NULL,
+                piece_length INTEGER NOT NULL, port INTEGER NOT NULL, info BLOB NOT NULL,
+                files TEXT NOT NULL, updated_at INTEGER NOT NULL);
+             CREATE TABLE downloads (info_hash TEXT NOT NULL, dir TEXT NOT NULL, state TEXT NOT NULL,
+                total INTEGER NOT NULL, have INTEGER NOT NULL, uploaded INTEGER NOT NULL,
+                downloaded INTEGER NOT NULL, updated_at INTEGER NOT NULL, PRIMARY KEY (info_hash, dir));
+             INSERT INTO downloads VALUES ('ab', '/srv', 'complete', 100, 100, 250, 100, 0);
+             PRAGMA user_version = 1;",
+        )
+        .unwrap();
+    }
+    let rows = status_rows(&env);
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0]["state"], "complete");
+    assert_eq!(rows[0]["uploaded"], 250);
+    assert_eq!(rows[0]["ratio"], 2.5);
+    let v: i64 = rusqlite::Connection::open(&db)
+        .unwrap()
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(v, 2);
+}
