@@ -15,7 +15,9 @@
 # p2pfile: the time from starting `p2pfile --ip 127.0.0.2 serve FILE` until
 # its magnet line arrives on stdout (process start, session start, SHA-1 of
 # every piece, magnet), read through a FIFO so the moment is exact; then the
-# seed is stopped. openssl: the whole `openssl dgst -sha1 FILE` process.
+# seed is stopped. Every run uses a fresh state database (P2PFILE_STATE),
+# since serve would otherwise reuse the hashes it stored for an unchanged
+# path. openssl: the whole `openssl dgst -sha1 FILE` process.
 # The file is read once first (`cat FILE >/dev/null`) so both read it from
 # the page cache. Results are appended to bench/results/hash.jsonl.
 set -euo pipefail
@@ -59,6 +61,7 @@ cleanup() {
         kill -KILL "$SEED_PID" 2>/dev/null || true
     fi
     [[ -n $FD ]] && exec {FD}<&-
+    cd /
     [[ -n $WORK && -d $WORK ]] && rm -rf "$WORK"
     exit "$rc"
 }
@@ -66,6 +69,7 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM HUP
 
 WORK=$(mktemp -d "${BENCH_TMP:-/tmp}/p2pf-hash.XXXXXX")
+cd "$WORK"
 RESULTS=$HERE/results
 mkdir -p "$RESULTS"
 REV=$(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo unknown)
@@ -90,8 +94,12 @@ time_p2pfile() {
     local fifo=$WORK/serve.fifo line t0 t1 t
     rm -f "$fifo"
     mkfifo "$fifo"
+    # A fresh state database each run: p2pfile reuses the stored hashes of
+    # an unchanged path, which would skip the hashing we measure.
+    rm -f "$WORK"/state.db*
     t0=$EPOCHREALTIME
-    "$P2PFILE" --ip 127.0.0.2 --port "$PORT" serve "$FILE" >"$fifo" 2>"$WORK/serve.err" &
+    P2PFILE_STATE=$WORK/state.db "$P2PFILE" --ip 127.0.0.2 --port "$PORT" serve "$FILE" \
+        >"$fifo" 2>"$WORK/serve.err" &
     SEED_PID=$!
     exec {FD}<"$fifo"
     if ! IFS= read -r -t 300 -u "$FD" line || [[ $line != magnet:* ]]; then

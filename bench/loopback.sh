@@ -21,6 +21,7 @@
 # whole process, start to exit: session start, metadata from the seed
 # (magnet), transfer, verification, shutdown; p2pfile's own `completed`
 # event time is shown beside it. Every copy is compared with the source.
+# Each p2pfile process gets a fresh state database (P2PFILE_STATE) per run.
 # Results are appended to bench/results/loopback.jsonl. Traffic stays on
 # 127.0.0.0/8.
 set -euo pipefail
@@ -72,6 +73,7 @@ cleanup() {
         sleep 0.1
     done
     for p in "${PIDS[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
+    cd /
     [[ -n $WORK && -d $WORK ]] && rm -rf "$WORK"
     exit "$rc"
 }
@@ -79,6 +81,7 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM HUP
 
 WORK=$(mktemp -d "${BENCH_TMP:-/tmp}/p2pf-loopback.XXXXXX")
+cd "$WORK" # nothing a client writes to its working directory lands in the tree
 RESULTS=$HERE/results
 mkdir -p "$RESULTS" "$WORK/src"
 REV=$(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo unknown)
@@ -147,7 +150,9 @@ measure_cp() {
 measure_p2pfile() {
     local d=$WORK/p2pfile log=$WORK/log-p2pfile line magnet tpid t0 t1 rc=0
     mkdir -p "$d" "$log"
-    $TIME -v -o "$log/seed.time" "$P2PFILE" --ip "$SEED_IP" --port "$PORT" serve "$SRC" --json \
+    rm -f "$log"/*.db*
+    P2PFILE_STATE=$log/seed.db $TIME -v -o "$log/seed.time" \
+        "$P2PFILE" --ip "$SEED_IP" --port "$PORT" serve "$SRC" --json \
         >"$log/seed.out" 2>"$log/seed.err" &
     tpid=$!
     PIDS+=("$tpid")
@@ -158,7 +163,8 @@ measure_p2pfile() {
     }
     magnet=$(sed -n 's/.*"magnet":"\([^"]*\)".*/\1/p' <<<"$line")
     t0=$(now)
-    $TIME -v -o "$log/dl.time" timeout 600 "$P2PFILE" --ip "$DL_IP" --port "$((PORT + 1))" \
+    P2PFILE_STATE=$log/dl.db $TIME -v -o "$log/dl.time" \
+        timeout 600 "$P2PFILE" --ip "$DL_IP" --port "$((PORT + 1))" \
         download "$magnet" --dir "$d" --json --timeout 60 >"$log/dl.out" 2>"$log/dl.err" || rc=$?
     t1=$(now)
     stop_time_child "$tpid"

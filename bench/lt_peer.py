@@ -15,6 +15,10 @@ every address (--ip, --dht-node, x.pe peers) must be inside them, an IP filter
 blocks all other peers, the DHT (on only with --dht-node) bootstraps from the
 given nodes alone, and LSD, UPnP, NAT-PMP, trackers and web seeds are off.
 
+--verbose logs peer, connect and DHT alerts and, every 2 s, the number of
+connected peers, known peers and connect candidates; with LT_PEER_LOG=1 in the
+environment also libtorrent's per-message peer log (PEX, handshakes, ...).
+
 uTP is off, so every transfer is TCP like p2pfile's (and uTP packets are not
 sent to p2pfile's UDP port, which is its DHT).
 Exit: 0 stopped by signal after completing; 3 timeout; 1 error.
@@ -59,10 +63,18 @@ def main():
     p.add_argument("--done-file")
     p.add_argument("--dht-node", action="append", default=[])
     p.add_argument("--timeout", type=float, default=900)
+    p.add_argument("--verbose", action="store_true",
+                   help="log peer, connect and DHT alerts to stderr")
     a = p.parse_args()
 
     ip = lab_ip(a.ip, "--ip")
     nodes = [endpoint(n, "--dht-node") for n in a.dht_node]
+    cat = lt.alert.category_t
+    mask = cat.error_notification | cat.status_notification
+    if a.verbose:
+        mask |= cat.peer_notification | cat.connect_notification | cat.dht_notification
+        if os.environ.get("LT_PEER_LOG"):
+            mask |= cat.peer_log_notification  # every wire message: large
     settings = {
         "listen_interfaces": "%s:%d" % (ip, a.port),
         "outgoing_interfaces": ip,
@@ -77,8 +89,7 @@ def main():
         "out_enc_policy": int(lt.enc_policy.pe_disabled),
         "in_enc_policy": int(lt.enc_policy.pe_disabled),
         "enable_ip_notifier": False,
-        "alert_mask": int(lt.alert.category_t.error_notification
-                          | lt.alert.category_t.status_notification),
+        "alert_mask": int(mask),
     }
     if nodes:
         # Private addresses in one /24: libtorrent's defaults would ignore them.
@@ -129,11 +140,17 @@ def main():
     signal.signal(signal.SIGINT, on_signal)
     deadline = time.monotonic() + a.timeout
     done = False
+    last_status = 0.0
     while not stop["flag"] and time.monotonic() < deadline:
+        if a.verbose and time.monotonic() - last_status >= 2:
+            last_status = time.monotonic()
+            st = h.status()
+            log("%.3f status: peers %d (list %d, candidates %d) progress %.1f%%"
+                % (time.time(), st.num_peers, st.list_peers, st.connect_candidates, st.progress * 100))
         ses.wait_for_alert(100)
         for al in ses.pop_alerts():
-            if al.category() & lt.alert.category_t.error_notification:
-                log("%s: %s" % (al.what(), al.message()))
+            if a.verbose or al.category() & lt.alert.category_t.error_notification:
+                log("%.3f %s: %s" % (time.time(), al.what(), al.message()))
         if not done:
             st = h.status()
             if st.has_metadata and st.is_seeding:

@@ -14,6 +14,9 @@
 #   P2PFILE=PATH       use this binary instead of `cargo build --release`
 #   BENCH_TMP=DIR      where the data and copies go (default /tmp)
 #   BENCH_PORT=42070   TCP+UDP port every host uses
+#   SWARM_SAMPLE=1     sample each host's TCP peers once a second (0: off)
+#   ARIA2_LOG_LEVEL=notice   aria2c --log-level (info shows DHT and peers)
+#   LT_VERBOSE=        non-empty: lt_peer.py logs peer/connect/DHT alerts
 #
 # The seed is always `p2pfile serve` on h1 (10.77.0.1), whatever the
 # downloaders are, so every client is measured against the same kind of seed:
@@ -117,6 +120,7 @@ cleanup() {
     trap - EXIT INT TERM HUP
     stop_pids "${PIDS[@]}" || true
     lab_down || true
+    cd /
     [[ -n $WORK && -d $WORK ]] && rm -rf "$WORK"
     exit "$rc"
 }
@@ -162,6 +166,7 @@ client_available() {
 # --- data ----------------------------------------------------------------------
 WORK=$(mktemp -d "${BENCH_TMP:-/tmp}/p2pf-swarm.XXXXXX")
 chmod 755 "$WORK"
+cd "$WORK" # nothing a client writes to its working directory lands in the tree
 STAMP=$(date -u +%Y%m%dT%H%M%SZ)
 RESULTS=$HERE/results
 LOGROOT=$RESULTS/swarm-$STAMP
@@ -233,7 +238,8 @@ start_downloader() { # client host_index log_dir magnet torrent
         mkfifo "$WORK/h$i.fifo"
         watch_json "$WORK/h$i.fifo" "$log/h$i.out" "$donef" &
         PIDS+=("$!")
-        lab_exec "$i" "$P2PFILE" --ip "$ip" --port "$PORT" download "$magnet" \
+        lab_exec "$i" env P2PFILE_STATE="$WORK/state/h$i.db" \
+            "$P2PFILE" --ip "$ip" --port "$PORT" download "$magnet" \
             --dir "$dir" --json --timeout 60 \
             --seeding --seeding-time 600 --seeding-ratio 0 \
             >"$WORK/h$i.fifo" 2>"$log/h$i.err" &
@@ -267,7 +273,7 @@ start_downloader() { # client host_index log_dir magnet torrent
     libtorrent)
         lab_exec "$i" "$LT_PY" "$HERE/lt_peer.py" "$magnet" --ip "$ip" --port "$PORT" \
             --dir "$dir" --done-file "$donef" --dht-node "$SEED_IP:$PORT" \
-            --timeout "$((TIMEOUT + 30))" >"$log/h$i.out" 2>"$log/h$i.err" &
+            --timeout "$((TIMEOUT + 30))" ${LT_VERBOSE:+--verbose} >"$log/h$i.out" 2>"$log/h$i.err" &
         ;;
     esac
     DL_PID[i]=$!
@@ -283,12 +289,17 @@ run_one() { # client run
     R_SECONDS='' R_VERIFIED=0 R_HOSTTIMES='' R_DOWNLOADED=''
     mkdir -p "$log"
     for ((i = 2; i <= HOSTS; i++)); do rm -rf "$WORK/h$i" "$WORK/h$i.done" "$WORK/h$i.fifo" "$WORK/aria2-h$i"; done
-    rm -rf "$WORK/torrent"
+    # Each host gets its own fresh p2pfile state database (p2pfile keeps
+    # served hashes, downloads and DHT nodes in it; the default is
+    # ./.p2pfile.db, which every host would otherwise share).
+    rm -rf "$WORK/torrent" "$WORK/state"
+    mkdir -p "$WORK/state"
 
     lab_up "$HOSTS" "$RATE_MBIT"
 
     # Seed on h1; wait (bounded) for its magnet.
-    lab_exec 1 "$P2PFILE" --ip "$SEED_IP" --port "$PORT" serve "$WORK/h1/$NAME" \
+    lab_exec 1 env P2PFILE_STATE="$WORK/state/h1.db" \
+        "$P2PFILE" --ip "$SEED_IP" --port "$PORT" serve "$WORK/h1/$NAME" \
         --torrent-out "$WORK/torrent" --json >"$log/seed.out" 2>"$log/seed.err" &
     seed_pid=$!
     PIDS+=("$seed_pid")
@@ -445,12 +456,12 @@ for row in "${ROWS[@]}"; do
 done
 if ((RUNS > 1)); then
     echo
-    printf '%-11s %9s %7s\n' client "median (s)" ratio
+    printf '%-11s %10s %7s\n' client "median (s)" ratio
     for client in $CLIENTS; do
         printf '%s\n' "${ROWS[@]}" | awk -v c="$client" '$1 == c && $3 != "null" && $2 != "skipped" { print $3 }' |
             sort -g | awk -v c="$client" -v tm="$T_MIN" '{ v[++n] = $1 }
                 END { if (n == 0) exit; m = (n % 2) ? v[(n + 1) / 2] : (v[n / 2] + v[n / 2 + 1]) / 2
-                      printf "%-11s %9.2f %7.2f\n", c, m, m / tm }'
+                      printf "%-11s %10.2f %7.2f\n", c, m, m / tm }'
     done
 fi
 echo "results: $JSONL, $CSV; logs: $LOGROOT"
