@@ -200,8 +200,10 @@ impl Picker {
         if !out.is_empty() {
             return out;
         }
-        // 3. Endgame: only when nothing is free anywhere this peer can help.
-        if self.rarest(has, rng).is_some() {
+        // 3. Endgame: only when no block of the whole torrent is free. A
+        // peer that merely has nothing new for us is not the end: asking it
+        // for blocks others are sending would only duplicate traffic.
+        if !self.in_endgame() {
             return out;
         }
         let candidates: Vec<BlockRequest> = self
@@ -228,6 +230,18 @@ impl Picker {
             out.push(r);
         }
         out
+    }
+
+    /// Every missing piece is started and every block of them requested.
+    pub fn in_endgame(&self) -> bool {
+        let all_started = (0..self.have.len()).all(|i| {
+            self.have.get(i) || self.verifying.get(i) || self.partial.contains_key(&(i as u32))
+        });
+        all_started
+            && self
+                .partial
+                .values()
+                .all(|p| p.blocks.iter().all(|b| *b != Block::Free))
     }
 
     fn take_free(&mut self, index: u32, max: usize, out: &mut Vec<BlockRequest>) {
@@ -465,6 +479,26 @@ mod tests {
         );
         let own = p.pick(&all, 10, |r| a.contains(r), &mut rng());
         assert!(own.is_empty());
+    }
+
+    #[test]
+    fn no_endgame_while_blocks_are_free_elsewhere() {
+        let mut p = picker(4, 4);
+        let all = Bitfield::full(4);
+        p.add_peer(&all);
+        let mut one = Bitfield::new(4);
+        // A peer with only piece 0: once piece 0 is fully requested from the
+        // seed, that peer gets nothing (pieces 1-3 are still unrequested).
+        one.set(0);
+        let from_seed = p.pick(&one, 2, |_| false, &mut rng());
+        assert_eq!(from_seed.len(), 2);
+        assert!(!p.in_endgame());
+        assert!(p.pick(&one, 10, |_| false, &mut rng()).is_empty());
+        // Once everything is requested, endgame duplicates are allowed.
+        let rest = p.pick(&all, 100, |_| false, &mut rng());
+        assert_eq!(rest.len(), 6);
+        assert!(p.in_endgame());
+        assert_eq!(p.pick(&one, 10, |_| false, &mut rng()).len(), 2);
     }
 
     #[test]
