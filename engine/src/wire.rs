@@ -554,8 +554,10 @@ impl MetadataMsg {
 }
 
 /// BEP 11 ut_pex message: compact IPv4 peers in "added" (6 bytes each:
-/// 4 ip + 2 port big-endian), and "dropped". "added.f" and the IPv6 keys
-/// are tolerated but ignored.
+/// 4 ip + 2 port big-endian), and "dropped". We always send "added.f", one
+/// flag byte per added peer ([`PEX_REACHABLE`]): libtorrent ignores every
+/// added peer without it. On receipt the flags and IPv6 keys are tolerated
+/// but ignored.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PexMsg {
     /// Peers the sender connected to since its last message.
@@ -564,11 +566,16 @@ pub struct PexMsg {
     pub dropped: Vec<SocketAddrV4>,
 }
 
+/// BEP 11 flag: the peer accepts incoming connections (we know its listen
+/// address because we dialed it or it told us its port).
+pub const PEX_REACHABLE: u8 = 0x10;
+
 impl PexMsg {
     /// The bencoded payload of the extended message.
     pub fn encode(&self) -> Vec<u8> {
         bencode::encode(&Value::dict([
             ("added", Value::from(encode_compact_peers(&self.added))),
+            ("added.f", Value::from(vec![PEX_REACHABLE; self.added.len()])),
             ("dropped", Value::from(encode_compact_peers(&self.dropped))),
         ]))
     }
@@ -935,7 +942,13 @@ mod tests {
             ],
             dropped: vec!["8.8.8.8:1".parse().unwrap()],
         };
-        assert_eq!(PexMsg::decode(&msg.encode()), Ok(msg));
+        assert_eq!(PexMsg::decode(&msg.encode()), Ok(msg.clone()));
+        // One flag byte per added peer, as libtorrent requires.
+        let encoded = bencode::decode(&msg.encode()).unwrap();
+        assert_eq!(
+            encoded.get(b"added.f").and_then(Value::as_bytes).map(<[u8]>::len),
+            Some(msg.added.len())
+        );
         assert_eq!(
             PexMsg::decode(&PexMsg::default().encode()),
             Ok(PexMsg::default())

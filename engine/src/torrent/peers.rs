@@ -28,8 +28,9 @@ pub(super) const UT_PEX: u8 = 2;
 /// PEX to p2pfile peers goes out this often, so downloaders learn of each
 /// other within a couple of seconds.
 const PEX_FAST: Duration = Duration::from_secs(2);
-/// Other clients expect at most one PEX message a minute.
-const PEX_SLOW: Duration = Duration::from_secs(60);
+/// Other clients: libtorrent disconnects a peer that sends more than six
+/// PEX messages in a minute, so at most four.
+const PEX_SLOW: Duration = Duration::from_secs(15);
 /// Largest block we serve; clients ask 16 KiB, some allow up to 128 KiB.
 const MAX_SERVED_BLOCK: u32 = 128 * 1024;
 
