@@ -101,6 +101,28 @@ impl Bitfield {
         (0..self.len).filter(|&i| self.get(i))
     }
 
+    /// The pieces of this set that are not in `other`.
+    pub fn difference(&self, other: &Bitfield) -> Bitfield {
+        let bytes: Vec<u8> = self
+            .bytes
+            .iter()
+            .zip(other.bytes.iter().chain(std::iter::repeat(&0)))
+            .map(|(a, b)| a & !b)
+            .collect();
+        let ones = bytes.iter().map(|b| b.count_ones() as usize).sum();
+        Bitfield {
+            bytes,
+            len: self.len,
+            ones,
+        }
+    }
+
+    /// Removes every piece.
+    pub fn clear_all(&mut self) {
+        self.bytes.iter_mut().for_each(|b| *b = 0);
+        self.ones = 0;
+    }
+
     /// True when `other` has a piece this set lacks.
     pub fn lacks_any_of(&self, other: &Bitfield) -> bool {
         self.bytes
@@ -135,6 +157,20 @@ mod tests {
         assert!(Bitfield::from_bytes(&[0xff], 10).is_none());
         assert_eq!(Bitfield::from_bytes(&[0xff, 0xc0], 10).unwrap().count(), 10);
         assert!(Bitfield::full(10).is_full());
+    }
+
+    #[test]
+    fn difference_and_clear() {
+        let mut a = Bitfield::full(10);
+        let mut b = Bitfield::new(10);
+        b.set(3);
+        b.set(9);
+        let d = a.difference(&b);
+        assert_eq!(d.count(), 8);
+        assert!(!d.get(3) && !d.get(9) && d.get(0));
+        a.clear_all();
+        assert_eq!(a.count(), 0);
+        assert!(!a.get(0));
     }
 
     #[test]

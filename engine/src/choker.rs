@@ -54,6 +54,46 @@ pub fn unchoke_set<K: Clone>(
     chosen
 }
 
+/// A seed's rule for the swarm's bottleneck, its own upload: every piece
+/// goes out once before any piece goes out twice.
+///
+/// The first peer a piece is served to owns it. While some piece has gone
+/// to nobody, a request from another peer for an owned piece is refused
+/// (BEP 6 reject), as long as the owner is still connected: that peer will
+/// pass the piece on. Once every piece went out, or the owner left, anyone
+/// is served. Pure: the caller says who is connected.
+#[derive(Clone, Debug)]
+pub struct FirstUpload<K> {
+    owner: Vec<Option<K>>,
+    unsent: usize,
+}
+
+impl<K: Copy + PartialEq> FirstUpload<K> {
+    /// Nothing sent yet, for `pieces` pieces.
+    pub fn new(pieces: usize) -> Self {
+        Self {
+            owner: vec![None; pieces],
+            unsent: pieces,
+        }
+    }
+
+    /// Whether to serve `piece` to `peer` now; records the first owner.
+    pub fn allows(&mut self, piece: u32, peer: K, connected: impl Fn(&K) -> bool) -> bool {
+        let Some(slot) = self.owner.get_mut(piece as usize) else {
+            return false;
+        };
+        match *slot {
+            None => {
+                *slot = Some(peer);
+                self.unsent -= 1;
+                true
+            }
+            Some(owner) if owner == peer => true,
+            Some(owner) => self.unsent == 0 || !connected(&owner),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -67,6 +107,22 @@ mod tests {
             download_rate: rate,
             uploaded,
         }
+    }
+
+    #[test]
+    fn first_upload_sends_each_piece_once_first() {
+        let mut f = FirstUpload::new(2);
+        let everyone = |_: &u32| true;
+        assert!(f.allows(0, 1, everyone));
+        assert!(
+            f.allows(0, 1, everyone),
+            "the owner gets the rest of its piece"
+        );
+        assert!(!f.allows(0, 2, everyone), "piece 1 has gone to nobody yet");
+        assert!(f.allows(0, 2, |k| *k != 1), "the owner left: serve");
+        assert!(f.allows(1, 2, everyone));
+        assert!(f.allows(0, 3, everyone), "every piece went out once");
+        assert!(!f.allows(9, 3, everyone), "out of range");
     }
 
     #[test]

@@ -575,7 +575,10 @@ impl PexMsg {
     pub fn encode(&self) -> Vec<u8> {
         bencode::encode(&Value::dict([
             ("added", Value::from(encode_compact_peers(&self.added))),
-            ("added.f", Value::from(vec![PEX_REACHABLE; self.added.len()])),
+            (
+                "added.f",
+                Value::from(vec![PEX_REACHABLE; self.added.len()]),
+            ),
             ("dropped", Value::from(encode_compact_peers(&self.dropped))),
         ]))
     }
@@ -946,7 +949,10 @@ mod tests {
         // One flag byte per added peer, as libtorrent requires.
         let encoded = bencode::decode(&msg.encode()).unwrap();
         assert_eq!(
-            encoded.get(b"added.f").and_then(Value::as_bytes).map(<[u8]>::len),
+            encoded
+                .get(b"added.f")
+                .and_then(Value::as_bytes)
+                .map(<[u8]>::len),
             Some(msg.added.len())
         );
         assert_eq!(

@@ -9,6 +9,7 @@ use sha1::{Digest, Sha1};
 
 use super::peers::Peer;
 use super::{Job, Live, State, Torrent};
+use crate::bitfield::Bitfield;
 use crate::event::Event;
 use crate::peer::PeerKey;
 use crate::picker::Received;
@@ -215,17 +216,29 @@ fn fill(l: &mut Live, peer: &mut Peer, rng: &mut impl rand::Rng) {
     if peer.peer_choking || !peer.am_interested || l.finished || l.verifying >= l.max_verifying {
         return;
     }
-    let depth = peer.queue_depth();
     // Refill in batches of at least a quarter of the depth, so a fast
     // peer is not sent one request per received block.
+    let depth = peer.queue_depth();
     if peer.outstanding.len() > depth - depth / 4 {
         return;
     }
-    let want = depth - peer.outstanding.len();
+    if peer.rejected.count() > 0 {
+        // Ask this peer for what it did not refuse; if that is nothing,
+        // forget the refusals (whoever else had those pieces may be gone).
+        let has = peer.has.difference(&peer.rejected);
+        if l.picker.wants_any(&has) {
+            return fill_from(l, peer, &has, rng);
+        }
+        peer.rejected.clear_all();
+    }
+    let has = peer.has.clone();
+    fill_from(l, peer, &has, rng);
+}
+
+fn fill_from(l: &mut Live, peer: &mut Peer, has: &Bitfield, rng: &mut impl rand::Rng) {
+    let want = peer.queue_depth() - peer.outstanding.len();
     let outstanding = &peer.outstanding;
-    let picks = l
-        .picker
-        .pick(&peer.has, want, |r| outstanding.contains(r), rng);
+    let picks = l.picker.pick(has, want, |r| outstanding.contains(r), rng);
     for req in picks {
         peer.outstanding.insert(req);
         peer.send(Message::Request(req));

@@ -24,6 +24,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::bitfield::Bitfield;
+use crate::choker::FirstUpload;
 use crate::event::{Event, Phase, Stats};
 use crate::metainfo::{Info, InfoHash};
 use crate::peer::{self, PeerEvent, PeerKey};
@@ -122,6 +123,8 @@ struct Live {
     placement: Option<Placement>,
     /// Every piece verified and the files at their final path.
     finished: bool,
+    /// As a seed: every piece once before any piece twice.
+    first_upload: FirstUpload<PeerKey>,
 }
 
 enum State {
@@ -431,6 +434,7 @@ impl Torrent {
             .map(|i| info.piece_size(i as u32) as u64)
             .sum();
         let info_piece_len = info.piece_length as u64;
+        let piece_count = info.piece_count();
         let max_partial = (ASSEMBLY_BUDGET / info_piece_len).clamp(4, 256) as usize;
         let picker = Picker::new(info.piece_length, info.total_length(), have, max_partial);
         self.state = State::Live(Box::new(Live {
@@ -441,6 +445,7 @@ impl Torrent {
             verifying: 0,
             max_verifying: (VERIFY_BUDGET / info_piece_len).clamp(2, 16) as usize,
             spare: Vec::new(),
+            first_upload: FirstUpload::new(piece_count),
             placement,
             finished: false,
         }));

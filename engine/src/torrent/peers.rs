@@ -64,6 +64,9 @@ pub(super) struct Peer {
     pub announced: bool,
     /// It lacked pieces when it first announced.
     pub seen_incomplete: bool,
+    /// Pieces this peer rejected our requests for (a seed sending each
+    /// piece once); we ask others for them, or it again when nobody else can.
+    pub rejected: Bitfield,
     pub pex_sent: HashSet<SocketAddrV4>,
     pub last_pex: Option<Instant>,
 }
@@ -172,6 +175,7 @@ impl Torrent {
             hash_fails: 0,
             announced: false,
             seen_incomplete: false,
+            rejected: Bitfield::new(0),
             pex_sent: HashSet::new(),
             last_pex: None,
         };
@@ -198,6 +202,7 @@ impl Torrent {
             State::Live(l) => {
                 let have = l.picker.have();
                 peer.has = Bitfield::new(have.len());
+                peer.rejected = Bitfield::new(have.len());
                 if fast && have.is_full() {
                     peer.send(Message::HaveAll);
                 } else if fast && have.count() == 0 {
@@ -311,6 +316,7 @@ impl Torrent {
             }
             Message::RejectRequest(req) => {
                 let peer = self.peers.get_mut(&key).expect("present");
+                peer.rejected.set(req.index as usize);
                 if peer.outstanding.remove(&req)
                     && let State::Live(l) = &mut self.state
                 {
@@ -401,6 +407,7 @@ impl Torrent {
                 has.set(i as usize);
             }
             peer.has = has;
+            peer.rejected = Bitfield::new(n);
             l.picker.add_peer(&peer.has);
             for i in l.picker.have().iter_ones() {
                 peer.send(Message::Have(i as u32));
@@ -450,21 +457,25 @@ impl Torrent {
     }
 
     fn on_request(&mut self, key: PeerKey, req: BlockRequest) {
-        let peer = &self.peers[&key];
-        let ok = match &self.state {
-            State::Live(l) => {
-                !peer.am_choking
-                    && l.picker.have().get(req.index as usize)
-                    && req.length > 0
-                    && req.length <= MAX_SERVED_BLOCK
-                    && req.begin as u64 + req.length as u64 <= l.info.piece_size(req.index) as u64
+        let peers = &self.peers;
+        let peer = &peers[&key];
+        let State::Live(l) = &mut self.state else {
+            if peer.fast {
+                peer.send(Message::RejectRequest(req));
             }
-            _ => false,
+            return;
         };
-        if ok {
-            let State::Live(l) = &self.state else {
-                unreachable!()
-            };
+        let valid = !peer.am_choking
+            && l.picker.have().get(req.index as usize)
+            && req.length > 0
+            && req.length <= MAX_SERVED_BLOCK
+            && req.begin as u64 + req.length as u64 <= l.info.piece_size(req.index) as u64;
+        let serve = valid
+            && (!l.finished
+                || !peer.fast
+                || l.first_upload
+                    .allows(req.index, key, |k| peers.contains_key(k)));
+        if serve {
             let _ = peer.tx.send(PeerCmd::Upload(req, l.storage.clone()));
         } else if peer.fast {
             peer.send(Message::RejectRequest(req));
