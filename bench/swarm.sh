@@ -439,6 +439,13 @@ for ((run = 1; run <= RUNS; run++)); do
         echo "$STAMP,$REV,$client,$run,$HOSTS,$RATE_MBIT,$SIZE_MIB,$R_SECONDS,$T_MIN,$ratio,$R_VERIFIED,$N_DL,$copies" >>"$CSV"
         ROWS+=("$client $run $R_SECONDS $ratio $R_VERIFIED $copies $seed_at $mesh_at $R_HOSTTIMES")
         echo "swarm: [$client run $run] last verified copy after ${R_SECONDS} s (T_min $T_MIN s, ratio $ratio), $R_VERIFIED/$N_DL verified, per host: $R_HOSTTIMES" >&2
+        if [[ $client == p2pfile ]]; then
+            # Magnet to first verified piece: p2pfile's `first_piece` event,
+            # seconds since each downloader started; the slowest host.
+            first=$(cat "$LOGROOT/$client-run$run"/h*.out 2>/dev/null |
+                sed -n 's/.*"event":"first_piece".*"seconds":\([0-9.]*\).*/\1/p' | sort -n | tail -1 || true)
+            echo "swarm: [$client run $run] first verified piece on every host within ${first:-?} s of its start" >&2
+        fi
     done
 done
 

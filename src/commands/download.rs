@@ -43,6 +43,7 @@ struct Track {
     last_uploaded: u64,
     stopped: bool,
     failed: bool,
+    first_piece: bool,
     last_event: Option<Instant>,
     /// Counters of earlier runs, from the state database.
     before: Download,
@@ -190,6 +191,7 @@ pub async fn run(args: DownloadArgs, file: &FileValues, settings: Settings) -> R
             last_uploaded: 0,
             stopped: false,
             failed: false,
+            first_piece: false,
             last_event: None,
             before,
         });
@@ -354,10 +356,18 @@ fn on_event(
             return Err(Failure::new(Code::Runtime, anyhow!("download of {} failed: {message}", t.name.as_deref().unwrap_or(&hash)))
                 .hint("free disk space or fix the directory's permissions, then run the same command again: verified pieces are kept"));
         }
-        Event::PieceVerified { .. }
-        | Event::HashFailed { .. }
-        | Event::PeerConnected { .. }
-        | Event::PeerDisconnected { .. } => {}
+        Event::PieceVerified { index } => {
+            if !t.first_piece {
+                t.first_piece = true;
+                let seconds = (t.started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0;
+                out.event(
+                    "first_piece",
+                    json!({"info_hash": hash, "index": index, "seconds": seconds}),
+                );
+            }
+        }
+        Event::HashFailed { .. } | Event::PeerConnected { .. } | Event::PeerDisconnected { .. } => {
+        }
     }
     Ok(())
 }
