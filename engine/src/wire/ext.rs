@@ -1,0 +1,420 @@
+//! Payloads of BEP 10 extension messages: the extension handshake, BEP 9
+//! ut_metadata and BEP 11 ut_pex. Bytes in, bytes out.
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddrV4};
+
+use bytes::Bytes;
+
+use super::{METADATA_PIECE_SIZE, WireError};
+use crate::bencode::{self, Value};
+
+/// BEP 10 extension handshake (extended message id 0), a bencoded dict.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExtHandshake {
+    /// Extension name -> the id the sender wants to receive it under
+    /// (0 = disabled), e.g. "ut_metadata" -> 1, "ut_pex" -> 2.
+    pub m: BTreeMap<String, u8>,
+    /// Size of the info dict in bytes, from peers that have it (BEP 9).
+    pub metadata_size: Option<u32>,
+    /// The sender's listening port (key "p").
+    pub listen_port: Option<u16>,
+    /// The sender's client name and version (key "v").
+    pub client: Option<String>,
+    /// How many outstanding requests the sender will queue.
+    pub reqq: Option<u32>,
+    /// The sender is a seed that will not download (BEP 21).
+    pub upload_only: bool,
+}
+
+impl ExtHandshake {
+    /// The id the sender wants `name` messages sent under, if enabled.
+    pub fn ext_id(&self, name: &str) -> Option<u8> {
+        self.m.get(name).copied().filter(|&id| id != 0)
+    }
+
+    /// The bencoded dict, ready to send as extended message 0.
+    pub fn encode(&self) -> Vec<u8> {
+        let m = self
+            .m
+            .iter()
+            .map(|(name, &id)| (name.as_str(), Value::from(i64::from(id))));
+        let mut d = vec![("m", Value::dict(m))];
+        if let Some(size) = self.metadata_size {
+            d.push(("metadata_size", Value::from(i64::from(size))));
+        }
+        if let Some(port) = self.listen_port {
+            d.push(("p", Value::from(i64::from(port))));
+        }
+        if let Some(client) = &self.client {
+            d.push(("v", Value::from(client.as_str())));
+        }
+        if let Some(reqq) = self.reqq {
+            d.push(("reqq", Value::from(i64::from(reqq))));
+        }
+        if self.upload_only {
+            d.push(("upload_only", Value::from(1)));
+        }
+        bencode::encode(&Value::dict(d))
+    }
+
+    /// Parse a peer's extension handshake.
+    ///
+    /// Clients disagree on the optional fields, so unknown keys, optional
+    /// fields of the wrong type or range, and `m` entries that are not a
+    /// UTF-8 name with an id in 0..=255 are ignored rather than fatal.
+    pub fn decode(payload: &[u8]) -> Result<Self, WireError> {
+        let v = bencode::decode(payload)?;
+        if v.as_dict().is_none() {
+            return Err(WireError::BadExtension("extension handshake is not a dict"));
+        }
+        let int = |key: &[u8]| v.get(key).and_then(Value::as_int);
+        let m = v
+            .get(b"m")
+            .and_then(Value::as_dict)
+            .into_iter()
+            .flatten()
+            .filter_map(|(name, id)| {
+                let name = String::from_utf8(name.clone()).ok()?;
+                let id = u8::try_from(id.as_int()?).ok()?;
+                Some((name, id))
+            })
+            .collect();
+        Ok(ExtHandshake {
+            m,
+            metadata_size: int(b"metadata_size").and_then(|n| u32::try_from(n).ok()),
+            listen_port: int(b"p").and_then(|n| u16::try_from(n).ok()),
+            client: v
+                .get(b"v")
+                .and_then(Value::as_bytes)
+                .map(|b| String::from_utf8_lossy(b).into_owned()),
+            reqq: int(b"reqq").and_then(|n| u32::try_from(n).ok()),
+            upload_only: int(b"upload_only").is_some_and(|n| n != 0),
+        })
+    }
+}
+
+/// BEP 9 ut_metadata message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MetadataMsg {
+    /// Ask for one piece of the info dict.
+    Request {
+        /// Metadata piece index.
+        piece: u32,
+    },
+    /// One piece of the info dict.
+    Data {
+        /// Metadata piece index.
+        piece: u32,
+        /// Size of the whole info dict in bytes.
+        total_size: u32,
+        /// The piece's bytes, at most [`METADATA_PIECE_SIZE`].
+        data: Bytes,
+    },
+    /// The sender will not send this piece.
+    Reject {
+        /// Metadata piece index.
+        piece: u32,
+    },
+}
+
+impl MetadataMsg {
+    /// The payload of the extended message: a bencoded dict, followed by
+    /// the raw piece bytes for [`MetadataMsg::Data`].
+    pub fn encode(&self) -> Vec<u8> {
+        let (msg_type, piece) = match self {
+            MetadataMsg::Request { piece } => (0, piece),
+            MetadataMsg::Data { piece, .. } => (1, piece),
+            MetadataMsg::Reject { piece } => (2, piece),
+        };
+        let mut d = vec![
+            ("msg_type", Value::from(msg_type)),
+            ("piece", Value::from(i64::from(*piece))),
+        ];
+        if let MetadataMsg::Data { total_size, .. } = self {
+            d.push(("total_size", Value::from(i64::from(*total_size))));
+        }
+        let mut out = bencode::encode(&Value::dict(d));
+        if let MetadataMsg::Data { data, .. } = self {
+            out.extend_from_slice(data);
+        }
+        out
+    }
+
+    /// Parse a ut_metadata payload; piece data is sliced out of `payload`
+    /// without copying. Bytes after the dict of a request or reject carry
+    /// no meaning and are ignored.
+    pub fn decode(payload: &Bytes) -> Result<Self, WireError> {
+        let (v, used) = bencode::decode_prefix(payload)?;
+        let int = |key: &[u8]| {
+            v.get(key)
+                .and_then(Value::as_int)
+                .and_then(|n| u32::try_from(n).ok())
+        };
+        let piece = int(b"piece").ok_or(WireError::BadExtension("ut_metadata without piece"))?;
+        match v.get(b"msg_type").and_then(Value::as_int) {
+            Some(0) => Ok(MetadataMsg::Request { piece }),
+            Some(1) => {
+                let total_size = int(b"total_size").ok_or(WireError::BadExtension(
+                    "ut_metadata data without total_size",
+                ))?;
+                let data = payload.slice(used..);
+                if data.len() > METADATA_PIECE_SIZE {
+                    return Err(WireError::BadExtension("ut_metadata piece over 16 KiB"));
+                }
+                Ok(MetadataMsg::Data {
+                    piece,
+                    total_size,
+                    data,
+                })
+            }
+            Some(2) => Ok(MetadataMsg::Reject { piece }),
+            _ => Err(WireError::BadExtension("unknown ut_metadata msg_type")),
+        }
+    }
+}
+
+/// BEP 11 ut_pex message: compact IPv4 peers in "added" (6 bytes each:
+/// 4 ip + 2 port big-endian), and "dropped". We always send "added.f", one
+/// flag byte per added peer ([`PEX_REACHABLE`]): libtorrent ignores every
+/// added peer without it. On receipt the flags and IPv6 keys are tolerated
+/// but ignored.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PexMsg {
+    /// Peers the sender connected to since its last message.
+    pub added: Vec<SocketAddrV4>,
+    /// Peers the sender disconnected from since its last message.
+    pub dropped: Vec<SocketAddrV4>,
+}
+
+/// BEP 11 flag: the peer accepts incoming connections (we know its listen
+/// address because we dialed it or it told us its port).
+pub const PEX_REACHABLE: u8 = 0x10;
+
+impl PexMsg {
+    /// The bencoded payload of the extended message.
+    pub fn encode(&self) -> Vec<u8> {
+        bencode::encode(&Value::dict([
+            ("added", Value::from(encode_compact_peers(&self.added))),
+            (
+                "added.f",
+                Value::from(vec![PEX_REACHABLE; self.added.len()]),
+            ),
+            ("dropped", Value::from(encode_compact_peers(&self.dropped))),
+        ]))
+    }
+
+    /// Parse a ut_pex payload; missing or mistyped lists count as empty.
+    pub fn decode(payload: &[u8]) -> Result<Self, WireError> {
+        let v = bencode::decode(payload)?;
+        if v.as_dict().is_none() {
+            return Err(WireError::BadExtension("ut_pex message is not a dict"));
+        }
+        let peers = |key: &[u8]| {
+            v.get(key)
+                .and_then(Value::as_bytes)
+                .map(decode_compact_peers)
+                .unwrap_or_default()
+        };
+        Ok(PexMsg {
+            added: peers(b"added"),
+            dropped: peers(b"dropped"),
+        })
+    }
+}
+
+/// Compact peer list (6 bytes per IPv4 peer), shared with the DHT/pex code.
+pub fn encode_compact_peers(peers: &[SocketAddrV4]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(peers.len() * 6);
+    for peer in peers {
+        out.extend_from_slice(&peer.ip().octets());
+        out.extend_from_slice(&peer.port().to_be_bytes());
+    }
+    out
+}
+
+/// Parse a compact peer list; a trailing partial entry is ignored, since
+/// one malformed peer should not cost the others.
+pub fn decode_compact_peers(bytes: &[u8]) -> Vec<SocketAddrV4> {
+    bytes
+        .chunks_exact(6)
+        .map(|c| {
+            SocketAddrV4::new(
+                Ipv4Addr::new(c[0], c[1], c[2], c[3]),
+                u16::from_be_bytes([c[4], c[5]]),
+            )
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ext_handshake_round_trips() {
+        let hs = ExtHandshake {
+            m: [("ut_metadata".to_string(), 1), ("ut_pex".to_string(), 2)].into(),
+            metadata_size: Some(31_337),
+            listen_port: Some(6881),
+            client: Some("p2pfile 0.1.0".to_string()),
+            reqq: Some(250),
+            upload_only: true,
+        };
+        assert_eq!(ExtHandshake::decode(&hs.encode()), Ok(hs));
+        let empty = ExtHandshake::default();
+        assert_eq!(empty.encode(), b"d1:mdee");
+        assert_eq!(ExtHandshake::decode(&empty.encode()), Ok(empty));
+    }
+
+    #[test]
+    fn ext_handshake_decodes_libtorrent_dict() {
+        let payload = bencode::encode(&Value::dict([
+            (
+                "m",
+                Value::dict([
+                    ("ut_metadata", Value::from(2)),
+                    ("ut_pex", Value::from(1)),
+                    ("lt_donthave", Value::from(7)),
+                    ("ut_holepunch", Value::from(0)),
+                    ("too_big", Value::from(300)),
+                    ("negative", Value::from(-1)),
+                    ("not_int", Value::from("x")),
+                ]),
+            ),
+            ("metadata_size", Value::from(1234)),
+            ("p", Value::from(6881)),
+            ("v", Value::from("libtorrent 2.0")),
+            ("reqq", Value::from("not an int")),
+            ("yourip", Value::from(vec![127u8, 0, 0, 1])),
+            ("complete_ago", Value::from(-1)),
+        ]));
+        let hs = ExtHandshake::decode(&payload).unwrap();
+        assert_eq!(hs.ext_id("ut_metadata"), Some(2));
+        assert_eq!(hs.ext_id("ut_pex"), Some(1));
+        assert_eq!(hs.ext_id("ut_holepunch"), None);
+        assert_eq!(hs.ext_id("missing"), None);
+        assert_eq!(hs.m.len(), 4);
+        assert_eq!(hs.metadata_size, Some(1234));
+        assert_eq!(hs.listen_port, Some(6881));
+        assert_eq!(hs.client.as_deref(), Some("libtorrent 2.0"));
+        assert_eq!(hs.reqq, None);
+        assert!(!hs.upload_only);
+    }
+
+    #[test]
+    fn ext_handshake_rejects_non_dict() {
+        assert!(matches!(
+            ExtHandshake::decode(b"li1ee"),
+            Err(WireError::BadExtension(_))
+        ));
+        assert!(matches!(
+            ExtHandshake::decode(b"d1:m"),
+            Err(WireError::Bencode(_))
+        ));
+    }
+
+    #[test]
+    fn metadata_messages_round_trip() {
+        for msg in [
+            MetadataMsg::Request { piece: 0 },
+            MetadataMsg::Reject { piece: 3 },
+            MetadataMsg::Data {
+                piece: 1,
+                total_size: 20_000,
+                data: Bytes::from(vec![7; 20_000 - METADATA_PIECE_SIZE]),
+            },
+            MetadataMsg::Data {
+                piece: 0,
+                total_size: 20_000,
+                data: Bytes::from(vec![7; METADATA_PIECE_SIZE]),
+            },
+        ] {
+            let payload = Bytes::from(msg.encode());
+            assert_eq!(MetadataMsg::decode(&payload), Ok(msg));
+        }
+    }
+
+    #[test]
+    fn metadata_data_follows_the_dict() {
+        let payload = Bytes::from_static(b"d8:msg_typei1e5:piecei0e10:total_sizei8eed6:lengthe");
+        let MetadataMsg::Data { data, .. } = MetadataMsg::decode(&payload).unwrap() else {
+            panic!("not data");
+        };
+        assert_eq!(&data[..], b"d6:lengthe");
+    }
+
+    #[test]
+    fn metadata_rejects_bad_messages() {
+        let big = MetadataMsg::Data {
+            piece: 0,
+            total_size: 100_000,
+            data: Bytes::from(vec![0; METADATA_PIECE_SIZE + 1]),
+        };
+        for payload in [
+            big.encode(),
+            b"d8:msg_typei1e5:piecei0ee".to_vec(),
+            b"d8:msg_typei9e5:piecei0ee".to_vec(),
+            b"d8:msg_typei0ee".to_vec(),
+            b"d8:msg_typei0e5:piecei-1ee".to_vec(),
+            b"le".to_vec(),
+        ] {
+            assert!(matches!(
+                MetadataMsg::decode(&Bytes::from(payload)),
+                Err(WireError::BadExtension(_))
+            ));
+        }
+        assert!(matches!(
+            MetadataMsg::decode(&Bytes::from_static(b"d8:msg_type")),
+            Err(WireError::Bencode(_))
+        ));
+    }
+
+    #[test]
+    fn pex_round_trips() {
+        let msg = PexMsg {
+            added: vec![
+                "10.0.0.1:6881".parse().unwrap(),
+                "192.168.1.20:51413".parse().unwrap(),
+            ],
+            dropped: vec!["8.8.8.8:1".parse().unwrap()],
+        };
+        assert_eq!(PexMsg::decode(&msg.encode()), Ok(msg.clone()));
+        // One flag byte per added peer, as libtorrent requires.
+        let encoded = bencode::decode(&msg.encode()).unwrap();
+        assert_eq!(
+            encoded
+                .get(b"added.f")
+                .and_then(Value::as_bytes)
+                .map(<[u8]>::len),
+            Some(msg.added.len())
+        );
+        assert_eq!(
+            PexMsg::decode(&PexMsg::default().encode()),
+            Ok(PexMsg::default())
+        );
+    }
+
+    #[test]
+    fn pex_tolerates_flags_and_ipv6() {
+        let payload = bencode::encode(&Value::dict([
+            ("added", Value::from(vec![10u8, 0, 0, 1, 0x1a, 0xe1])),
+            ("added.f", Value::from(vec![0x10u8])),
+            ("added6", Value::from(vec![0u8; 18])),
+            ("dropped", Value::from(7)),
+        ]));
+        let msg = PexMsg::decode(&payload).unwrap();
+        assert_eq!(msg.added, vec!["10.0.0.1:6881".parse().unwrap()]);
+        assert!(msg.dropped.is_empty());
+        assert!(PexMsg::decode(b"i1e").is_err());
+    }
+
+    #[test]
+    fn compact_peers_ignore_partial_entry() {
+        let peers: Vec<SocketAddrV4> = vec!["1.2.3.4:5".parse().unwrap()];
+        let mut bytes = encode_compact_peers(&peers);
+        assert_eq!(bytes, [1, 2, 3, 4, 0, 5]);
+        bytes.extend_from_slice(&[9, 9, 9]);
+        assert_eq!(decode_compact_peers(&bytes), peers);
+    }
+}
