@@ -224,3 +224,78 @@ fn a_version_1_database_is_upgraded() {
         .unwrap();
     assert_eq!(v, 2);
 }
+
+/// A tree where one file in the middle changed, and grew: every later
+/// piece shifts in the stream, but pieces are matched through file paths,
+/// so only about the changed file moves.
+#[test]
+fn delta_update_of_a_tree_moves_about_the_changed_file() {
+    let env = Env::new();
+    let file_size = 2usize << 20;
+    for (v, seed) in [("v1", 0u64), ("v2", 0)] {
+        let root = env.path(&format!("{v}/tree"));
+        fs::create_dir_all(&root).unwrap();
+        for i in 0..5u64 {
+            fs::write(root.join(format!("f{i}.bin")), data(file_size, seed + i)).unwrap();
+        }
+    }
+    fs::write(env.path("v2/tree/f2.bin"), data(file_size + 5000, 99)).unwrap();
+    let seed1 = env.serve(&host(), &[], &[&env.path("v1/tree")]);
+    let (ok, _) = JsonProc::spawn(download_cmd(&env, "dl", seed1.magnet(), &[])).finish();
+    assert!(ok.success());
+    drop(seed1);
+    let seed2 = env.serve(&host(), &[], &[&env.path("v2/tree")]);
+    let (ok, evs) = JsonProc::spawn(download_cmd(&env, "dl", seed2.magnet(), &[])).finish();
+    assert!(ok.success(), "{evs:?}");
+    let moved = JsonProc::find(&evs, "completed").unwrap()["downloaded"]
+        .as_u64()
+        .unwrap();
+    let changed = (file_size + 5000) as u64;
+    assert!(moved >= changed, "the changed file moved: {moved}");
+    assert!(
+        moved <= changed + (256 << 10),
+        "moved {moved} for one changed file of {changed}"
+    );
+    assert_same_tree(&env.path("v2/tree"), &env.path("dl/tree"));
+}
+
+/// A full disk fails the download with exit 1 and a hint, and leaves no
+/// file under the final name. Needs root to mount a small tmpfs.
+#[test]
+fn full_disk_fails_cleanly() {
+    let env = Env::new();
+    let small = env.path("small");
+    fs::create_dir_all(&small).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=2m", "tmpfs"])
+        .arg(&small)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        eprintln!("skipped: mounting a small tmpfs needs root");
+        return;
+    }
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _guard = Unmount(small.clone());
+    fs::create_dir_all(env.path("src")).unwrap();
+    fs::write(env.path("src/big.bin"), data(6 << 20, 1)).unwrap();
+    let seed = env.serve(&host(), &[], &[&env.path("src/big.bin")]);
+    let mut c = env.cmd();
+    c.args(["--ip", &host(), "download", "--dir"])
+        .arg(&small)
+        .arg(seed.magnet());
+    let out = run(c, std::time::Duration::from_secs(60));
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("No space left"), "{err}");
+    assert!(err.contains("hint: free disk space"), "{err}");
+    assert!(
+        !small.join("big.bin").exists(),
+        "no partial file under the final name"
+    );
+}
