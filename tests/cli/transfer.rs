@@ -165,17 +165,15 @@ fn one_seed_five_concurrent_downloaders() {
     let children: Vec<_> = (0..5)
         .map(|i| {
             let mut c = env.cmd();
-            c.args(["--ip", &host(), "download", "--dir"])
+            c.args(["--ip", &host(), "download", "--json", "--dir"])
                 .arg(env.path(&format!("dl{i}")))
-                .arg(seed.magnet())
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped());
-            c.spawn().unwrap()
+                .arg(seed.magnet());
+            JsonProc::spawn(c)
         })
         .collect();
-    for mut child in children {
-        let status = wait_timeout(&mut child, LIMIT).expect("download finishes");
-        assert!(status.success());
+    for child in children {
+        let (status, evs) = child.finish();
+        assert!(status.success(), "a downloader failed: {evs:?}");
     }
     let want = fs::read(&src).unwrap();
     for i in 0..5 {

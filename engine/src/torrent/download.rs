@@ -18,6 +18,9 @@ use crate::wire::{BlockRequest, Message};
 /// A peer that sent nothing for this long while owing us blocks has its
 /// requests handed to others.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(8);
+/// How long a peer's refusal of a piece keeps us from asking it again
+/// when we have nothing else to ask it for.
+const REJECT_MEMORY: Duration = Duration::from_secs(1);
 /// Hash failures a peer may cause before we ban it.
 const MAX_HASH_FAILS: u32 = 3;
 
@@ -223,11 +226,14 @@ fn fill(l: &mut Live, peer: &mut Peer, rng: &mut impl rand::Rng) {
         return;
     }
     if peer.rejected.count() > 0 {
-        // Ask this peer for what it did not refuse; if that is nothing,
-        // forget the refusals (whoever else had those pieces may be gone).
+        // Ask this peer for what it did not refuse. If that gives nothing
+        // (the refused pieces may be the started ones, pinning our partial
+        // limit), forget refusals older than a second and ask again: the
+        // peer that got them may be gone, or never connected to us. The
+        // one-second tick retries, so this never spins on the wire.
         let has = peer.has.difference(&peer.rejected);
-        if l.picker.wants_any(&has) {
-            return fill_from(l, peer, &has, rng);
+        if fill_from(l, peer, &has, rng) > 0 || peer.last_reject.elapsed() < REJECT_MEMORY {
+            return;
         }
         peer.rejected.clear_all();
     }
@@ -235,14 +241,18 @@ fn fill(l: &mut Live, peer: &mut Peer, rng: &mut impl rand::Rng) {
     fill_from(l, peer, &has, rng);
 }
 
-fn fill_from(l: &mut Live, peer: &mut Peer, has: &Bitfield, rng: &mut impl rand::Rng) {
+/// Sends up to a pipeline's worth of requests for pieces in `has`; returns
+/// how many.
+fn fill_from(l: &mut Live, peer: &mut Peer, has: &Bitfield, rng: &mut impl rand::Rng) -> usize {
     let want = peer.queue_depth() - peer.outstanding.len();
     let outstanding = &peer.outstanding;
     let picks = l.picker.pick(has, want, |r| outstanding.contains(r), rng);
+    let n = picks.len();
     for req in picks {
         peer.outstanding.insert(req);
         peer.send(Message::Request(req));
     }
+    n
 }
 
 /// Hashes an assembled piece off the async workers and writes it if good.

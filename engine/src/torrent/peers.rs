@@ -67,6 +67,8 @@ pub(super) struct Peer {
     /// Pieces this peer rejected our requests for (a seed sending each
     /// piece once); we ask others for them, or it again when nobody else can.
     pub rejected: Bitfield,
+    /// When the peer last refused a request.
+    pub last_reject: Instant,
     pub pex_sent: HashSet<SocketAddrV4>,
     pub last_pex: Option<Instant>,
 }
@@ -176,6 +178,7 @@ impl Torrent {
             announced: false,
             seen_incomplete: false,
             rejected: Bitfield::new(0),
+            last_reject: Instant::now(),
             pex_sent: HashSet::new(),
             last_pex: None,
         };
@@ -317,6 +320,7 @@ impl Torrent {
             Message::RejectRequest(req) => {
                 let peer = self.peers.get_mut(&key).expect("present");
                 peer.rejected.set(req.index as usize);
+                peer.last_reject = Instant::now();
                 if peer.outstanding.remove(&req)
                     && let State::Live(l) = &mut self.state
                 {
