@@ -54,6 +54,7 @@ impl Torrent {
             return;
         }
         peer.last_block = Instant::now();
+        peer.blocks_received += 1;
         match l.picker.received(&req) {
             Received::Unwanted => {}
             outcome => {
