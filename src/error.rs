@@ -84,6 +84,7 @@ pub fn from_engine(e: p2pfile_engine::Error) -> Failure {
             Failure::usage(e, "check that the path exists and is readable")
         }
         E::Duplicate(_) => Failure::usage(e, "give each source once"),
+        E::InvalidLimit(_) => Failure::usage(e, "use 0.016 MiB/s or more, or 0 for no limit"),
         E::Storage { .. } | E::Closed => Failure::new(Code::Runtime, e),
     }
 }

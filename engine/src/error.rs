@@ -55,6 +55,9 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
+    /// A rate limit the engine cannot honour (below one block a second).
+    #[error("{0}")]
+    InvalidLimit(String),
     /// The torrent is already in this session.
     #[error("torrent {0} was given twice")]
     Duplicate(InfoHash),

@@ -9,7 +9,6 @@
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::ops::RangeInclusive;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -94,12 +93,8 @@ pub struct TorrentHandle {
 impl Session {
     /// Binds the port (TCP and UDP) and starts the DHT and the accept loop.
     pub async fn start(config: SessionConfig) -> Result<Session, Error> {
-        let limit_err = |e: String| Error::Storage {
-            path: PathBuf::from("rate limit"),
-            source: std::io::Error::new(std::io::ErrorKind::InvalidInput, e),
-        };
-        let upload = Limit::new(config.upload_limit).map_err(limit_err)?;
-        let download = Limit::new(config.download_limit).map_err(limit_err)?;
+        let upload = Limit::new(config.upload_limit).map_err(Error::InvalidLimit)?;
+        let download = Limit::new(config.download_limit).map_err(Error::InvalidLimit)?;
         let (listener, dht) = bind(&config).await?;
         let port = listener.local_addr().expect("bound").port();
         let mut peer_id = *b"-PF0100-000000000000";
