@@ -9,6 +9,21 @@ use crate::metainfo::InfoHash;
 
 /// A parsed magnet link. Unknown keys and trackers (`tr`) are tolerated and
 /// dropped: p2pfile never contacts a tracker.
+///
+/// ```
+/// use p2pfile_engine::magnet::Magnet;
+///
+/// let text = "magnet:?xt=urn:btih:0123456789abcdef0123456789abcdef01234567\
+///             &dn=release%201.4&x.pe=10.0.0.5:42081&tr=udp%3A%2F%2Fignored";
+/// let m: Magnet = text.parse().unwrap();
+/// assert_eq!(m.name.as_deref(), Some("release 1.4"));
+/// assert_eq!(m.peers, vec!["10.0.0.5:42081".parse().unwrap()]);
+/// assert_eq!(
+///     m.to_string(),
+///     "magnet:?xt=urn:btih:0123456789abcdef0123456789abcdef01234567\
+///      &dn=release%201.4&x.pe=10.0.0.5:42081"
+/// );
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Magnet {
     /// The v1 info-hash from `xt=urn:btih:`.
