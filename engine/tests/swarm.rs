@@ -33,6 +33,26 @@ fn make_tree(root: &Path) {
     std::fs::write(root.join("big.bin"), big).unwrap();
 }
 
+/// Builds a torrent of `path` and seeds it from a new session on 127.0.0.1.
+async fn start_seed(
+    path: &Path,
+    dht: bool,
+) -> (Session, Arc<p2pfile_engine::metainfo::Info>, TorrentHandle) {
+    let built = build(path).unwrap();
+    let seed = Session::start(config([127, 0, 0, 1], dht, vec![]))
+        .await
+        .unwrap();
+    let info = Arc::new(built.info);
+    let handle = seed
+        .add(
+            Source::Info(info.clone()),
+            Target::Seed { root: built.root },
+            vec![],
+        )
+        .unwrap();
+    (seed, info, handle)
+}
+
 async fn wait_completed(h: &mut TorrentHandle) {
     while let Some(ev) = h.next_event().await {
         match ev {
@@ -64,20 +84,7 @@ async fn one_seed_three_downloaders_by_magnet() {
         let src = tempfile::tempdir().unwrap();
         let root = src.path().join("tree");
         make_tree(&root);
-        let built = build(&root).unwrap();
-        let seed = Session::start(config([127, 0, 0, 1], false, vec![]))
-            .await
-            .unwrap();
-        let info = Arc::new(built.info);
-        let _seeding = seed
-            .add(
-                Source::Info(info.clone()),
-                Target::Seed {
-                    root: built.root.clone(),
-                },
-                vec![],
-            )
-            .unwrap();
+        let (seed, info, _seeding) = start_seed(&root, false).await;
         let magnet = Magnet {
             info_hash: info.info_hash(),
             name: Some(info.name.clone()),
@@ -122,20 +129,7 @@ async fn downloader_finds_seed_through_dht_only() {
     tokio::time::timeout(Duration::from_secs(60), async {
         let src = tempfile::tempdir().unwrap();
         std::fs::write(src.path().join("f.bin"), vec![42u8; 500_000]).unwrap();
-        let built = build(&src.path().join("f.bin")).unwrap();
-        let seed = Session::start(config([127, 0, 0, 1], true, vec![]))
-            .await
-            .unwrap();
-        let info = Arc::new(built.info);
-        let _seeding = seed
-            .add(
-                Source::Info(info.clone()),
-                Target::Seed {
-                    root: built.root.clone(),
-                },
-                vec![],
-            )
-            .unwrap();
+        let (seed, info, _seeding) = start_seed(&src.path().join("f.bin"), true).await;
         let dir = tempfile::tempdir().unwrap();
         let s = Session::start(config([127, 0, 0, 1], true, vec![seed.local_addr()]))
             .await
