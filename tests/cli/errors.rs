@@ -233,6 +233,36 @@ fn help_lists_exit_codes_and_completion_works() {
     usage_error(&env, &["completion", "tcsh"], "tcsh");
 }
 
+#[test]
+fn debug_flag_turns_logs_up() {
+    let env = Env::new();
+    fs::write(env.path("f"), b"x").unwrap();
+    let magnet = format!("magnet:?xt=urn:btih:{}&x.pe=127.0.0.9:9", "cd".repeat(20));
+    let quiet = [
+        "--ip",
+        "127.0.0.1",
+        "download",
+        "--timeout",
+        "1",
+        "--dir",
+        "dl",
+        &magnet,
+    ];
+    let mut c = env.cmd();
+    c.args(quiet);
+    let out = run(c, LIMIT);
+    assert!(!stderr(&out).contains("DEBUG"), "{}", stderr(&out));
+    let mut c = env.cmd();
+    c.arg("--debug").args(quiet);
+    let out = run(c, LIMIT);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(
+        stderr(&out).contains("DEBUG"),
+        "--debug logs: {}",
+        stderr(&out)
+    );
+}
+
 /// A peer that sends garbage is dropped; the seed keeps serving others.
 #[test]
 fn hostile_peer_closes_its_connection_not_the_process() {

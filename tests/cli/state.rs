@@ -299,3 +299,38 @@ fn full_disk_fails_cleanly() {
         "no partial file under the final name"
     );
 }
+
+#[test]
+fn state_flag_moves_the_database() {
+    let env = Env::new();
+    fs::create_dir_all(env.path("src")).unwrap();
+    fs::write(env.path("src/f.bin"), data(100_000, 3)).unwrap();
+    let s = env.serve(
+        &host(),
+        &["--state", "elsewhere.db"],
+        &[&env.path("src/f.bin")],
+    );
+    assert!(s.terminate().success());
+    assert!(env.path("elsewhere.db").exists());
+    assert!(
+        !env.path(".p2pfile.db").exists(),
+        "the default database is not used"
+    );
+    let mut c = env.cmd();
+    c.args(["--state", "elsewhere.db", "status", "--json"]);
+    let out = run(c, std::time::Duration::from_secs(30));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        events(&out)
+            .iter()
+            .filter(|r| r["event"] == "served")
+            .count(),
+        1
+    );
+    // status without a database says where it looked.
+    let mut c = env.cmd();
+    c.arg("status");
+    let out = run(c, std::time::Duration::from_secs(30));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("no state database at .p2pfile.db"));
+}

@@ -291,3 +291,39 @@ fn torrent_out_and_download_of_a_torrent_file() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert_same_tree(&env.path("src/d"), &env.path("dl/d"));
 }
+
+/// Both limits hold a transfer back. Only a lower bound on the duration is
+/// checked (a slow machine cannot make it fail); accuracy is measured by
+/// `bench/ratelimit.py`, not asserted here.
+#[test]
+fn upload_and_download_limits_hold_transfers_back() {
+    let env = Env::new();
+    fs::create_dir_all(env.path("src")).unwrap();
+    // 3 MiB at 1 MiB/s with a quarter-second burst: at least 2.5 s.
+    fs::write(env.path("src/f.bin"), data(3 << 20, 17)).unwrap();
+    let limited = env.serve(&host(), &["--upload-limit", "1"], &[&env.path("src/f.bin")]);
+    let plain = env.serve(&host(), &[], &[&env.path("src/f.bin")]);
+    for (name, magnet, extra) in [
+        ("upload", limited.magnet(), vec![]),
+        ("download", plain.magnet(), vec!["--download-limit", "1"]),
+    ] {
+        let mut c = env.cmd();
+        c.args(["--ip", &host()])
+            .args(&extra)
+            .args(["download", "--dir"])
+            .arg(env.path(name))
+            .arg(magnet);
+        let start = std::time::Instant::now();
+        let out = run(c, LIMIT);
+        assert!(out.status.success(), "{name}: {}", stderr(&out));
+        let took = start.elapsed();
+        assert!(
+            took >= Duration::from_millis(2500),
+            "--{name}-limit 1 moved 3 MiB in {took:?}"
+        );
+        assert_eq!(
+            fs::read(env.path(&format!("{name}/f.bin"))).unwrap(),
+            fs::read(env.path("src/f.bin")).unwrap()
+        );
+    }
+}
