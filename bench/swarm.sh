@@ -17,6 +17,7 @@
 #   SWARM_SAMPLE=1     sample each host's TCP peers once a second (0: off)
 #   ARIA2_LOG_LEVEL=notice   aria2c --log-level (info shows DHT and peers)
 #   LT_VERBOSE=        non-empty: lt_peer.py logs peer/connect/DHT alerts
+#   SWARM_DEBUG=       non-empty: p2pfile processes log at debug level (*.err)
 #
 # The seed is always `p2pfile serve` on h1 (10.77.0.1), whatever the
 # downloaders are, so every client is measured against the same kind of seed:
@@ -43,7 +44,13 @@
 # While a run goes, each downloader's established TCP peers are sampled once
 # a second (ss, SWARM_SAMPLE=0 turns it off): "seed@" is when the last
 # downloader first had a connection with the seed, "mesh@" when the last one
-# first had a connection with another downloader (1 s resolution).
+# first had a connection with another downloader (1 s resolution); the
+# seed's transmitted bytes go to seed_tx.log at the same times.
+# "seed sent" is the block bytes the seed uploaded (its own counter, read
+# from its state database after it stopped) divided by F: 1.00 when the seed
+# sent every piece exactly once. The JSON line also has "seed_wire", the
+# bytes the seed host put on its link until the last completion over F
+# (TCP/IP and Ethernet headers included).
 #
 # Output: a table on stdout; one JSON line per run appended to
 # bench/results/swarm.jsonl and one CSV row to bench/results/swarm.csv; the
@@ -58,6 +65,9 @@ ROOT=$(cd "$HERE/.." && pwd)
 source "$HERE/lab.sh"
 
 CI_SMALL=${CI_SMALL:-0}
+# SWARM_DEBUG=1: every p2pfile process logs at debug level to its .err file.
+DEBUG_ENV=()
+[[ -z ${SWARM_DEBUG:-} ]] || DEBUG_ENV=(P2PFILE_DEBUG=1)
 for arg in "$@"; do
     case $arg in
     --ci) CI_SMALL=1 ;;
@@ -182,7 +192,7 @@ WANT_SHA=$(sha256sum "$WORK/h1/$NAME" | awk '{print $1}')
 # --- one run -------------------------------------------------------------------
 # Results of the last run_one.
 R_SECONDS='' R_VERIFIED=0 R_HOSTTIMES='' R_DOWNLOADED=''
-R_SEEDREACH=null R_MESH=null R_MAXPEERS=''
+R_SEEDREACH=null R_MESH=null R_MAXPEERS='' R_SEEDSENT=null R_SEEDWIRE=null
 
 # watch_json FIFO OUT DONE: copy FIFO's lines to OUT; on the first line
 # that is a `completed` event, write the time to DONE. Builtins only.
@@ -206,8 +216,16 @@ sample_conns() {
                 awk '{ sub(/:[0-9]+$/, "", $4); if (!seen[$4]++) printf "%s%s", (n++ ? "," : ""), $4 }')
             printf '%s h%d %s\n' "$(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }')" "$i" "$peers"
         done >>"$out"
+        printf '%s %s\n' "$(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }')" "$(seed_tx)" >>"${out%/*}/seed_tx.log"
         sleep 1
     done
+}
+
+# seed_tx: bytes the seed host has put on its link (Ethernet frames, so
+# TCP/IP headers included), from the kernel's counters for eth0 in h1.
+seed_tx() {
+    ip -n "$(lab_ns 1)" -s -j link show eth0 |
+        sed -n 's/.*"tx":{"bytes":\([0-9]*\).*/\1/p'
 }
 
 # conn_summary OUT: per host, first time connected to the seed, first time
@@ -238,7 +256,7 @@ start_downloader() { # client host_index log_dir magnet torrent
         mkfifo "$WORK/h$i.fifo"
         watch_json "$WORK/h$i.fifo" "$log/h$i.out" "$donef" &
         PIDS+=("$!")
-        lab_exec "$i" env P2PFILE_STATE="$WORK/state/h$i.db" \
+        lab_exec "$i" env P2PFILE_STATE="$WORK/state/h$i.db" "${DEBUG_ENV[@]}" \
             "$P2PFILE" --ip "$ip" --port "$PORT" download "$magnet" \
             --dir "$dir" --json --timeout 60 \
             --seeding --seeding-time 600 --seeding-ratio 0 \
@@ -298,7 +316,7 @@ run_one() { # client run
     lab_up "$HOSTS" "$RATE_MBIT"
 
     # Seed on h1; wait (bounded) for its magnet.
-    lab_exec 1 env P2PFILE_STATE="$WORK/state/h1.db" \
+    lab_exec 1 env P2PFILE_STATE="$WORK/state/h1.db" "${DEBUG_ENV[@]}" \
         "$P2PFILE" --ip "$SEED_IP" --port "$PORT" serve "$WORK/h1/$NAME" \
         --torrent-out "$WORK/torrent" --json >"$log/seed.out" 2>"$log/seed.err" &
     seed_pid=$!
@@ -324,6 +342,7 @@ run_one() { # client run
     }
     echo "swarm: [$client run $run] seed ready: $magnet" >&2
 
+    tx0=$(seed_tx)
     t0=$EPOCHREALTIME
     for ((i = 2; i <= HOSTS; i++)); do
         start_downloader "$client" "$i" "$log" "$magnet" "$torrent"
@@ -360,10 +379,17 @@ run_one() { # client run
         sleep 0.1
     done
 
+    # The seed's link bytes until the last copy was complete (it sends
+    # nothing more once every peer is complete).
+    R_SEEDWIRE=$(awk -v a="$tx0" -v b="$(seed_tx)" -v f="$F_BYTES" 'BEGIN { printf "%.3f", (b - a) / f }')
     # Everyone stops: downloaders, then the seed.
     stop_pids "${PIDS[@]}"
     PIDS=()
     lab_down
+    # The seed's own count of block bytes it uploaded, saved when it stopped.
+    R_SEEDSENT=$(P2PFILE_STATE="$WORK/state/h1.db" "$P2PFILE" status --json 2>/dev/null |
+        sed -n 's/.*"event":"served".*"uploaded":\([0-9]*\).*/\1/p' |
+        awk -v f="$F_BYTES" '{ printf "%.3f", $1 / f; found = 1 } END { if (!found) printf "null" }')
 
     # Verify every copy and collect per-host times.
     local times=() dls=() ok=0 sha t last=0
@@ -438,11 +464,11 @@ for ((run = 1; run <= RUNS; run++)); do
         HOSTS_BAD=$((HOSTS_BAD + N_DL - R_VERIFIED))
         seed_at=$(list_max "$R_SEEDREACH")
         mesh_at=$(list_max "$R_MESH")
-        printf '{"stamp":"%s","rev":"%s","client":"%s","run":%d,"hosts":%d,"rate_mbit":%d,"size_mib":%d,"seconds":%s,"t_min":%s,"ratio":%s,"verified":%d,"downloaders":%d,"host_seconds":[%s],"host_downloaded":[%s],"copies_moved":%s,"host_seed_reach_s":[%s],"host_mesh_s":[%s],"host_max_peers":[%s]}\n' \
+        printf '{"stamp":"%s","rev":"%s","client":"%s","run":%d,"hosts":%d,"rate_mbit":%d,"size_mib":%d,"seconds":%s,"t_min":%s,"ratio":%s,"verified":%d,"downloaders":%d,"host_seconds":[%s],"host_downloaded":[%s],"copies_moved":%s,"host_seed_reach_s":[%s],"host_mesh_s":[%s],"host_max_peers":[%s],"seed_sent":%s,"seed_wire":%s}\n' \
             "$STAMP" "$REV" "$client" "$run" "$HOSTS" "$RATE_MBIT" "$SIZE_MIB" "$R_SECONDS" "$T_MIN" "$ratio" \
-            "$R_VERIFIED" "$N_DL" "$R_HOSTTIMES" "$R_DOWNLOADED" "$copies" "$R_SEEDREACH" "$R_MESH" "$R_MAXPEERS" >>"$JSONL"
+            "$R_VERIFIED" "$N_DL" "$R_HOSTTIMES" "$R_DOWNLOADED" "$copies" "$R_SEEDREACH" "$R_MESH" "$R_MAXPEERS" "$R_SEEDSENT" "$R_SEEDWIRE" >>"$JSONL"
         echo "$STAMP,$REV,$client,$run,$HOSTS,$RATE_MBIT,$SIZE_MIB,$R_SECONDS,$T_MIN,$ratio,$R_VERIFIED,$N_DL,$copies" >>"$CSV"
-        ROWS+=("$client $run $R_SECONDS $ratio $R_VERIFIED $copies $seed_at $mesh_at $R_HOSTTIMES")
+        ROWS+=("$client $run $R_SECONDS $ratio $R_VERIFIED $copies $R_SEEDSENT $seed_at $mesh_at $R_HOSTTIMES")
         echo "swarm: [$client run $run] last verified copy after ${R_SECONDS} s (T_min $T_MIN s, ratio $ratio), $R_VERIFIED/$N_DL verified, per host: $R_HOSTTIMES" >&2
         if [[ $client == p2pfile ]]; then
             # Magnet to first verified piece: p2pfile's `first_piece` event,
@@ -457,14 +483,14 @@ done
 # --- table -------------------------------------------------------------------------
 echo
 echo "Swarm: $HOSTS hosts ($N_DL downloaders), $RATE_MBIT Mbit/s egress each, $SIZE_MIB MiB, seed: p2pfile serve, rev $REV"
-printf '%-11s %4s %9s %9s %7s %9s %7s %8s %8s  %s\n' client run "time (s)" "T_min (s)" ratio verified copies "seed@ s" "mesh@ s" "per-host completion (s)"
+printf '%-11s %4s %9s %9s %7s %9s %7s %9s %8s %8s  %s\n' client run "time (s)" "T_min (s)" ratio verified copies "seed sent" "seed@ s" "mesh@ s" "per-host completion (s)"
 for row in "${ROWS[@]}"; do
-    read -r c r s ra v cp sa ma ht <<<"$row"
+    read -r c r s ra v cp ss sa ma ht <<<"$row"
     if [[ $r == skipped ]]; then
         printf '%-11s %s\n' "$c" "skipped (not installed)"
         continue
     fi
-    printf '%-11s %4s %9s %9s %7s %9s %7s %8s %8s  %s\n' "$c" "$r" "$s" "$T_MIN" "$ra" "$v/$N_DL" "$cp" "$sa" "$ma" "$ht"
+    printf '%-11s %4s %9s %9s %7s %9s %7s %9s %8s %8s  %s\n' "$c" "$r" "$s" "$T_MIN" "$ra" "$v/$N_DL" "$cp" "$ss" "$sa" "$ma" "$ht"
 done
 if ((RUNS > 1)); then
     echo

@@ -4,6 +4,7 @@
 
 use std::path::PathBuf;
 
+use clap::builder::BoolishValueParser;
 use clap::{Args, Parser, Subcommand};
 
 pub const EXIT_CODES: &str = "\
@@ -77,10 +78,10 @@ pub struct GlobalArgs {
     #[arg(long, global = true, env = "P2PFILE_STATE", value_name = "FILE")]
     pub state: Option<String>,
     /// Print machine-readable JSON lines on stdout
-    #[arg(long, global = true, env = "P2PFILE_JSON")]
+    #[arg(long, global = true, env = "P2PFILE_JSON", value_parser = BoolishValueParser::new())]
     pub json: bool,
     /// Log debug details to stderr
-    #[arg(long, global = true, env = "P2PFILE_DEBUG")]
+    #[arg(long, global = true, env = "P2PFILE_DEBUG", value_parser = BoolishValueParser::new())]
     pub debug: bool,
 }
 
@@ -126,7 +127,7 @@ pub struct DownloadArgs {
     )]
     pub timeout: Option<String>,
     /// Keep seeding after completion, until --seeding-time or --seeding-ratio
-    #[arg(long, env = "P2PFILE_SEEDING")]
+    #[arg(long, env = "P2PFILE_SEEDING", value_parser = BoolishValueParser::new())]
     pub seeding: bool,
     /// Stop seeding after this many seconds; 0 = no time limit [default: 60]
     #[arg(

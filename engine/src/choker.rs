@@ -77,6 +77,11 @@ impl<K: Copy + PartialEq> FirstUpload<K> {
         }
     }
 
+    /// Whether every piece has gone to somebody.
+    pub fn all_sent(&self) -> bool {
+        self.unsent == 0
+    }
+
     /// Whether to serve `piece` to `peer` now; records the first owner.
     pub fn allows(&mut self, piece: u32, peer: K, connected: impl Fn(&K) -> bool) -> bool {
         let Some(slot) = self.owner.get_mut(piece as usize) else {

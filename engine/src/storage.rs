@@ -189,11 +189,21 @@ impl Storage {
         })
     }
 
-    /// Writes `data` at stream `offset`.
+    /// Writes `data` at stream `offset`, and starts writing it back to disk.
+    ///
+    /// Write-behind: without it every byte of a download is still dirty in
+    /// the page cache when it completes, and the `fsync` before the final
+    /// rename flushes it all at once (measured: about 0.6 s for 256 MiB on
+    /// each of 7 hosts sharing one disk, after the last piece arrived).
+    /// Asking for writeback of each piece as it lands spreads that work over
+    /// the transfer, so the final flush has only the last pieces left.
     pub fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()> {
         let _turn = self.write_turn.lock().unwrap_or_else(|e| e.into_inner());
         self.for_each_span(offset, data.len(), |span, at, range| {
-            self.handle(span)?.write_all_at(&data[range], at)
+            let file = self.handle(span)?;
+            file.write_all_at(&data[range.clone()], at)?;
+            start_writeback(file, at, range.len());
+            Ok(())
         })
     }
 
@@ -286,6 +296,26 @@ impl Storage {
         Ok(results)
     }
 }
+
+/// Starts (does not wait for) writeback of a file range just written.
+/// Best effort: a file system without it only loses the head start.
+#[cfg(target_os = "linux")]
+fn start_writeback(file: &File, offset: u64, len: usize) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: plain syscall on a descriptor `file` keeps open; no memory is
+    // passed.
+    unsafe {
+        libc::sync_file_range(
+            file.as_raw_fd(),
+            offset as libc::off64_t,
+            len as libc::off64_t,
+            libc::SYNC_FILE_RANGE_WRITE,
+        );
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn start_writeback(_file: &File, _offset: u64, _len: usize) {}
 
 #[cfg(test)]
 mod tests {

@@ -261,6 +261,19 @@ fn debug_flag_turns_logs_up() {
         "--debug logs: {}",
         stderr(&out)
     );
+    // The environment takes the usual spellings of a switch.
+    for (value, on) in [("1", true), ("yes", true), ("0", false), ("false", false)] {
+        let mut c = env.cmd();
+        c.env("P2PFILE_DEBUG", value).args(quiet);
+        let out = run(c, LIMIT);
+        assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+        assert_eq!(
+            stderr(&out).contains("DEBUG"),
+            on,
+            "P2PFILE_DEBUG={value}: {}",
+            stderr(&out)
+        );
+    }
 }
 
 /// A peer that sends garbage is dropped; the seed keeps serving others.

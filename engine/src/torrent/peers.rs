@@ -492,11 +492,15 @@ impl Torrent {
             && req.length > 0
             && req.length <= MAX_SERVED_BLOCK
             && req.begin as u64 + req.length as u64 <= l.info.piece_size(req.index) as u64;
+        let all_sent = l.first_upload.all_sent();
         let serve = valid
             && (!l.finished
                 || !peer.fast
                 || l.first_upload
                     .allows(req.index, key, |k| peers.contains_key(k)));
+        if !all_sent && l.first_upload.all_sent() {
+            tracing::debug!(info_hash = %self.info_hash, "every piece has been uploaded once");
+        }
         if serve {
             let _ = peer.tx.send(PeerCmd::Upload(req, l.storage.clone()));
         } else if peer.fast {
