@@ -11,7 +11,8 @@
 use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -29,6 +30,8 @@ pub(crate) const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 const IDLE_TIMEOUT: Duration = Duration::from_secs(150);
 /// We send a keep-alive after this much silence.
 const KEEPALIVE: Duration = Duration::from_secs(60);
+/// How often the reader refreshes the round-trip time (one syscall).
+const RTT_REFRESH: Duration = Duration::from_millis(500);
 /// Most block bytes one write batch reads from disk.
 const BATCH_BYTES: usize = 1 << 20;
 /// Most uploads queued for one peer; further requests are dropped (or
@@ -121,7 +124,9 @@ pub(crate) async fn read_handshake(stream: &mut TcpStream) -> Result<Handshake, 
 }
 
 /// Starts the reader and writer of an established connection. `greeting`
-/// is written first (our handshake, for an incoming connection).
+/// is written first (our handshake, for an incoming connection). Returns
+/// the writer's command channel and the connection's round-trip time in
+/// µs (0 until known), which the reader refreshes.
 pub(crate) fn spawn(
     key: PeerKey,
     stream: TcpStream,
@@ -130,7 +135,9 @@ pub(crate) fn spawn(
     events: mpsc::Sender<(PeerKey, PeerEvent)>,
     upload: Limit,
     download: Limit,
-) -> mpsc::UnboundedSender<PeerCmd> {
+) -> (mpsc::UnboundedSender<PeerCmd>, Arc<AtomicU32>) {
+    let rtt_us = Arc::new(AtomicU32::new(tcp_rtt_us(&stream).unwrap_or(0)));
+    let reader_rtt = Arc::clone(&rtt_us);
     let (read, write) = stream.into_split();
     let (tx, rx) = mpsc::unbounded_channel();
     let writer_events = events.clone();
@@ -143,13 +150,38 @@ pub(crate) fn spawn(
         }
     });
     tokio::spawn(async move {
-        let reason = match read_loop(key, read, &events, download).await {
+        let reason = match read_loop(key, read, &events, download, &reader_rtt).await {
             Ok(()) => "closed by peer".to_string(),
             Err(e) => e,
         };
         let _ = events.send((key, PeerEvent::Closed(reason))).await;
     });
-    tx
+    (tx, rtt_us)
+}
+
+/// The kernel's smoothed round-trip time of a TCP connection, in µs.
+#[cfg(target_os = "linux")]
+fn tcp_rtt_us(stream: &TcpStream) -> Option<u32> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: `info` is a plain C struct the kernel fills up to `len`
+    // bytes; the descriptor stays open for the call (we borrow its owner).
+    unsafe {
+        let mut info: libc::tcp_info = std::mem::zeroed();
+        let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+        let rc = libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&mut info as *mut libc::tcp_info).cast(),
+            &mut len,
+        );
+        (rc == 0).then_some(info.tcpi_rtt)
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn tcp_rtt_us(_stream: &TcpStream) -> Option<u32> {
+    None
 }
 
 async fn read_loop(
@@ -157,9 +189,17 @@ async fn read_loop(
     mut read: OwnedReadHalf,
     events: &mpsc::Sender<(PeerKey, PeerEvent)>,
     download: Limit,
+    rtt_us: &AtomicU32,
 ) -> Result<(), String> {
     let mut buf = BytesMut::with_capacity(64 * 1024);
+    let mut rtt_read = Instant::now();
     loop {
+        if rtt_read.elapsed() >= RTT_REFRESH {
+            rtt_read = Instant::now();
+            if let Some(rtt) = tcp_rtt_us(read.as_ref()) {
+                rtt_us.store(rtt, Ordering::Relaxed);
+            }
+        }
         loop {
             match wire::decode(&mut buf) {
                 Ok(Some(msg)) => {

@@ -13,7 +13,7 @@ use crate::bitfield::Bitfield;
 use crate::event::Event;
 use crate::peer::PeerKey;
 use crate::picker::Received;
-use crate::wire::{BlockRequest, Message};
+use crate::wire::{BLOCK_SIZE, BlockRequest, Message};
 
 /// A peer that sent nothing for this long while owing us blocks has its
 /// requests handed to others.
@@ -23,6 +23,43 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(8);
 const REJECT_MEMORY: Duration = Duration::from_secs(1);
 /// Hash failures a peer may cause before we ban it.
 const MAX_HASH_FAILS: u32 = 3;
+/// Seconds of a peer's sending rate we keep requested, at the least. Many
+/// LAN round trips; more only makes each block wait longer in the sender's
+/// queue, and the last pieces of a swarm pay that wait at every hop
+/// (8-host lab swarm, median of 3: 0.5 s → 24.06 s, 0.25 s → 23.03 s,
+/// 0.125 s → 22.87 s).
+const QUEUE_SECONDS: f64 = 0.125;
+/// Round trips of requests kept in flight on a slow-answering link, so a
+/// long round trip does not cap a peer at `depth / rtt`.
+const QUEUE_RTTS: f64 = 4.0;
+/// Pipeline bounds in blocks. The top is what one peer's rate can need on
+/// loopback; the bottom keeps a new or slow peer busy.
+const MIN_DEPTH: usize = 16;
+const MAX_DEPTH: usize = 512;
+/// What a peer that does not say `reqq` accepts (libtorrent's assumption).
+const DEFAULT_REQQ: usize = 250;
+
+/// How many block requests to keep in flight to one peer.
+///
+/// `rate` is what the peer sends (bytes/s, 0 before the first sample),
+/// `rtt` the connection's round trip in seconds (0 when unknown), `received`
+/// the blocks it sent so far, `reqq` what it said it accepts. With a rate:
+/// [`QUEUE_SECONDS`] or [`QUEUE_RTTS`] round trips of it, whichever is
+/// longer. Before: slow start, 16 plus one per block received, so a fast
+/// link fills its pipe within milliseconds while a slow one stays shallow
+/// (loopback 1 GiB: 729 → 870 MiB/s against a fixed 16). Always within
+/// [`MIN_DEPTH`]..=[`MAX_DEPTH`] and never above `reqq` (requests beyond it
+/// are dropped or rejected).
+pub(super) fn pipeline_depth(rate: f64, rtt: f64, received: usize, reqq: Option<usize>) -> usize {
+    let blocks = if rate > 0.0 {
+        (rate * QUEUE_SECONDS.max(QUEUE_RTTS * rtt) / BLOCK_SIZE as f64) as usize
+    } else {
+        MIN_DEPTH + received
+    };
+    blocks
+        .clamp(MIN_DEPTH, MAX_DEPTH)
+        .min(reqq.unwrap_or(DEFAULT_REQQ).max(1))
+}
 
 impl Torrent {
     /// Tops up a peer's pipeline of requests.
@@ -281,4 +318,41 @@ fn verify(l: &mut Live, index: u32, jobs: &tokio::sync::mpsc::UnboundedSender<Jo
             buf: data,
         });
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: f64 = 1024.0 * 1024.0;
+
+    #[test]
+    fn slow_start_grows_with_blocks_received() {
+        assert_eq!(pipeline_depth(0.0, 0.0, 0, None), 16);
+        assert_eq!(pipeline_depth(0.0, 0.0, 100, None), 116);
+        assert_eq!(pipeline_depth(0.0, 0.0, 10_000, Some(2000)), 512);
+    }
+
+    #[test]
+    fn lan_keeps_an_eighth_of_a_second() {
+        // 8 MiB/s for 0.125 s = 1 MiB = 64 blocks; a 1 ms round trip
+        // does not change it.
+        assert_eq!(pipeline_depth(8.0 * MIB, 0.001, 999, None), 64);
+        assert_eq!(pipeline_depth(8.0 * MIB, 0.0, 999, None), 64);
+    }
+
+    #[test]
+    fn long_round_trip_keeps_four_of_them() {
+        // 8 MiB/s with 100 ms: 0.4 s of it, 205 blocks.
+        assert_eq!(pipeline_depth(8.0 * MIB, 0.1, 999, None), 204);
+    }
+
+    #[test]
+    fn bounded_by_limits_and_reqq() {
+        assert_eq!(pipeline_depth(1.0, 0.0, 0, None), 16);
+        assert_eq!(pipeline_depth(1000.0 * MIB, 0.0, 0, Some(5000)), 512);
+        assert_eq!(pipeline_depth(1000.0 * MIB, 0.0, 0, None), 250);
+        assert_eq!(pipeline_depth(1000.0 * MIB, 0.0, 0, Some(0)), 1);
+        assert_eq!(pipeline_depth(0.0, 0.0, 0, Some(8)), 8);
+    }
 }
