@@ -95,17 +95,14 @@ impl Torrent {
         match l.picker.received(&req) {
             Received::Unwanted => {}
             outcome => {
-                let size = l.picker.piece_size(index) as usize;
-                let spare = &mut l.spare;
-                let (buf, from) = l.assembly.entry(index).or_insert_with(|| {
-                    // Stale bytes in a reused buffer are harmless: a piece
-                    // is hashed only once every block was written into it.
-                    let mut buf = spare.pop().unwrap_or_default();
-                    buf.resize(size, 0);
-                    (buf, HashSet::new())
-                });
-                buf[begin as usize..begin as usize + data.len()].copy_from_slice(&data);
-                from.insert(key);
+                let blocks = l.picker.piece_size(index).div_ceil(BLOCK_SIZE) as usize;
+                let piece = l
+                    .assembly
+                    .entry(index)
+                    .or_insert_with(|| Assembly::new(blocks));
+                // `req` was ours, so `begin` is block-aligned and in the piece.
+                piece.blocks[(begin / BLOCK_SIZE) as usize] = Some(data);
+                piece.from.insert(key);
                 // Endgame: others asked for the same block; call them off.
                 for (k, other) in self.peers.iter_mut() {
                     if *k != key && other.outstanding.remove(&req) {
@@ -120,18 +117,15 @@ impl Torrent {
         self.fill_requests(key);
     }
 
-    pub(super) fn on_verified(&mut self, index: u32, result: Result<bool, String>, buf: Vec<u8>) {
+    pub(super) fn on_verified(&mut self, index: u32, result: Result<bool, String>) {
         let State::Live(l) = &mut self.state else {
             return;
         };
         l.verifying -= 1;
-        if l.spare.len() < l.max_verifying {
-            l.spare.push(buf);
-        }
         let contributors = l
             .assembly
             .remove(&index)
-            .map(|(_, from)| from)
+            .map(|a| a.from)
             .unwrap_or_default();
         match result {
             Err(message) => return self.fail(message),
@@ -293,30 +287,50 @@ fn fill_from(l: &mut Live, peer: &mut Peer, has: &Bitfield, rng: &mut impl rand:
     n
 }
 
+/// A piece being assembled: its blocks as they arrived (slices of the
+/// connection's read buffer, never copied), and who sent them.
+pub(super) struct Assembly {
+    blocks: Vec<Option<Bytes>>,
+    from: HashSet<PeerKey>,
+}
+
+impl Assembly {
+    fn new(blocks: usize) -> Self {
+        Self {
+            blocks: vec![None; blocks],
+            from: HashSet::new(),
+        }
+    }
+}
+
 /// Hashes an assembled piece off the async workers and writes it if good.
+/// The blocks go to the hash and to one vectored write as they came off
+/// the socket: no piece-sized copy (loopback 1 GiB: that copy was ~5 % of
+/// the downloader's CPU).
 fn verify(l: &mut Live, index: u32, jobs: &tokio::sync::mpsc::UnboundedSender<Job>) {
-    let Some((buf, _)) = l.assembly.get_mut(&index) else {
+    let Some(piece) = l.assembly.get_mut(&index) else {
         return;
     };
-    let data = std::mem::take(buf);
+    // The picker reports a piece complete only when every block arrived.
+    let blocks: Vec<Bytes> = piece.blocks.iter_mut().flat_map(Option::take).collect();
     l.verifying += 1;
     let expected = l.info.pieces[index as usize];
     let storage = Arc::clone(&l.storage);
     let jobs = jobs.clone();
     tokio::task::spawn_blocking(move || {
-        let result = if Sha1::digest(&data).as_slice() == expected {
+        let mut hash = Sha1::new();
+        for b in &blocks {
+            hash.update(b);
+        }
+        let result = if hash.finalize().as_slice() == expected {
             storage
-                .write_at(storage.piece_offset(index), &data)
+                .write_blocks_at(storage.piece_offset(index), &blocks)
                 .map(|()| true)
                 .map_err(|e| format!("cannot write piece {index}: {e}"))
         } else {
             Ok(false)
         };
-        let _ = jobs.send(Job::Verified {
-            index,
-            result,
-            buf: data,
-        });
+        let _ = jobs.send(Job::Verified { index, result });
     });
 }
 

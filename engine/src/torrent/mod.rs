@@ -34,6 +34,7 @@ use crate::rate::RateEstimate;
 use crate::session::Shared;
 use crate::storage::Storage;
 use crate::wire::Handshake;
+use download::Assembly;
 
 use metadata::MetadataFetch;
 use peers::Peer;
@@ -88,8 +89,6 @@ enum Job {
     Verified {
         index: u32,
         result: Result<bool, String>,
-        /// The piece buffer, returned for reuse.
-        buf: Vec<u8>,
     },
     Finalized(Result<(), String>),
 }
@@ -111,15 +110,13 @@ struct Live {
     info: Arc<Info>,
     storage: Arc<Storage>,
     picker: Picker,
-    /// Pieces being assembled, with the peers that sent their blocks.
-    assembly: HashMap<u32, (Vec<u8>, HashSet<PeerKey>)>,
+    /// Pieces being assembled.
+    assembly: HashMap<u32, Assembly>,
     /// Complete pieces being hashed and written. While this is at
     /// `max_verifying`, no new blocks are requested: a disk slower than the
     /// network pushes back on the peers instead of filling memory.
     verifying: usize,
     max_verifying: usize,
-    /// Piece buffers to reuse, so steady state allocates (and page-faults) nothing.
-    spare: Vec<Vec<u8>>,
     placement: Option<Placement>,
     /// Every piece verified and the files at their final path.
     finished: bool,
@@ -383,7 +380,7 @@ impl Torrent {
     fn on_job(&mut self, job: Job) {
         match job {
             Job::Checked(result) => self.on_checked(result),
-            Job::Verified { index, result, buf } => self.on_verified(index, result, buf),
+            Job::Verified { index, result } => self.on_verified(index, result),
             Job::Finalized(result) => self.on_finalized(result),
         }
     }
@@ -444,7 +441,6 @@ impl Torrent {
             assembly: HashMap::new(),
             verifying: 0,
             max_verifying: (VERIFY_BUDGET / info_piece_len).clamp(2, 16) as usize,
-            spare: Vec::new(),
             first_upload: FirstUpload::new(piece_count),
             placement,
             finished: false,
