@@ -18,6 +18,7 @@ use crate::config::{FileValues, Settings};
 use crate::error::{Code, Failure};
 
 fn main() -> ExitCode {
+    keep_freed_memory();
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -27,6 +28,23 @@ fn main() -> ExitCode {
             }
             ExitCode::from(f.code as u8)
         }
+    }
+}
+
+/// Stops glibc's allocator from handing freed memory back to the kernel
+/// after every burst. A download's block buffers are allocated by socket
+/// readers and freed by disk threads; with the default (dynamic) thresholds
+/// glibc trimmed and re-faulted them all the time: 35k-47k page faults for
+/// 1 GiB over loopback, against 6k-7k with these settings, and 6-8 % less
+/// CPU. Freed memory stays for reuse (up to 64 MiB kept above the top of
+/// the heap; peak RSS measured in bench/loopback.sh).
+fn keep_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets allocator parameters; it runs first thing
+    // in main, before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 4 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 64 << 20);
     }
 }
 
