@@ -261,6 +261,11 @@ fn debug_flag_turns_logs_up() {
         "--debug logs: {}",
         stderr(&out)
     );
+    assert!(
+        !stderr(&out).contains('\x1b'),
+        "no colour codes in a pipe: {:?}",
+        stderr(&out)
+    );
     // The environment takes the usual spellings of a switch.
     for (value, on) in [("1", true), ("yes", true), ("0", false), ("false", false)] {
         let mut c = env.cmd();
