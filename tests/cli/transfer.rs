@@ -205,6 +205,8 @@ fn downloader_finds_seed_through_dht_alone() {
     c.args([
         "--ip",
         &host(),
+        "--state",
+        "dl.db",
         "--peers",
         &node_addr,
         "download",
@@ -220,6 +222,24 @@ fn downloader_finds_seed_through_dht_alone() {
         fs::read(env.path("dl/wanted.bin")).unwrap(),
         fs::read(env.path("src/wanted.bin")).unwrap()
     );
+    // The DHT nodes it met are remembered: with the same state and no
+    // --peers at all, the next download finds the seed again.
+    let mut c = env.cmd();
+    c.args([
+        "--ip",
+        &host(),
+        "--state",
+        "dl.db",
+        "download",
+        "--timeout",
+        "60",
+        "--dir",
+    ])
+    .arg(env.path("dl2"))
+    .arg(&bare);
+    let out = run(c, LIMIT);
+    assert!(out.status.success(), "second download: {}", stderr(&out));
+    assert!(env.path("dl2/wanted.bin").exists());
 }
 
 #[test]
