@@ -200,7 +200,7 @@ pub(crate) fn spawn(
         failed_connects: 0,
         last_choke: Instant::now(),
     };
-    t.add_addrs(peers);
+    let _ = t.add_addrs(peers);
     if let Some(info) = info {
         t.got_info(info);
     }
@@ -247,6 +247,8 @@ impl Torrent {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_tick = Instant::now();
+        let mut pex_tick = tokio::time::interval(peers::PEX_FAST);
+        pex_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let done = loop {
             tokio::select! {
                 Some((key, ev)) = peer_rx.recv() => self.on_peer_event(key, ev),
@@ -261,6 +263,7 @@ impl Torrent {
                     last_tick = Instant::now();
                     self.on_tick(secs);
                 }
+                _ = pex_tick.tick() => self.send_pex(),
             }
         };
         if let Some(task) = dht_task {
@@ -296,7 +299,7 @@ impl Torrent {
                     a.failures += 1;
                 }
             }
-            TorrentCmd::AddPeers(addrs) => self.add_addrs(addrs),
+            TorrentCmd::AddPeers(addrs) => self.learn_addrs(addrs),
             TorrentCmd::Stop(_) => unreachable!("handled in run"),
         }
     }
@@ -305,12 +308,23 @@ impl Torrent {
         addr.ip() == self.shared.local_ip && addr.port() == self.shared.listen_port
     }
 
-    fn add_addrs(&mut self, addrs: Vec<SocketAddr>) {
+    /// Records addresses; returns whether any was new.
+    fn add_addrs(&mut self, addrs: Vec<SocketAddr>) -> bool {
+        let before = self.addrs.len();
         for addr in addrs {
             if addr.port() == 0 || self.is_self(&addr) {
                 continue;
             }
             self.addrs.entry(addr).or_default();
+        }
+        self.addrs.len() > before
+    }
+
+    /// Records addresses from the DHT or PEX and dials new ones at once,
+    /// not at the next tick: a second is long on a LAN.
+    fn learn_addrs(&mut self, addrs: Vec<SocketAddr>) {
+        if self.add_addrs(addrs) {
+            self.connect_more();
         }
     }
 
@@ -373,7 +387,6 @@ impl Torrent {
             self.last_choke = Instant::now();
             self.rechoke();
         }
-        self.send_pex();
         self.publish_stats();
     }
 

@@ -25,9 +25,12 @@ use crate::wire::{BlockRequest, ExtHandshake, Handshake, Message, MetadataMsg, P
 /// Our extension ids (BEP 10): what peers must use when sending to us.
 pub(super) const UT_METADATA: u8 = 1;
 pub(super) const UT_PEX: u8 = 2;
-/// PEX to p2pfile peers goes out this often, so downloaders learn of each
-/// other within a couple of seconds.
-const PEX_FAST: Duration = Duration::from_secs(2);
+/// PEX to p2pfile peers goes out this often when there is news, so
+/// downloaders that all start from one magnet learn of each other within a
+/// fraction of a second instead of each pulling its first copy of every
+/// piece from the seed alone (8 hosts at 1 Gbit/s, 256 MiB: with 2 s the
+/// downloaders met each other after ~2.2 s of a ~4.7 s run).
+pub(super) const PEX_FAST: Duration = Duration::from_millis(250);
 /// Other clients: libtorrent disconnects a peer that sends more than six
 /// PEX messages in a minute, so at most four.
 const PEX_SLOW: Duration = Duration::from_secs(15);
@@ -554,7 +557,7 @@ impl Torrent {
             }
             UT_PEX => {
                 let pex = PexMsg::decode(&payload).map_err(|e| format!("ut_pex: {e}"))?;
-                self.add_addrs(pex.added.into_iter().map(SocketAddr::V4).collect());
+                self.learn_addrs(pex.added.into_iter().map(SocketAddr::V4).collect());
             }
             other => return Err(format!("extension message with unknown id {other}")),
         }
