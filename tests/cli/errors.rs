@@ -266,7 +266,19 @@ fn debug_flag_turns_logs_up() {
         "no colour codes in a pipe: {:?}",
         stderr(&out)
     );
-    // The environment takes the usual spellings of a switch.
+    // The environment takes the usual spellings of a switch, for --json too.
+    for (value, on) in [("1", true), ("on", true), ("0", false), ("no", false)] {
+        let mut c = env.cmd();
+        c.env("P2PFILE_JSON", value).args(quiet);
+        let out = run(c, LIMIT);
+        assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+        let first = stdout(&out).lines().next().unwrap_or("").to_string();
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(&first).is_ok(),
+            on,
+            "P2PFILE_JSON={value}: first line {first:?}"
+        );
+    }
     for (value, on) in [("1", true), ("yes", true), ("0", false), ("false", false)] {
         let mut c = env.cmd();
         c.env("P2PFILE_DEBUG", value).args(quiet);

@@ -38,6 +38,26 @@ fn seeding_time_stops_the_seeding() {
     assert!(stopped["seconds"].as_f64() >= Some(2.0));
 }
 
+/// `P2PFILE_SEEDING` takes the usual spellings of a switch.
+#[test]
+fn seeding_switch_from_the_environment() {
+    let env = Env::new();
+    let seed = env.serve(&host(), &[], &[&source(&env, 1 << 20)]);
+    let args = ["--seeding-time", "1", "--seeding-ratio", "0"];
+    for (value, on) in [("1", true), ("0", false)] {
+        let dir = format!("dl-{value}");
+        let mut c = download(&env, &host(), &dir, seed.magnet(), &args);
+        c.env("P2PFILE_SEEDING", value);
+        let (status, evs) = JsonProc::spawn(c).finish();
+        assert!(status.success(), "P2PFILE_SEEDING={value}: {evs:?}");
+        assert_eq!(
+            JsonProc::find(&evs, "seeding").is_some(),
+            on,
+            "P2PFILE_SEEDING={value}: {evs:?}"
+        );
+    }
+}
+
 #[test]
 fn seeding_until_idle_stops_when_nobody_downloads() {
     let env = Env::new();
