@@ -100,7 +100,8 @@ impl Picker {
         (self.total - start).min(self.piece_length as u64) as u32
     }
 
-    fn block_count(&self, index: u32) -> usize {
+    /// Number of blocks in piece `index`.
+    pub fn block_count(&self, index: u32) -> usize {
         self.piece_size(index).div_ceil(BLOCK_SIZE) as usize
     }
 

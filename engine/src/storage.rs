@@ -189,7 +189,15 @@ impl Storage {
         })
     }
 
-    /// Writes `data` at stream `offset`, and starts writing it back to disk.
+    /// Writes `data` at stream `offset`, and starts writing it back to disk
+    /// (see [`Storage::write_blocks_at`]).
+    pub fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+        self.write_blocks_at(offset, &[data])
+    }
+
+    /// Writes `blocks`, back to back, at stream `offset` (their
+    /// concatenation, without making it): one vectored write per file the
+    /// range touches, then a start of writeback for it.
     ///
     /// Write-behind: without it every byte of a download is still dirty in
     /// the page cache when it completes, and the `fsync` before the final
@@ -197,19 +205,6 @@ impl Storage {
     /// each of 7 hosts sharing one disk, after the last piece arrived).
     /// Asking for writeback of each piece as it lands spreads that work over
     /// the transfer, so the final flush has only the last pieces left.
-    pub fn write_at(&self, offset: u64, data: &[u8]) -> io::Result<()> {
-        let _turn = self.write_turn.lock().unwrap_or_else(|e| e.into_inner());
-        self.for_each_span(offset, data.len(), |span, at, range| {
-            let file = self.handle(span)?;
-            file.write_all_at(&data[range.clone()], at)?;
-            start_writeback(file, at, range.len());
-            Ok(())
-        })
-    }
-
-    /// Writes `blocks`, back to back, at stream `offset`: [`Storage::write_at`]
-    /// of their concatenation, without making it. One vectored write per
-    /// file the range touches.
     pub fn write_blocks_at<B: AsRef<[u8]>>(&self, offset: u64, blocks: &[B]) -> io::Result<()> {
         let len: usize = blocks.iter().map(|b| b.as_ref().len()).sum();
         let _turn = self.write_turn.lock().unwrap_or_else(|e| e.into_inner());
@@ -449,6 +444,9 @@ mod tests {
         sb.prepare().unwrap();
         sa.write_at(0, &data).unwrap();
         sb.write_blocks_at(0, &blocks).unwrap();
+        let mut back = vec![0u8; data.len()];
+        sb.read_at(0, &mut back).unwrap();
+        assert_eq!(back, data);
         for i in 0..sizes.len() {
             let f = format!("f{i}");
             assert_eq!(

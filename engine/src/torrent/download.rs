@@ -95,7 +95,7 @@ impl Torrent {
         match l.picker.received(&req) {
             Received::Unwanted => {}
             outcome => {
-                let blocks = l.picker.piece_size(index).div_ceil(BLOCK_SIZE) as usize;
+                let blocks = l.picker.block_count(index);
                 let piece = l
                     .assembly
                     .entry(index)
