@@ -24,6 +24,7 @@ fn config() -> SessionConfig {
         dht: false,
         upload_limit: 0,
         download_limit: 0,
+        extensions: Vec::new(),
     }
 }
 
@@ -36,7 +37,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let info = Arc::new(built.info);
 
     let seed = Session::start(config()).await?;
-    let _seeding = seed.add(
+    seed.add(
         Source::Info(info.clone()),
         Target::Seed { root: built.root },
         Vec::new(),
@@ -50,16 +51,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let dir = std::env::temp_dir().join(format!("p2pfile-example-{}", std::process::id()));
     let leecher = Session::start(config()).await?;
-    let mut download = leecher.add(
+    let mut events = leecher.events().expect("a new session's events");
+    let download = leecher.add(
         Source::Magnet(magnet),
         Target::Download { dir: dir.clone() },
         Vec::new(),
     )?;
-    while let Some(event) = download.next_event().await {
-        match event {
+    while let Some(event) = events.recv().await {
+        match event.event {
             Event::Metadata { name, total, .. } => println!("metadata: {name}, {total} bytes"),
             Event::Completed => {
-                let s = download.stats();
+                let s = leecher.stats(download).expect("still in the session");
                 println!(
                     "complete: {} ({} bytes)",
                     dir.join(&info.name).display(),
@@ -67,7 +69,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 );
                 break;
             }
-            Event::Failed { message } => return Err(message.into()),
+            Event::Failed { error } => return Err(error.into()),
             _ => {}
         }
     }

@@ -61,7 +61,87 @@ pub enum Error {
     /// The torrent is already in this session.
     #[error("torrent {0} was given twice")]
     Duplicate(InfoHash),
+    /// No torrent with this info-hash is in the session.
+    #[error("torrent {0} is not in this session")]
+    UnknownTorrent(InfoHash),
+    /// An extension message for a name the session did not register.
+    #[error("extension {0:?} is not registered in this session")]
+    UnknownExtension(String),
     /// The session has shut down.
     #[error("bug: session is closed")]
     Closed,
+}
+
+/// Why a torrent stopped for good. Carried by [`crate::Event::Failed`], so
+/// the caller can tell a full disk (free space, run again) from other I/O
+/// trouble without reading message strings.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum TorrentError {
+    /// The file system holding the content has no space left.
+    #[error("no space left on the device holding {path}")]
+    NoSpace {
+        /// The file or directory being written.
+        path: PathBuf,
+    },
+    /// Reading, writing or moving the content failed for another reason.
+    #[error("cannot {action} {path}: {message}")]
+    Io {
+        /// What was being done: "prepare", "write", "move", "read".
+        action: &'static str,
+        /// The file or directory involved.
+        path: PathBuf,
+        /// The kind of the underlying error (permission denied, say).
+        kind: io::ErrorKind,
+        /// The underlying error's text.
+        message: String,
+    },
+    /// The info dictionary that peers sent, though it matched the
+    /// info-hash, is not a torrent we can use.
+    #[error("metadata from peers is not a valid torrent: {0}")]
+    BadMetadata(String),
+}
+
+impl TorrentError {
+    /// Classifies an I/O error met while doing `action` on `path`.
+    pub(crate) fn io(action: &'static str, path: &std::path::Path, e: &io::Error) -> Self {
+        if e.kind() == io::ErrorKind::StorageFull || e.raw_os_error() == Some(libc::ENOSPC) {
+            return TorrentError::NoSpace {
+                path: path.to_path_buf(),
+            };
+        }
+        TorrentError::Io {
+            action,
+            path: path.to_path_buf(),
+            kind: e.kind(),
+            message: e.to_string(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn full_disk_is_its_own_kind() {
+        let e = io::Error::from_raw_os_error(libc::ENOSPC);
+        let t = TorrentError::io("write", std::path::Path::new("/x/y"), &e);
+        assert_eq!(
+            t,
+            TorrentError::NoSpace {
+                path: "/x/y".into()
+            }
+        );
+        assert_eq!(t.to_string(), "no space left on the device holding /x/y");
+        let e = io::Error::from_raw_os_error(libc::EACCES);
+        let t = TorrentError::io("write", std::path::Path::new("/x/y"), &e);
+        assert!(matches!(
+            t,
+            TorrentError::Io {
+                kind: io::ErrorKind::PermissionDenied,
+                ..
+            }
+        ));
+        assert!(t.to_string().starts_with("cannot write /x/y: "), "{t}");
+    }
 }

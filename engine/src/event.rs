@@ -2,7 +2,20 @@
 
 use std::net::SocketAddr;
 
+use bytes::Bytes;
+
+use crate::error::TorrentError;
 use crate::metainfo::InfoHash;
+
+/// An [`Event`] and the torrent it happened to, as the session's one event
+/// stream carries it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TorrentEvent {
+    /// The torrent's id in the session: its info-hash on the wire.
+    pub info_hash: InfoHash,
+    /// What happened.
+    pub event: Event,
+}
 
 /// Something that happened to one torrent.
 #[derive(Clone, Debug, PartialEq)]
@@ -50,9 +63,30 @@ pub enum Event {
     Completed,
     /// The torrent stopped for good because of an error (disk full, say).
     Failed {
-        /// What went wrong.
-        message: String,
+        /// What went wrong; its kind tells a full disk from other I/O.
+        error: TorrentError,
     },
+    /// A peer's extension handshake (BEP 10) named extensions that this
+    /// session registered too (see `SessionConfig::extensions`): from now
+    /// on messages can go both ways with [`crate::Session::send_extension`].
+    ExtensionsReady {
+        /// The peer's address (the connection's remote address).
+        addr: SocketAddr,
+        /// The registered extensions the peer speaks.
+        names: Vec<String>,
+    },
+    /// A peer sent a message on a registered extension.
+    ExtensionMessage {
+        /// The peer's address (the connection's remote address).
+        addr: SocketAddr,
+        /// The extension's name.
+        name: String,
+        /// The message as sent, after the extension id byte.
+        payload: Bytes,
+    },
+    /// The torrent was removed from the session (or the session shut
+    /// down); no event about it follows.
+    Removed,
 }
 
 /// Where a torrent is in its life.

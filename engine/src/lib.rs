@@ -31,9 +31,10 @@ mod peer;
 mod placement;
 pub mod rate;
 pub mod session;
+mod shared;
 mod torrent;
 
-pub use error::Error;
-pub use event::{Event, Phase, Stats};
-pub use session::{PortChoice, Session, SessionConfig, Source, TorrentHandle};
+pub use error::{Error, TorrentError};
+pub use event::{Event, Phase, Stats, TorrentEvent};
+pub use session::{AddTorrent, PortChoice, Session, SessionConfig, Source, TorrentOptions};
 pub use torrent::Target;

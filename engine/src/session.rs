@@ -2,9 +2,12 @@
 //! for the DHT, same number), the private DHT node, the rate limits, and
 //! the torrents added to it.
 //!
-//! The routing table from info-hash to coordinator is the one shared,
-//! locked structure: the accept loop reads it, `add` and `remove` write
-//! it; no other lock is ever taken while it is held.
+//! The session owns its torrents: callers add and remove them by
+//! info-hash, read their counters, and get one event stream for all of
+//! them. The routing table from info-hash to coordinator is the one
+//! shared, locked structure: the accept loop reads it, `add` and `remove`
+//! write it; no other lock is ever taken while it is held, and it is never
+//! held across an `await`.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -12,17 +15,19 @@ use std::ops::RangeInclusive;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bytes::Bytes;
 use rand::Rng;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::dht::Dht;
 use crate::error::Error;
-use crate::event::{Event, Stats};
+use crate::event::{Stats, TorrentEvent};
 use crate::magnet::Magnet;
 use crate::metainfo::{Info, InfoHash};
 use crate::peer;
 use crate::rate::Limit;
+use crate::shared::{FIRST_EXTENSION_ID, Shared};
 use crate::torrent::{self, Target, TorrentCmd};
 
 /// Which port to listen on.
@@ -51,24 +56,28 @@ pub struct SessionConfig {
     pub upload_limit: u64,
     /// Download limit in bytes per second for the whole session (0: none).
     pub download_limit: u64,
+    /// Extension messages (BEP 10) this session speaks beyond `ut_metadata`
+    /// and `ut_pex`, by name (for example p2pfile's own index exchange).
+    /// Every torrent offers them in its extension handshake; a peer that
+    /// offers one too is reported by [`crate::Event::ExtensionsReady`], its
+    /// messages arrive as [`crate::Event::ExtensionMessage`], and
+    /// [`Session::send_extension`] answers. At most 250 names.
+    pub extensions: Vec<String>,
 }
 
-/// What torrents share.
-pub(crate) struct Shared {
-    pub peer_id: [u8; 20],
-    pub local_ip: IpAddr,
-    pub listen_port: u16,
-    pub upload: Limit,
-    pub download: Limit,
-    pub dht: Option<Dht>,
+type Routes = Arc<Mutex<HashMap<InfoHash, Entry>>>;
+
+/// A torrent as the session keeps it.
+struct Entry {
+    cmd: mpsc::Sender<TorrentCmd>,
+    stats: watch::Receiver<Stats>,
 }
 
-type Routes = Arc<Mutex<HashMap<InfoHash, mpsc::Sender<TorrentCmd>>>>;
-
-/// A running engine.
+/// A running engine and the torrents in it.
 pub struct Session {
     shared: Arc<Shared>,
     routes: Routes,
+    events: Mutex<Option<mpsc::UnboundedReceiver<TorrentEvent>>>,
     accept: tokio::task::JoinHandle<()>,
 }
 
@@ -81,13 +90,55 @@ pub enum Source {
     Magnet(Magnet),
 }
 
-/// A torrent running in a session.
-pub struct TorrentHandle {
-    info_hash: InfoHash,
-    cmd: mpsc::Sender<TorrentCmd>,
-    events: mpsc::UnboundedReceiver<Event>,
-    stats: watch::Receiver<Stats>,
-    routes: Routes,
+/// How a torrent behaves beyond what its source and target say. The
+/// default is plain BitTorrent: the content's info-hash on the wire, the
+/// info dictionary served to peers that ask (BEP 9), announced on the DHT.
+#[derive(Clone, Debug)]
+pub struct TorrentOptions {
+    /// The info-hash used on the wire (handshakes, DHT) and as the
+    /// torrent's id in the session, instead of the content's own. A swarm
+    /// keyed by a secret this way is open only to those who can compute
+    /// the key; a plain torrent of the same content does not reach it.
+    pub swarm_hash: Option<InfoHash>,
+    /// Answer BEP 9 metadata requests (and fetch metadata for a magnet).
+    pub metadata: bool,
+    /// Announce and look up the torrent on the DHT.
+    pub dht: bool,
+}
+
+impl Default for TorrentOptions {
+    fn default() -> Self {
+        Self {
+            swarm_hash: None,
+            metadata: true,
+            dht: true,
+        }
+    }
+}
+
+/// Everything needed to add a torrent.
+#[derive(Clone, Debug)]
+pub struct AddTorrent {
+    /// The content, or a magnet for it.
+    pub source: Source,
+    /// Seed from or download to.
+    pub target: Target,
+    /// Addresses to try beside the magnet's hints and the DHT.
+    pub peers: Vec<SocketAddr>,
+    /// Anything beyond plain BitTorrent.
+    pub options: TorrentOptions,
+}
+
+impl AddTorrent {
+    /// A plain torrent with default options.
+    pub fn new(source: Source, target: Target, peers: Vec<SocketAddr>) -> Self {
+        Self {
+            source,
+            target,
+            peers,
+            options: TorrentOptions::default(),
+        }
+    }
 }
 
 impl Session {
@@ -95,10 +146,17 @@ impl Session {
     pub async fn start(config: SessionConfig) -> Result<Session, Error> {
         let upload = Limit::new(config.upload_limit).map_err(Error::InvalidLimit)?;
         let download = Limit::new(config.download_limit).map_err(Error::InvalidLimit)?;
+        if config.extensions.len() > (u8::MAX - FIRST_EXTENSION_ID) as usize {
+            return Err(Error::UnknownExtension(format!(
+                "{} extensions (at most 250)",
+                config.extensions.len()
+            )));
+        }
         let (listener, dht) = bind(&config).await?;
         let port = listener.local_addr().expect("bound").port();
         let mut peer_id = *b"-PF0100-000000000000";
         rand::rng().fill(&mut peer_id[8..]);
+        let (events_tx, events_rx) = mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             peer_id,
             local_ip: IpAddr::V4(config.ip),
@@ -106,12 +164,15 @@ impl Session {
             upload,
             download,
             dht,
+            extensions: config.extensions.clone(),
+            events: events_tx,
         });
         let routes: Routes = Arc::default();
         let accept = tokio::spawn(accept_loop(listener, routes.clone()));
         Ok(Session {
             shared,
             routes,
+            events: Mutex::new(Some(events_rx)),
             accept,
         })
     }
@@ -129,91 +190,165 @@ impl Session {
         }
     }
 
-    /// Adds a torrent to seed or download, with extra peer addresses to try.
+    /// The stream of every torrent's events, tagged by info-hash. There is
+    /// one stream per session: the first call takes it, later calls get
+    /// `None`. Events sent before it is taken wait in it.
+    pub fn events(&self) -> Option<mpsc::UnboundedReceiver<TorrentEvent>> {
+        self.events.lock().expect("events lock").take()
+    }
+
+    /// Adds a plain torrent to seed or download, with extra peer addresses
+    /// to try; returns its id in the session.
     pub fn add(
         &self,
         source: Source,
         target: Target,
         peers: Vec<SocketAddr>,
-    ) -> Result<TorrentHandle, Error> {
-        let (info_hash, info, peers) = match source {
-            Source::Info(info) => (info.info_hash(), Some(info), peers),
+    ) -> Result<InfoHash, Error> {
+        self.add_torrent(AddTorrent::new(source, target, peers))
+    }
+
+    /// Adds a torrent with options; returns its id in the session (the
+    /// swarm hash when one is given, else the content's info-hash).
+    pub fn add_torrent(&self, add: AddTorrent) -> Result<InfoHash, Error> {
+        let AddTorrent {
+            source,
+            target,
+            mut peers,
+            options,
+        } = add;
+        let (content_hash, info) = match source {
+            Source::Info(info) => (info.info_hash(), Some(info)),
             Source::Magnet(m) => {
                 let mut all = m.peers.clone();
-                all.extend(peers);
-                (m.info_hash, None, all)
+                all.append(&mut peers);
+                peers = all;
+                (m.info_hash, None)
             }
         };
+        let id = options.swarm_hash.unwrap_or(content_hash);
         let mut routes = self.routes.lock().expect("routes lock");
-        if routes.contains_key(&info_hash) {
-            return Err(Error::Duplicate(info_hash));
+        if routes.contains_key(&id) {
+            return Err(Error::Duplicate(id));
         }
-        let spawned = torrent::spawn(self.shared.clone(), info_hash, info, target, peers);
-        routes.insert(info_hash, spawned.cmd.clone());
-        Ok(TorrentHandle {
-            info_hash,
-            cmd: spawned.cmd,
-            events: spawned.events,
-            stats: spawned.stats,
-            routes: self.routes.clone(),
+        let spawned = torrent::spawn(
+            self.shared.clone(),
+            torrent::Params {
+                id,
+                content_hash,
+                info,
+                target,
+                peers,
+                metadata: options.metadata,
+                dht: options.dht,
+            },
+        );
+        routes.insert(
+            id,
+            Entry {
+                cmd: spawned.cmd,
+                stats: spawned.stats,
+            },
+        );
+        Ok(id)
+    }
+
+    /// The torrents in the session.
+    pub fn torrents(&self) -> Vec<InfoHash> {
+        self.routes
+            .lock()
+            .expect("routes lock")
+            .keys()
+            .copied()
+            .collect()
+    }
+
+    /// A torrent's latest counters.
+    pub fn stats(&self, id: InfoHash) -> Option<Stats> {
+        let routes = self.routes.lock().expect("routes lock");
+        routes.get(&id).map(|e| e.stats.borrow().clone())
+    }
+
+    /// A receiver that sees every counter update of a torrent; it keeps the
+    /// last counters after the torrent is removed.
+    pub fn watch_stats(&self, id: InfoHash) -> Option<watch::Receiver<Stats>> {
+        let routes = self.routes.lock().expect("routes lock");
+        routes.get(&id).map(|e| e.stats.clone())
+    }
+
+    fn cmd(&self, id: InfoHash) -> Result<mpsc::Sender<TorrentCmd>, Error> {
+        let routes = self.routes.lock().expect("routes lock");
+        routes
+            .get(&id)
+            .map(|e| e.cmd.clone())
+            .ok_or(Error::UnknownTorrent(id))
+    }
+
+    /// More addresses for a torrent to try.
+    pub async fn add_peers(&self, id: InfoHash, peers: Vec<SocketAddr>) -> Result<(), Error> {
+        let cmd = self.cmd(id)?;
+        cmd.send(TorrentCmd::AddPeers(peers))
+            .await
+            .map_err(|_| Error::UnknownTorrent(id))
+    }
+
+    /// Sends a message on a registered extension to a connected peer of a
+    /// torrent. A peer that is gone, or that does not speak the extension,
+    /// is skipped quietly: the caller learns of peers through
+    /// [`crate::Event::ExtensionsReady`] and `PeerDisconnected`.
+    pub async fn send_extension(
+        &self,
+        id: InfoHash,
+        addr: SocketAddr,
+        name: &str,
+        payload: Bytes,
+    ) -> Result<(), Error> {
+        if self.shared.extension_id(name).is_none() {
+            return Err(Error::UnknownExtension(name.to_string()));
+        }
+        let cmd = self.cmd(id)?;
+        cmd.send(TorrentCmd::SendExtension {
+            addr,
+            name: name.to_string(),
+            payload,
         })
+        .await
+        .map_err(|_| Error::UnknownTorrent(id))
+    }
+
+    /// Stops a torrent, closing its connections, and waits for it. Its
+    /// last event is [`crate::Event::Removed`].
+    pub async fn remove(&self, id: InfoHash) -> Result<(), Error> {
+        let entry = self
+            .routes
+            .lock()
+            .expect("routes lock")
+            .remove(&id)
+            .ok_or(Error::UnknownTorrent(id))?;
+        stop(entry.cmd).await;
+        Ok(())
     }
 
     /// Stops accepting connections and stops every torrent.
-    pub async fn shutdown(self) {
+    pub async fn shutdown(&self) {
         self.accept.abort();
         let cmds: Vec<_> = self
             .routes
             .lock()
             .expect("routes lock")
             .drain()
-            .map(|(_, c)| c)
+            .map(|(_, e)| e.cmd)
             .collect();
         for cmd in cmds {
-            let (tx, rx) = oneshot::channel();
-            if cmd.send(TorrentCmd::Stop(tx)).await.is_ok() {
-                let _ = rx.await;
-            }
+            stop(cmd).await;
         }
     }
 }
 
-impl TorrentHandle {
-    /// The torrent's info-hash.
-    pub fn info_hash(&self) -> InfoHash {
-        self.info_hash
-    }
-
-    /// The next event; `None` once the torrent has stopped.
-    pub async fn next_event(&mut self) -> Option<Event> {
-        self.events.recv().await
-    }
-
-    /// The latest counters.
-    pub fn stats(&self) -> Stats {
-        self.stats.borrow().clone()
-    }
-
-    /// A receiver that sees every counter update.
-    pub fn watch_stats(&self) -> watch::Receiver<Stats> {
-        self.stats.clone()
-    }
-
-    /// More addresses to try.
-    pub async fn add_peers(&self, peers: Vec<SocketAddr>) {
-        let _ = self.cmd.send(TorrentCmd::AddPeers(peers)).await;
-    }
-
-    /// Stops the torrent, closing its connections, and waits for it.
-    pub async fn stop(self) {
-        self.routes
-            .lock()
-            .expect("routes lock")
-            .remove(&self.info_hash);
-        let (tx, rx) = oneshot::channel();
-        if self.cmd.send(TorrentCmd::Stop(tx)).await.is_ok() {
-            let _ = rx.await;
-        }
+async fn stop(cmd: mpsc::Sender<TorrentCmd>) {
+    let (tx, rx) = oneshot::channel();
+    if cmd.send(TorrentCmd::Stop(tx)).await.is_ok() {
+        let _ = rx.await;
     }
 }
 
@@ -303,7 +438,7 @@ async fn accept_loop(listener: TcpListener, routes: Routes) {
                 .lock()
                 .expect("routes lock")
                 .get(&InfoHash(hs.info_hash))
-                .cloned();
+                .map(|e| e.cmd.clone());
             match route {
                 Some(cmd) => {
                     let _ = cmd.send(TorrentCmd::Incoming(stream, hs)).await;

@@ -7,9 +7,15 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use p2pfile_engine::builder::build;
 use p2pfile_engine::magnet::Magnet;
-use p2pfile_engine::{Event, PortChoice, Session, SessionConfig, Source, Target, TorrentHandle};
+use p2pfile_engine::metainfo::InfoHash;
+use p2pfile_engine::{
+    AddTorrent, Error, Event, PortChoice, Session, SessionConfig, Source, Target, TorrentEvent,
+    TorrentOptions,
+};
+use tokio::sync::mpsc::UnboundedReceiver;
 
 fn config(ip: [u8; 4], dht: bool, bootstrap: Vec<std::net::SocketAddr>) -> SessionConfig {
     SessionConfig {
@@ -19,6 +25,7 @@ fn config(ip: [u8; 4], dht: bool, bootstrap: Vec<std::net::SocketAddr>) -> Sessi
         dht,
         upload_limit: 0,
         download_limit: 0,
+        extensions: Vec::new(),
     }
 }
 
@@ -34,34 +41,34 @@ fn make_tree(root: &Path) {
 }
 
 /// Builds a torrent of `path` and seeds it from a new session on 127.0.0.1.
-async fn start_seed(
-    path: &Path,
-    dht: bool,
-) -> (Session, Arc<p2pfile_engine::metainfo::Info>, TorrentHandle) {
+async fn start_seed(path: &Path, dht: bool) -> (Session, Arc<p2pfile_engine::metainfo::Info>) {
     let built = build(path).unwrap();
     let seed = Session::start(config([127, 0, 0, 1], dht, vec![]))
         .await
         .unwrap();
     let info = Arc::new(built.info);
-    let handle = seed
-        .add(
-            Source::Info(info.clone()),
-            Target::Seed { root: built.root },
-            vec![],
-        )
-        .unwrap();
-    (seed, info, handle)
+    seed.add(
+        Source::Info(info.clone()),
+        Target::Seed { root: built.root },
+        vec![],
+    )
+    .unwrap();
+    (seed, info)
 }
 
-async fn wait_completed(h: &mut TorrentHandle) {
-    while let Some(ev) = h.next_event().await {
-        match ev {
+/// Waits for `id` to complete, failing the test on `Failed`.
+async fn wait_completed(events: &mut UnboundedReceiver<TorrentEvent>, id: InfoHash) {
+    while let Some(ev) = events.recv().await {
+        if ev.info_hash != id {
+            continue;
+        }
+        match ev.event {
             Event::Completed => return,
-            Event::Failed { message } => panic!("failed: {message}"),
+            Event::Failed { error } => panic!("failed: {error}"),
             _ => {}
         }
     }
-    panic!("torrent stopped before completing");
+    panic!("session stopped before the torrent completed");
 }
 
 fn assert_same_tree(a: &Path, b: &Path) {
@@ -84,7 +91,7 @@ async fn one_seed_three_downloaders_by_magnet() {
         let src = tempfile::tempdir().unwrap();
         let root = src.path().join("tree");
         make_tree(&root);
-        let (seed, info, _seeding) = start_seed(&root, false).await;
+        let (seed, info) = start_seed(&root, false).await;
         let magnet = Magnet {
             info_hash: info.info_hash(),
             name: Some(info.name.clone()),
@@ -98,7 +105,8 @@ async fn one_seed_three_downloaders_by_magnet() {
                 let s = Session::start(config([127, 0, 0, 1], false, vec![]))
                     .await
                     .unwrap();
-                let mut h = s
+                let mut events = s.events().unwrap();
+                let id = s
                     .add(
                         Source::Magnet(magnet),
                         Target::Download {
@@ -107,15 +115,16 @@ async fn one_seed_three_downloaders_by_magnet() {
                         vec![],
                     )
                     .unwrap();
-                wait_completed(&mut h).await;
-                (dir, s, h)
+                wait_completed(&mut events, id).await;
+                (dir, s, id)
             }));
         }
         for t in tasks {
-            let (dir, s, h) = t.await.unwrap();
+            let (dir, s, id) = t.await.unwrap();
             assert_same_tree(&root, &dir.path().join("tree"));
             assert!(dir.path().join("tree/empty_dir").is_dir());
-            h.stop().await;
+            s.remove(id).await.unwrap();
+            assert!(s.torrents().is_empty());
             s.shutdown().await;
         }
         seed.shutdown().await;
@@ -129,7 +138,7 @@ async fn downloader_finds_seed_through_dht_only() {
     tokio::time::timeout(Duration::from_secs(60), async {
         let src = tempfile::tempdir().unwrap();
         std::fs::write(src.path().join("f.bin"), vec![42u8; 500_000]).unwrap();
-        let (seed, info, _seeding) = start_seed(&src.path().join("f.bin"), true).await;
+        let (seed, info) = start_seed(&src.path().join("f.bin"), true).await;
         let dir = tempfile::tempdir().unwrap();
         let s = Session::start(config([127, 0, 0, 1], true, vec![seed.local_addr()]))
             .await
@@ -139,7 +148,8 @@ async fn downloader_finds_seed_through_dht_only() {
             name: None,
             peers: vec![],
         };
-        let mut h = s
+        let mut events = s.events().unwrap();
+        let id = s
             .add(
                 Source::Magnet(magnet),
                 Target::Download {
@@ -148,12 +158,291 @@ async fn downloader_finds_seed_through_dht_only() {
                 vec![],
             )
             .unwrap();
-        wait_completed(&mut h).await;
+        wait_completed(&mut events, id).await;
         assert_eq!(
             std::fs::read(dir.path().join("f.bin")).unwrap(),
             vec![42u8; 500_000]
         );
         s.shutdown().await;
+        seed.shutdown().await;
+    })
+    .await
+    .expect("finished in time");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_owns_its_torrents_and_tags_events() {
+    tokio::time::timeout(Duration::from_secs(60), async {
+        let src = tempfile::tempdir().unwrap();
+        std::fs::write(src.path().join("one"), vec![1u8; 300_000]).unwrap();
+        std::fs::write(src.path().join("two"), vec![2u8; 200_000]).unwrap();
+        let seed = Session::start(config([127, 0, 0, 1], false, vec![]))
+            .await
+            .unwrap();
+        let mut infos = Vec::new();
+        for name in ["one", "two"] {
+            let built = build(&src.path().join(name)).unwrap();
+            let info = Arc::new(built.info);
+            let id = seed
+                .add(
+                    Source::Info(info.clone()),
+                    Target::Seed { root: built.root },
+                    vec![],
+                )
+                .unwrap();
+            assert_eq!(id, info.info_hash());
+            infos.push(info);
+        }
+        let again = seed.add(
+            Source::Info(infos[0].clone()),
+            Target::Seed {
+                root: src.path().join("one"),
+            },
+            vec![],
+        );
+        assert!(matches!(again, Err(Error::Duplicate(_))));
+        let mut listed = seed.torrents();
+        listed.sort_by_key(|h| h.0);
+        let mut want: Vec<_> = infos.iter().map(|i| i.info_hash()).collect();
+        want.sort_by_key(|h| h.0);
+        assert_eq!(listed, want);
+
+        let dir = tempfile::tempdir().unwrap();
+        let s = Session::start(config([127, 0, 0, 1], false, vec![]))
+            .await
+            .unwrap();
+        let mut events = s.events().unwrap();
+        assert!(s.events().is_none(), "the event stream is handed out once");
+        let ids: Vec<_> = infos
+            .iter()
+            .map(|info| {
+                s.add(
+                    Source::Magnet(Magnet {
+                        info_hash: info.info_hash(),
+                        name: None,
+                        peers: vec![seed.local_addr()],
+                    }),
+                    Target::Download {
+                        dir: dir.path().to_path_buf(),
+                    },
+                    vec![],
+                )
+                .unwrap()
+            })
+            .collect();
+        let mut done = std::collections::HashSet::new();
+        while done.len() < 2 {
+            let ev = events.recv().await.unwrap();
+            assert!(ids.contains(&ev.info_hash), "event for {}", ev.info_hash);
+            if ev.event == Event::Completed {
+                done.insert(ev.info_hash);
+            }
+        }
+        assert_eq!(
+            std::fs::read(dir.path().join("two")).unwrap(),
+            vec![2u8; 200_000]
+        );
+        assert_eq!(s.stats(ids[0]).unwrap().have, 300_000);
+
+        s.remove(ids[0]).await.unwrap();
+        assert!(matches!(
+            s.remove(ids[0]).await,
+            Err(Error::UnknownTorrent(_))
+        ));
+        assert!(s.stats(ids[0]).is_none());
+        assert_eq!(s.torrents(), vec![ids[1]]);
+        loop {
+            let ev = events.recv().await.unwrap();
+            if ev.info_hash == ids[0] && ev.event == Event::Removed {
+                break;
+            }
+        }
+        s.shutdown().await;
+        seed.shutdown().await;
+    })
+    .await
+    .expect("finished in time");
+}
+
+/// The address of the first peer that offers the registered extension.
+async fn extension_ready(events: &mut UnboundedReceiver<TorrentEvent>) -> std::net::SocketAddr {
+    loop {
+        let ev = events.recv().await.unwrap();
+        if let Event::ExtensionsReady { addr, names } = ev.event {
+            assert_eq!(names, vec!["p2pfile_test".to_string()]);
+            return addr;
+        }
+    }
+}
+
+/// Two sessions that register an extension exchange messages on it over a
+/// torrent's connection; a keyed swarm hides its metadata.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registered_extension_messages_flow_both_ways() {
+    tokio::time::timeout(Duration::from_secs(60), async {
+        let ext = |ip| SessionConfig {
+            extensions: vec!["p2pfile_test".into()],
+            ..config(ip, false, vec![])
+        };
+        let a = Session::start(ext([127, 0, 0, 1])).await.unwrap();
+        let b = Session::start(ext([127, 0, 0, 1])).await.unwrap();
+        let mut a_events = a.events().unwrap();
+        let mut b_events = b.events().unwrap();
+        // A rendezvous swarm: no content, no metadata, found by its hash alone.
+        let swarm = InfoHash([7u8; 20]);
+        let rendezvous = |peers| AddTorrent {
+            source: Source::Magnet(Magnet {
+                info_hash: swarm,
+                name: None,
+                peers,
+            }),
+            target: Target::Download {
+                dir: std::env::temp_dir(),
+            },
+            peers: vec![],
+            options: TorrentOptions {
+                swarm_hash: None,
+                metadata: false,
+                dht: false,
+            },
+        };
+        a.add_torrent(rendezvous(vec![])).unwrap();
+        b.add_torrent(rendezvous(vec![a.local_addr()])).unwrap();
+        let b_seen_by_a = extension_ready(&mut a_events).await;
+        let a_seen_by_b = extension_ready(&mut b_events).await;
+        a.send_extension(
+            swarm,
+            b_seen_by_a,
+            "p2pfile_test",
+            Bytes::from_static(b"hello"),
+        )
+        .await
+        .unwrap();
+        let got = loop {
+            let ev = b_events.recv().await.unwrap();
+            if let Event::ExtensionMessage { name, payload, .. } = ev.event {
+                assert_eq!(name, "p2pfile_test");
+                break payload;
+            }
+        };
+        assert_eq!(&got[..], b"hello");
+        b.send_extension(
+            swarm,
+            a_seen_by_b,
+            "p2pfile_test",
+            Bytes::from_static(b"back"),
+        )
+        .await
+        .unwrap();
+        let got = loop {
+            let ev = a_events.recv().await.unwrap();
+            if let Event::ExtensionMessage { payload, .. } = ev.event {
+                break payload;
+            }
+        };
+        assert_eq!(&got[..], b"back");
+        assert!(matches!(
+            a.send_extension(swarm, b_seen_by_a, "nope", Bytes::new())
+                .await,
+            Err(Error::UnknownExtension(_))
+        ));
+        a.shutdown().await;
+        b.shutdown().await;
+    })
+    .await
+    .expect("finished in time");
+}
+
+/// Content added under a swarm hash is reachable by that hash only: a
+/// magnet for the content's own info-hash finds nothing, a download into
+/// the same keyed swarm (given the info) completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyed_swarm_is_closed_to_the_plain_info_hash() {
+    tokio::time::timeout(Duration::from_secs(60), async {
+        let src = tempfile::tempdir().unwrap();
+        std::fs::write(src.path().join("secret"), vec![9u8; 100_000]).unwrap();
+        let built = build(&src.path().join("secret")).unwrap();
+        let info = Arc::new(built.info);
+        let swarm = InfoHash([3u8; 20]);
+        let keyed = TorrentOptions {
+            swarm_hash: Some(swarm),
+            metadata: false,
+            dht: false,
+        };
+        let seed = Session::start(config([127, 0, 0, 1], false, vec![]))
+            .await
+            .unwrap();
+        let id = seed
+            .add_torrent(AddTorrent {
+                options: keyed.clone(),
+                ..AddTorrent::new(
+                    Source::Info(info.clone()),
+                    Target::Seed { root: built.root },
+                    vec![],
+                )
+            })
+            .unwrap();
+        assert_eq!(id, swarm);
+
+        // An outsider with the content's public info-hash.
+        let outsider = Session::start(config([127, 0, 0, 1], false, vec![]))
+            .await
+            .unwrap();
+        let mut out_events = outsider.events().unwrap();
+        let out_dir = tempfile::tempdir().unwrap();
+        let plain = outsider
+            .add(
+                Source::Magnet(Magnet {
+                    info_hash: info.info_hash(),
+                    name: None,
+                    peers: vec![seed.local_addr()],
+                }),
+                Target::Download {
+                    dir: out_dir.path().to_path_buf(),
+                },
+                vec![],
+            )
+            .unwrap();
+        // An insider that knows the swarm and the info.
+        let insider = Session::start(config([127, 0, 0, 1], false, vec![]))
+            .await
+            .unwrap();
+        let mut in_events = insider.events().unwrap();
+        let in_dir = tempfile::tempdir().unwrap();
+        let id = insider
+            .add_torrent(AddTorrent {
+                options: keyed,
+                ..AddTorrent::new(
+                    Source::Info(info.clone()),
+                    Target::Download {
+                        dir: in_dir.path().to_path_buf(),
+                    },
+                    vec![seed.local_addr()],
+                )
+            })
+            .unwrap();
+        wait_completed(&mut in_events, id).await;
+        assert_eq!(
+            std::fs::read(in_dir.path().join("secret")).unwrap(),
+            vec![9u8; 100_000]
+        );
+        // The outsider never connected, so it learned nothing.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let s = outsider.stats(plain).unwrap();
+        assert_eq!((s.peers, s.total), (0, 0));
+        while let Ok(ev) = out_events.try_recv() {
+            assert!(
+                !matches!(
+                    ev.event,
+                    Event::PeerConnected { .. } | Event::Metadata { .. }
+                ),
+                "outsider got {:?}",
+                ev.event
+            );
+        }
+        assert!(!out_dir.path().join("secret").exists());
+        outsider.shutdown().await;
+        insider.shutdown().await;
         seed.shutdown().await;
     })
     .await

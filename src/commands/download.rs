@@ -10,12 +10,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::anyhow;
 use p2pfile_engine::magnet::Magnet;
-use p2pfile_engine::metainfo::Info;
-use p2pfile_engine::{Event, Phase, Source, Stats, Target};
+use p2pfile_engine::metainfo::{Info, InfoHash};
+use p2pfile_engine::{Event, Phase, Source, Stats, Target, TorrentError};
 use serde_json::json;
 use tokio::sync::watch;
 
-use super::{Signals, merge_events, open_state, save_dht_nodes, start_session};
+use super::{Signals, open_state, save_dht_nodes, start_session};
 use crate::cli::DownloadArgs;
 use crate::config::{FileValues, Settings, parse_number};
 use crate::error::{Code, Failure, from_engine};
@@ -32,6 +32,8 @@ struct SeedingRules {
 
 /// One source as it goes.
 struct Track {
+    /// The torrent's id in the session.
+    id: InfoHash,
     info_hash: String,
     name: Option<String>,
     stats: watch::Receiver<Stats>,
@@ -150,21 +152,21 @@ pub async fn run(args: DownloadArgs, file: &FileValues, settings: Settings) -> R
             .filter_map(|n| n.parse::<SocketAddr>().ok()),
     );
     let session = start_session(&settings, &bootstrap).await?;
+    let mut events = session.events().expect("a new session's events");
     let mut tracks = Vec::new();
-    let mut handles = Vec::new();
     for (source, text) in sources.into_iter().zip(&args.sources) {
         let name = match &source {
             Source::Magnet(m) => m.name.clone(),
             Source::Info(i) => Some(i.name.clone()),
         };
-        let h = session
+        let id = session
             .add(
                 source,
                 Target::Download { dir: dir.clone() },
                 settings.peers.clone(),
             )
             .map_err(from_engine)?;
-        let info_hash = h.info_hash().to_string();
+        let info_hash = id.to_string();
         let before = state
             .download(&info_hash, &dir.display().to_string())?
             .unwrap_or(Download {
@@ -180,9 +182,10 @@ pub async fn run(args: DownloadArgs, file: &FileValues, settings: Settings) -> R
             });
         out.event("started", json!({"info_hash": info_hash, "name": name, "source": text, "dir": dir.display().to_string()}));
         tracks.push(Track {
+            id,
             info_hash,
             name,
-            stats: h.watch_stats(),
+            stats: session.watch_stats(id).expect("just added"),
             started: Instant::now(),
             last_progress: Instant::now(),
             last_have: 0,
@@ -195,10 +198,7 @@ pub async fn run(args: DownloadArgs, file: &FileValues, settings: Settings) -> R
             last_event: None,
             before,
         });
-        handles.push(h);
     }
-    let (mut events, stops) = merge_events(handles);
-    let mut stops: Vec<Option<_>> = stops.into_iter().map(Some).collect();
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     let mut last_save = Instant::now();
     let result = loop {
@@ -210,12 +210,14 @@ pub async fn run(args: DownloadArgs, file: &FileValues, settings: Settings) -> R
                 let all_done = tracks.iter().all(|t| t.completed_at.is_some());
                 break if all_done { Ok(()) } else { Err(Failure::interrupted()) };
             }
-            Some((i, ev)) = events.recv() => {
-                let t = &mut tracks[i];
-                let outcome = on_event(&out, t, ev, &dir, &rules);
+            Some(ev) = events.recv() => {
+                let Some(t) = tracks.iter_mut().find(|t| t.id == ev.info_hash) else {
+                    continue;
+                };
+                let outcome = on_event(&out, t, ev.event, &dir, &rules);
                 if t.completed_at.is_some() && !rules.enabled && !t.stopped {
                     t.stopped = true;
-                    stops[i].take().map(|s| s.send(()));
+                    let _ = session.remove(t.id).await;
                 }
                 if outcome.is_err() || t.completed_at.is_some() {
                     save(&state, t, &dir);
@@ -227,14 +229,13 @@ pub async fn run(args: DownloadArgs, file: &FileValues, settings: Settings) -> R
             _ = tick.tick() => {
                 let mut lines = Vec::new();
                 let mut failure = None;
-                for (i, t) in tracks.iter_mut().enumerate() {
+                for t in tracks.iter_mut() {
                     if let Err(f) = on_tick(&out, t, timeout, &rules, &settings, &hints) {
                         failure = Some(f);
                         break;
                     }
                     if t.stopped {
-                        if let Some(s) = stops[i].take() {
-                            let _ = s.send(());
+                        if session.remove(t.id).await.is_ok() {
                             save(&state, t, &dir);
                         }
                     } else {
@@ -350,11 +351,31 @@ fn on_event(
                 );
             }
         }
-        Event::Failed { message } => {
+        Event::Failed { error } => {
             t.failed = true;
-            out.event("error", json!({"info_hash": hash, "message": message}));
-            return Err(Failure::new(Code::Runtime, anyhow!("download of {} failed: {message}", t.name.as_deref().unwrap_or(&hash)))
-                .hint("free disk space or fix the directory's permissions, then run the same command again: verified pieces are kept"));
+            out.event(
+                "error",
+                json!({"info_hash": hash, "message": error.to_string(), "kind": error_kind(&error)}),
+            );
+            let hint = match error {
+                TorrentError::NoSpace { .. } => {
+                    "free disk space, then run the same command again: verified pieces are kept"
+                }
+                TorrentError::Io { .. } => {
+                    "fix the directory's permissions, then run the same command again: verified pieces are kept"
+                }
+                TorrentError::BadMetadata(_) => {
+                    "a peer sent a torrent this version cannot use; check the magnet's source"
+                }
+            };
+            return Err(Failure::new(
+                Code::Runtime,
+                anyhow::Error::new(error).context(format!(
+                    "download of {} failed",
+                    t.name.as_deref().unwrap_or(&hash)
+                )),
+            )
+            .hint(hint));
         }
         Event::PieceVerified { index } => {
             if !t.first_piece {
@@ -366,8 +387,12 @@ fn on_event(
                 );
             }
         }
-        Event::HashFailed { .. } | Event::PeerConnected { .. } | Event::PeerDisconnected { .. } => {
-        }
+        Event::HashFailed { .. }
+        | Event::PeerConnected { .. }
+        | Event::PeerDisconnected { .. }
+        | Event::ExtensionsReady { .. }
+        | Event::ExtensionMessage { .. }
+        | Event::Removed => {}
     }
     Ok(())
 }
@@ -467,6 +492,15 @@ fn on_tick(
         ));
     }
     Ok(())
+}
+
+/// The `kind` field of an `error` event: `no-space`, `io` or `bad-metadata`.
+fn error_kind(e: &TorrentError) -> &'static str {
+    match e {
+        TorrentError::NoSpace { .. } => "no-space",
+        TorrentError::Io { .. } => "io",
+        TorrentError::BadMetadata(_) => "bad-metadata",
+    }
 }
 
 fn join(addrs: &[SocketAddr]) -> String {

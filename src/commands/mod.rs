@@ -6,8 +6,7 @@ pub mod download;
 pub mod serve;
 pub mod status;
 
-use p2pfile_engine::{Event, Session, SessionConfig, TorrentHandle};
-use tokio::sync::{mpsc, oneshot};
+use p2pfile_engine::{Session, SessionConfig};
 
 use crate::config::Settings;
 use crate::error::{Failure, from_engine};
@@ -32,6 +31,7 @@ pub async fn start_session(
         dht: true,
         upload_limit: settings.upload_limit,
         download_limit: settings.download_limit,
+        extensions: Vec::new(),
     })
     .await
     .map_err(from_engine)
@@ -61,38 +61,6 @@ impl Signals {
             _ = self.term.recv() => {}
         }
     }
-}
-
-/// Forwards the events of several torrents into one channel, tagged with
-/// their position. Sending on a torrent's `stop` sender stops it.
-pub fn merge_events(
-    handles: Vec<TorrentHandle>,
-) -> (
-    mpsc::UnboundedReceiver<(usize, Event)>,
-    Vec<oneshot::Sender<()>>,
-) {
-    let (tx, rx) = mpsc::unbounded_channel();
-    let mut stops = Vec::new();
-    for (i, mut h) in handles.into_iter().enumerate() {
-        let tx = tx.clone();
-        let (stop_tx, mut stop_rx) = oneshot::channel();
-        stops.push(stop_tx);
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    ev = h.next_event() => match ev {
-                        Some(ev) => if tx.send((i, ev)).is_err() { break },
-                        None => break,
-                    },
-                    _ = &mut stop_rx => {
-                        h.stop().await;
-                        return;
-                    }
-                }
-            }
-        });
-    }
-    (rx, stops)
 }
 
 /// Opens the state database named by the settings.

@@ -9,12 +9,12 @@ use std::time::Duration;
 use anyhow::{Context, anyhow};
 use p2pfile_engine::builder::{self, BuildError, Scan};
 use p2pfile_engine::magnet::Magnet;
-use p2pfile_engine::metainfo::Info;
+use p2pfile_engine::metainfo::{Info, InfoHash};
 use p2pfile_engine::{Event, PortChoice, Source, Stats, Target};
 use serde_json::json;
 use tokio::sync::watch;
 
-use super::{Signals, merge_events, open_state, save_dht_nodes, start_session};
+use super::{Signals, open_state, save_dht_nodes, start_session};
 use crate::cli::ServeArgs;
 use crate::config::{FileValues, Settings, parse_number};
 use crate::error::{Failure, from_engine};
@@ -24,6 +24,7 @@ use crate::state::Served;
 /// One served path.
 struct Seeded {
     path: String,
+    info_hash: InfoHash,
     stats: watch::Receiver<Stats>,
     /// Uploaded by earlier runs.
     uploaded_before: u64,
@@ -93,7 +94,7 @@ pub async fn run(
         .collect::<Vec<_>>();
     bootstrap.retain(|a| !settings.peers.contains(a));
     let session = start_session(&settings, &bootstrap).await?;
-    let mut handles = Vec::new();
+    let mut events = session.events().expect("a new session's events");
     let mut seeded = Vec::new();
     for (scan, record) in scans.into_iter().zip(records) {
         let signature = file_signature(&scan);
@@ -132,7 +133,7 @@ pub async fn run(
             std::fs::write(&file, info.to_torrent_file())
                 .with_context(|| format!("cannot write {}", file.display()))?;
         }
-        let handle = session
+        let id = session
             .add(
                 Source::Info(info.clone()),
                 Target::Seed {
@@ -163,20 +164,21 @@ pub async fn run(
         }
         seeded.push(Seeded {
             path,
-            stats: handle.watch_stats(),
+            info_hash: id,
+            stats: session.watch_stats(id).expect("just added"),
             uploaded_before,
         });
-        handles.push(handle);
     }
-    let (mut events, _stops) = merge_events(handles);
     let mut tick = tokio::time::interval(Duration::from_secs(2));
     loop {
         tokio::select! {
             _ = signals.recv() => break,
-            Some((i, ev)) = events.recv() => {
+            Some(ev) = events.recv() => {
                 // A torrent whose files vanished is reported; the others keep serving.
-                if let Event::Failed { message } = ev {
-                    tracing::error!("{}: {message}", seeded[i].path);
+                if let Event::Failed { error } = ev.event
+                    && let Some(s) = seeded.iter().find(|s| s.info_hash == ev.info_hash)
+                {
+                    tracing::error!("{}: {error}", s.path);
                 }
             }
             _ = tick.tick() => {

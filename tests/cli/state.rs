@@ -292,7 +292,7 @@ fn full_disk_fails_cleanly() {
     let out = run(c, std::time::Duration::from_secs(60));
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(err.contains("No space left"), "{err}");
+    assert!(err.contains("no space left on the device"), "{err}");
     assert!(err.contains("hint: free disk space"), "{err}");
     assert!(
         !small.join("big.bin").exists(),

@@ -10,6 +10,7 @@ use sha1::{Digest, Sha1};
 use super::peers::Peer;
 use super::{Job, Live, State, Torrent};
 use crate::bitfield::Bitfield;
+use crate::error::TorrentError;
 use crate::event::Event;
 use crate::peer::PeerKey;
 use crate::picker::Received;
@@ -117,7 +118,7 @@ impl Torrent {
         self.fill_requests(key);
     }
 
-    pub(super) fn on_verified(&mut self, index: u32, result: Result<bool, String>) {
+    pub(super) fn on_verified(&mut self, index: u32, result: Result<bool, TorrentError>) {
         let State::Live(l) = &mut self.state else {
             return;
         };
@@ -128,7 +129,7 @@ impl Torrent {
             .map(|a| a.from)
             .unwrap_or_default();
         match result {
-            Err(message) => return self.fail(message),
+            Err(error) => return self.fail(error),
             Ok(true) => {
                 l.picker.piece_verified(index);
                 self.emit(Event::PieceVerified { index });
@@ -212,20 +213,16 @@ impl Torrent {
         let storage = l.storage.clone();
         let jobs = self.job_tx.clone();
         tokio::task::spawn_blocking(move || {
-            let result = placement.finalize(&storage).map_err(|e| {
-                format!(
-                    "cannot move {} to {}: {e}",
-                    placement.part.display(),
-                    placement.target.display()
-                )
-            });
+            let result = placement
+                .finalize(&storage)
+                .map_err(|e| TorrentError::io("move into place", &placement.target, &e));
             let _ = jobs.send(Job::Finalized(result));
         });
     }
 
-    pub(super) fn on_finalized(&mut self, result: Result<(), String>) {
-        if let Err(message) = result {
-            return self.fail(message);
+    pub(super) fn on_finalized(&mut self, result: Result<(), TorrentError>) {
+        if let Err(error) = result {
+            return self.fail(error);
         }
         let State::Live(l) = &mut self.state else {
             return;
@@ -316,6 +313,10 @@ fn verify(l: &mut Live, index: u32, jobs: &tokio::sync::mpsc::UnboundedSender<Jo
     l.verifying += 1;
     let expected = l.info.pieces[index as usize];
     let storage = Arc::clone(&l.storage);
+    let path = match &l.placement {
+        Some(p) => p.part.clone(),
+        None => std::path::PathBuf::from(&l.info.name),
+    };
     let jobs = jobs.clone();
     tokio::task::spawn_blocking(move || {
         let mut hash = Sha1::new();
@@ -326,7 +327,7 @@ fn verify(l: &mut Live, index: u32, jobs: &tokio::sync::mpsc::UnboundedSender<Jo
             storage
                 .write_blocks_at(storage.piece_offset(index), &blocks)
                 .map(|()| true)
-                .map_err(|e| format!("cannot write piece {index}: {e}"))
+                .map_err(|e| TorrentError::io("write", &path, &e))
         } else {
             Ok(false)
         };

@@ -25,13 +25,14 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::bitfield::Bitfield;
 use crate::choker::FirstUpload;
-use crate::event::{Event, Phase, Stats};
+use crate::error::TorrentError;
+use crate::event::{Event, Phase, Stats, TorrentEvent};
 use crate::metainfo::{Info, InfoHash};
 use crate::peer::{self, PeerEvent, PeerKey};
 use crate::picker::Picker;
 use crate::placement::Placement;
 use crate::rate::RateEstimate;
-use crate::session::Shared;
+use crate::shared::Shared;
 use crate::storage::Storage;
 use crate::wire::Handshake;
 use download::Assembly;
@@ -63,6 +64,12 @@ pub(crate) enum TorrentCmd {
     ConnectFailed(SocketAddr),
     /// Addresses to try (DHT, caller).
     AddPeers(Vec<SocketAddr>),
+    /// A message on a registered extension, to one connected peer.
+    SendExtension {
+        addr: SocketAddr,
+        name: String,
+        payload: bytes::Bytes,
+    },
     /// Stop, close every connection, then answer.
     Stop(oneshot::Sender<()>),
 }
@@ -85,12 +92,12 @@ pub enum Target {
 
 /// What a disk job reports back.
 enum Job {
-    Checked(Result<(Storage, Bitfield, Option<Placement>, bool), String>),
+    Checked(Result<(Storage, Bitfield, Option<Placement>, bool), TorrentError>),
     Verified {
         index: u32,
-        result: Result<bool, String>,
+        result: Result<bool, TorrentError>,
     },
-    Finalized(Result<(), String>),
+    Finalized(Result<(), TorrentError>),
 }
 
 /// A known address and what we know of it.
@@ -133,7 +140,15 @@ enum State {
 
 struct Torrent {
     shared: Arc<Shared>,
+    /// The info-hash on the wire and the torrent's id in the session.
     info_hash: InfoHash,
+    /// The info-hash of the content (equal to `info_hash` unless the
+    /// torrent runs in a keyed swarm); metadata from peers must match it.
+    content_hash: InfoHash,
+    /// Serve and fetch the info dictionary (BEP 9).
+    metadata: bool,
+    /// Announce and look up on the DHT.
+    dht: bool,
     target: Target,
     state: State,
     peers: HashMap<PeerKey, Peer>,
@@ -142,7 +157,6 @@ struct Torrent {
     cmd_tx: mpsc::Sender<TorrentCmd>,
     peer_tx: mpsc::Sender<(PeerKey, PeerEvent)>,
     job_tx: mpsc::UnboundedSender<Job>,
-    events: mpsc::UnboundedSender<Event>,
     stats: watch::Sender<Stats>,
     rng: StdRng,
     downloaded: u64,
@@ -157,30 +171,39 @@ struct Torrent {
     last_choke: Instant,
 }
 
-/// The channels a caller keeps for a running torrent.
+/// The channels the session keeps for a running torrent.
 pub(crate) struct Spawned {
     pub cmd: mpsc::Sender<TorrentCmd>,
-    pub events: mpsc::UnboundedReceiver<Event>,
     pub stats: watch::Receiver<Stats>,
 }
 
-/// Starts a torrent's coordinator. `info` is `None` for a magnet.
-pub(crate) fn spawn(
-    shared: Arc<Shared>,
-    info_hash: InfoHash,
-    info: Option<Arc<Info>>,
-    target: Target,
-    peers: Vec<SocketAddr>,
-) -> Spawned {
+/// What a torrent starts from.
+pub(crate) struct Params {
+    /// Wire info-hash and session id.
+    pub id: InfoHash,
+    /// The content's info-hash.
+    pub content_hash: InfoHash,
+    /// `None` for a magnet.
+    pub info: Option<Arc<Info>>,
+    pub target: Target,
+    pub peers: Vec<SocketAddr>,
+    pub metadata: bool,
+    pub dht: bool,
+}
+
+/// Starts a torrent's coordinator.
+pub(crate) fn spawn(shared: Arc<Shared>, p: Params) -> Spawned {
     let (cmd_tx, cmd_rx) = mpsc::channel(256);
     let (peer_tx, peer_rx) = mpsc::channel(1024);
     let (job_tx, job_rx) = mpsc::unbounded_channel();
-    let (events_tx, events_rx) = mpsc::unbounded_channel();
-    let (stats_tx, stats_rx) = watch::channel(Stats::new(info_hash, Phase::FetchingMetadata));
+    let (stats_tx, stats_rx) = watch::channel(Stats::new(p.id, Phase::FetchingMetadata));
     let mut t = Torrent {
         shared,
-        info_hash,
-        target,
+        info_hash: p.id,
+        content_hash: p.content_hash,
+        metadata: p.metadata,
+        dht: p.dht,
+        target: p.target,
         state: State::Metadata(MetadataFetch::default()),
         peers: HashMap::new(),
         addrs: HashMap::new(),
@@ -188,7 +211,6 @@ pub(crate) fn spawn(
         cmd_tx: cmd_tx.clone(),
         peer_tx,
         job_tx,
-        events: events_tx,
         stats: stats_tx,
         rng: StdRng::from_os_rng(),
         downloaded: 0,
@@ -200,14 +222,13 @@ pub(crate) fn spawn(
         failed_connects: 0,
         last_choke: Instant::now(),
     };
-    let _ = t.add_addrs(peers);
-    if let Some(info) = info {
+    let _ = t.add_addrs(p.peers);
+    if let Some(info) = p.info {
         t.got_info(info);
     }
     tokio::spawn(t.run(cmd_rx, peer_rx, job_rx));
     Spawned {
         cmd: cmd_tx,
-        events: events_rx,
         stats: stats_rx,
     }
 }
@@ -219,7 +240,8 @@ impl Torrent {
         mut peer_rx: mpsc::Receiver<(PeerKey, PeerEvent)>,
         mut job_rx: mpsc::UnboundedReceiver<Job>,
     ) {
-        let dht_task = self.shared.dht.clone().map(|dht| {
+        let dht = self.shared.dht.clone().filter(|_| self.dht);
+        let dht_task = dht.map(|dht| {
             let cmd = self.cmd_tx.clone();
             let info_hash = self.info_hash;
             let port = self.shared.listen_port;
@@ -274,13 +296,17 @@ impl Torrent {
             self.drop_peer(key, "torrent stopped");
         }
         self.publish_stats();
+        self.emit(Event::Removed);
         if let Some(done) = done {
             let _ = done.send(());
         }
     }
 
     fn emit(&self, event: Event) {
-        let _ = self.events.send(event);
+        let _ = self.shared.events.send(TorrentEvent {
+            info_hash: self.info_hash,
+            event,
+        });
     }
 
     fn on_cmd(&mut self, cmd: TorrentCmd) {
@@ -300,6 +326,11 @@ impl Torrent {
                 }
             }
             TorrentCmd::AddPeers(addrs) => self.learn_addrs(addrs),
+            TorrentCmd::SendExtension {
+                addr,
+                name,
+                payload,
+            } => self.send_extension(addr, &name, payload),
             TorrentCmd::Stop(_) => unreachable!("handled in run"),
         }
     }
@@ -419,9 +450,7 @@ impl Torrent {
                     placement
                         .prepare(&info)
                         .map(|p| (p.storage, p.have, Some(placement), p.already_complete))
-                        .map_err(|e| {
-                            format!("cannot prepare {}: {e}", dir.join(&info.name).display())
-                        })
+                        .map_err(|e| TorrentError::io("prepare", &dir.join(&info.name), &e))
                 }
             };
             let _ = jobs.send(Job::Checked(result));
@@ -429,14 +458,17 @@ impl Torrent {
         self.publish_stats();
     }
 
-    fn on_checked(&mut self, result: Result<(Storage, Bitfield, Option<Placement>, bool), String>) {
+    fn on_checked(
+        &mut self,
+        result: Result<(Storage, Bitfield, Option<Placement>, bool), TorrentError>,
+    ) {
         let State::Checking(info) = &self.state else {
             return;
         };
         let info = info.clone();
         let (storage, have, placement, complete) = match result {
             Ok(r) => r,
-            Err(message) => return self.fail(message),
+            Err(error) => return self.fail(error),
         };
         let valid = have.count();
         let valid_bytes = have
@@ -473,14 +505,14 @@ impl Torrent {
         self.publish_stats();
     }
 
-    fn fail(&mut self, message: String) {
-        tracing::warn!(info_hash = %self.info_hash, "{message}");
+    fn fail(&mut self, error: TorrentError) {
+        tracing::debug!(info_hash = %self.info_hash, "failed: {error}");
         self.state = State::Failed;
         let keys: Vec<_> = self.peers.keys().copied().collect();
         for key in keys {
             self.drop_peer(key, "torrent failed");
         }
-        self.emit(Event::Failed { message });
+        self.emit(Event::Failed { error });
         self.publish_stats();
     }
 

@@ -16,6 +16,7 @@ use super::metadata::{self, Fetched};
 use super::{MAX_PEERS, State, Torrent, UNCHOKE_SLOTS};
 use crate::bitfield::Bitfield;
 use crate::choker::{self, Candidate};
+use crate::error::TorrentError;
 use crate::event::Event;
 use crate::metainfo::Info;
 use crate::peer::{self, PeerCmd, PeerEvent, PeerKey};
@@ -193,13 +194,11 @@ impl Torrent {
         };
         if hs.supports_extensions() {
             let ext = ExtHandshake {
-                m: [
-                    ("ut_metadata".to_string(), UT_METADATA),
-                    ("ut_pex".to_string(), UT_PEX),
-                ]
-                .into_iter()
-                .collect(),
-                metadata_size: self.info().map(|i| i.as_bytes().len() as u32),
+                m: self.our_extensions(),
+                metadata_size: self
+                    .info()
+                    .filter(|_| self.metadata)
+                    .map(|i| i.as_bytes().len() as u32),
                 listen_port: Some(self.shared.listen_port),
                 client: Some(concat!("p2pfile/", env!("CARGO_PKG_VERSION")).to_string()),
                 reqq: Some(peer::MAX_QUEUED_UPLOADS as u32),
@@ -512,16 +511,28 @@ impl Torrent {
                         self.addrs.entry(listen).or_default().connected = true;
                     }
                 }
-                let size = ext.metadata_size;
+                let size = ext.metadata_size.filter(|_| self.metadata);
+                let names: Vec<String> = self
+                    .shared
+                    .extensions
+                    .iter()
+                    .filter(|n| ext.ext_id(n).is_some())
+                    .cloned()
+                    .collect();
                 let peer = self.peers.get_mut(&key).expect("present");
+                let addr = peer.addr;
+                let first = peer.ext.is_none();
                 peer.ext = Some(ext);
+                if first && !names.is_empty() {
+                    self.emit(Event::ExtensionsReady { addr, names });
+                }
                 if let (State::Metadata(fetch), Some(size)) = (&mut self.state, size) {
                     fetch.offer_size(size);
                     self.request_metadata();
                 }
                 self.send_pex_to(key, true);
             }
-            UT_METADATA => {
+            UT_METADATA if self.metadata => {
                 let msg = MetadataMsg::decode(&payload).map_err(|e| format!("ut_metadata: {e}"))?;
                 match msg {
                     MetadataMsg::Request { piece } => {
@@ -538,7 +549,7 @@ impl Torrent {
                         let State::Metadata(fetch) = &mut self.state else {
                             return Ok(());
                         };
-                        match fetch.on_message(key, other, self.info_hash) {
+                        match fetch.on_message(key, other, self.content_hash) {
                             Fetched::Pending => self.request_metadata(),
                             Fetched::Corrupt => {
                                 return Err(
@@ -547,9 +558,7 @@ impl Torrent {
                             }
                             Fetched::Complete(raw) => match Info::from_bytes(&raw) {
                                 Ok(info) => self.got_info(Arc::new(info)),
-                                Err(e) => self.fail(format!(
-                                    "metadata from peers is not a valid torrent: {e}"
-                                )),
+                                Err(e) => self.fail(TorrentError::BadMetadata(e.to_string())),
                             },
                         }
                     }
@@ -559,9 +568,49 @@ impl Torrent {
                 let pex = PexMsg::decode(&payload).map_err(|e| format!("ut_pex: {e}"))?;
                 self.learn_addrs(pex.added.into_iter().map(SocketAddr::V4).collect());
             }
-            other => return Err(format!("extension message with unknown id {other}")),
+            id => match self.shared.extension_name(id) {
+                Some(name) => {
+                    let addr = self.peers[&key].addr;
+                    let name = name.to_string();
+                    self.emit(Event::ExtensionMessage {
+                        addr,
+                        name,
+                        payload,
+                    });
+                }
+                // An id we never offered (or ut_metadata when we keep our
+                // metadata): a confused peer, not a reason to lose it.
+                None => tracing::debug!(id, "extension message with an id we did not offer"),
+            },
         }
         Ok(())
+    }
+
+    /// The extensions we offer: BEP 9 unless this torrent keeps its
+    /// metadata to itself, BEP 11, and the session's registered ones.
+    fn our_extensions(&self) -> std::collections::BTreeMap<String, u8> {
+        let mut m = std::collections::BTreeMap::new();
+        if self.metadata {
+            m.insert("ut_metadata".to_string(), UT_METADATA);
+        }
+        m.insert("ut_pex".to_string(), UT_PEX);
+        for name in &self.shared.extensions {
+            let id = self.shared.extension_id(name).expect("registered");
+            m.insert(name.clone(), id);
+        }
+        m
+    }
+
+    /// Sends a message on a registered extension to the connected peer at
+    /// `addr`, if it speaks it.
+    pub(super) fn send_extension(&mut self, addr: SocketAddr, name: &str, payload: Bytes) {
+        let Some(peer) = self.peers.values().find(|p| p.addr == addr) else {
+            return tracing::debug!(%addr, name, "extension message for a peer that is gone");
+        };
+        match peer.ext_id(name) {
+            Some(id) => peer.send(Message::Extended { id, payload }),
+            None => tracing::debug!(%addr, name, "peer does not speak the extension"),
+        }
     }
 
     /// Sends outstanding metadata requests (magnet phase).

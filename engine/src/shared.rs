@@ -1,0 +1,43 @@
+//! What every torrent of a session shares: identity, address, rate limits,
+//! the DHT node, the registered extensions and the session's event stream.
+//! Set once when the session starts and never mutated, so no lock.
+
+use std::net::IpAddr;
+
+use tokio::sync::mpsc;
+
+use crate::dht::Dht;
+use crate::event::TorrentEvent;
+use crate::rate::Limit;
+
+/// Our local id for the first registered extension (BEP 10): 1 and 2 are
+/// `ut_metadata` and `ut_pex`, and each later name takes the next id.
+pub(crate) const FIRST_EXTENSION_ID: u8 = 3;
+
+pub(crate) struct Shared {
+    pub peer_id: [u8; 20],
+    pub local_ip: IpAddr,
+    pub listen_port: u16,
+    pub upload: Limit,
+    pub download: Limit,
+    pub dht: Option<Dht>,
+    /// Extension names beyond BEP 9 and 11, in id order from
+    /// [`FIRST_EXTENSION_ID`].
+    pub extensions: Vec<String>,
+    /// Every torrent reports here; the session hands the receiver out once.
+    pub events: mpsc::UnboundedSender<TorrentEvent>,
+}
+
+impl Shared {
+    /// Our id for a registered extension name.
+    pub fn extension_id(&self, name: &str) -> Option<u8> {
+        let i = self.extensions.iter().position(|n| n == name)?;
+        Some(FIRST_EXTENSION_ID + i as u8)
+    }
+
+    /// The registered name of one of our extension ids.
+    pub fn extension_name(&self, id: u8) -> Option<&str> {
+        let i = id.checked_sub(FIRST_EXTENSION_ID)? as usize;
+        self.extensions.get(i).map(String::as_str)
+    }
+}
