@@ -417,7 +417,7 @@ impl Torrent {
                 Target::Download { dir } => {
                     let placement = Placement::new(&dir, &info);
                     placement
-                        .prepare(&info)
+                        .prepare(&info, &[])
                         .map(|p| (p.storage, p.have, Some(placement), p.already_complete))
                         .map_err(|e| {
                             format!("cannot prepare {}: {e}", dir.join(&info.name).display())
