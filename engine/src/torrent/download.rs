@@ -212,7 +212,7 @@ impl Torrent {
         let storage = l.storage.clone();
         let jobs = self.job_tx.clone();
         tokio::task::spawn_blocking(move || {
-            let result = placement.finalize(&storage).map_err(|e| {
+            let result = placement.finalize(&storage).map(drop).map_err(|e| {
                 format!(
                     "cannot move {} to {}: {e}",
                     placement.part.display(),
