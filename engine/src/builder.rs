@@ -131,10 +131,7 @@ pub fn hash(scan: Scan) -> Result<Built, BuildError> {
     let files = scan
         .files
         .iter()
-        .map(|f| FileEntry {
-            path: f.path.clone(),
-            length: f.length,
-        })
+        .map(|f| FileEntry::new(f.path.clone(), f.length))
         .collect();
     let info = Info::new(
         &scan.name,

@@ -59,6 +59,13 @@ pub enum Event {
         /// Why.
         reason: String,
     },
+    /// Some files at the final path changed while the download ran (a
+    /// local edit), so they were left as they are; the new versions stay in
+    /// the part (`DIR/.<name>.p2pfile-part`). Comes just before `Completed`.
+    LocalEditsKept {
+        /// The final paths that were not replaced.
+        paths: Vec<std::path::PathBuf>,
+    },
     /// Every piece is verified and the content is at its final path.
     Completed,
     /// The torrent stopped for good because of an error (disk full, say).

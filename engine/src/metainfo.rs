@@ -5,8 +5,19 @@
 //! of path lists, because v1 torrents cannot otherwise carry empty
 //! directories. Other clients ignore unknown info keys (they still hash them),
 //! so the torrent stays interoperable.
+//!
+//! BEP 47 file attributes are read and written (`attr`). A pad file (`p`)
+//! is a run of zeros that makes the next file start on a piece boundary,
+//! so a file's pieces hash the same whatever precedes it; storage never
+//! puts one on disk. Only the `attr` flag makes a pad file: the old
+//! libtorrent `.pad/` path and BitComet's `_____padding_file_` names without
+//! the flag are taken as ordinary files, because treating a real file as
+//! zeros would be wrong, while materialising an unflagged pad only costs a
+//! file of zeros (libtorrent has written the flag with its pad files since
+//! 2009).
 
 use std::collections::BTreeMap;
+use std::convert::Infallible;
 use std::fmt;
 use std::str::FromStr;
 
@@ -112,6 +123,65 @@ pub enum MetainfoError {
     BadInfoHash(String),
 }
 
+/// BEP 47 attributes of one file, the info dictionary's `attr` string.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FileAttr {
+    /// `p`: padding, zeros that are never stored on disk.
+    pub pad: bool,
+    /// `h`: hidden.
+    pub hidden: bool,
+    /// `x`: executable.
+    pub executable: bool,
+    /// `l`: a symbolic link (its target is not read: the entry is kept as
+    /// an ordinary file of its length).
+    pub symlink: bool,
+}
+
+impl FileAttr {
+    /// No attribute set: the entry gets no `attr` key, so torrents without
+    /// attributes encode exactly as before BEP 47 support.
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+
+    fn from_bytes(b: &[u8]) -> Self {
+        Self {
+            pad: b.contains(&b'p'),
+            hidden: b.contains(&b'h'),
+            executable: b.contains(&b'x'),
+            symlink: b.contains(&b'l'),
+        }
+    }
+}
+
+impl fmt::Display for FileAttr {
+    /// Letters in libtorrent's order (`phxl`), so the same torrent built by
+    /// either gets the same bytes for this key.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (set, c) in [
+            (self.pad, 'p'),
+            (self.hidden, 'h'),
+            (self.executable, 'x'),
+            (self.symlink, 'l'),
+        ] {
+            if set {
+                write!(f, "{c}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl FromStr for FileAttr {
+    type Err = Infallible;
+
+    /// Unknown letters are ignored, as BEP 47 asks, so a later attribute
+    /// does not make a torrent unreadable.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self::from_bytes(s.as_bytes()))
+    }
+}
+
 /// One file of a torrent, in torrent order.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FileEntry {
@@ -119,6 +189,63 @@ pub struct FileEntry {
     pub path: Vec<String>,
     /// Length in bytes.
     pub length: u64,
+    /// BEP 47 attributes.
+    pub attr: FileAttr,
+}
+
+impl FileEntry {
+    /// An ordinary file with no attributes.
+    pub fn new(path: Vec<String>, length: u64) -> Self {
+        Self {
+            path,
+            length,
+            attr: FileAttr::default(),
+        }
+    }
+
+    /// A pad file of `length` zeros, named `.pad/<length>` as libtorrent
+    /// names them (the name is never used on disk).
+    pub fn pad(length: u64) -> Self {
+        Self {
+            path: vec![".pad".into(), length.to_string()],
+            length,
+            attr: FileAttr {
+                pad: true,
+                ..FileAttr::default()
+            },
+        }
+    }
+
+    /// Whether this entry is padding (BEP 47 `p`): zeros, never on disk.
+    pub fn is_pad(&self) -> bool {
+        self.attr.pad
+    }
+
+    /// Whether the file is marked executable (BEP 47 `x`).
+    pub fn executable(&self) -> bool {
+        self.attr.executable
+    }
+}
+
+/// `files` with a pad entry after each one that does not end on a piece
+/// boundary, the last included: every file then starts on a boundary and
+/// its last piece is its tail plus zeros, so a file's piece hashes depend
+/// on its content alone, not on its neighbours or its place in the list.
+/// Pad entries already in `files` are dropped first.
+pub fn pad_to_pieces(
+    files: impl IntoIterator<Item = FileEntry>,
+    piece_length: u32,
+) -> Vec<FileEntry> {
+    let piece = piece_length as u64;
+    let mut out = Vec::new();
+    for f in files.into_iter().filter(|f| !f.is_pad()) {
+        let rest = f.length % piece;
+        out.push(f);
+        if rest != 0 {
+            out.push(FileEntry::pad(piece - rest));
+        }
+    }
+    out
 }
 
 /// A parsed, validated v1 info dictionary. Keeps the raw bytes it came
@@ -146,7 +273,9 @@ impl Info {
     ///
     /// `files` with a single entry whose path is empty makes a single-file
     /// torrent. Keys are written in bencode's sorted order, so equal content
-    /// gives equal bytes.
+    /// gives equal bytes. Pad entries ([`FileEntry::pad`], or see
+    /// [`pad_to_pieces`]) are written with `attr` `p`; an entry without
+    /// attributes gets no `attr` key.
     pub fn new(
         name: &str,
         piece_length: u32,
@@ -158,6 +287,7 @@ impl Info {
         let single = files.len() == 1 && files[0].path.is_empty();
         if single {
             dict.insert(b"length".to_vec(), Value::Int(files[0].length as i64));
+            insert_attr(&mut dict, files[0].attr);
         } else {
             let list = files
                 .iter()
@@ -165,6 +295,7 @@ impl Info {
                     let mut d = BTreeMap::new();
                     d.insert(b"length".to_vec(), Value::Int(f.length as i64));
                     d.insert(b"path".to_vec(), path_value(&f.path));
+                    insert_attr(&mut d, f.attr);
                     Value::Dict(d)
                 })
                 .collect();
@@ -214,10 +345,15 @@ impl Info {
                 .as_int()
                 .filter(|&n| n >= 0)
                 .ok_or_else(|| invalid("negative length"))? as u64;
+            let attr = attr_of(&value);
+            if attr.pad {
+                return Err(invalid("the single file is a pad file"));
+            }
             (
                 vec![FileEntry {
                     path: vec![],
                     length,
+                    attr,
                 }],
                 true,
             )
@@ -238,7 +374,11 @@ impl Info {
                 if path.is_empty() {
                     return Err(invalid("file with an empty path"));
                 }
-                files.push(FileEntry { path, length });
+                files.push(FileEntry {
+                    path,
+                    length,
+                    attr: attr_of(f),
+                });
             }
             if files.is_empty() {
                 return Err(invalid("empty file list"));
@@ -322,6 +462,23 @@ fn invalid(msg: &str) -> MetainfoError {
     MetainfoError::Invalid(msg.to_string())
 }
 
+/// The BEP 47 attributes of a file dictionary (or of a single-file info).
+fn attr_of(dict: &Value) -> FileAttr {
+    dict.get(b"attr")
+        .and_then(Value::as_bytes)
+        .map(FileAttr::from_bytes)
+        .unwrap_or_default()
+}
+
+fn insert_attr(dict: &mut BTreeMap<Vec<u8>, Value>, attr: FileAttr) {
+    if !attr.is_empty() {
+        dict.insert(
+            b"attr".to_vec(),
+            Value::Bytes(attr.to_string().into_bytes()),
+        );
+    }
+}
+
 fn path_value(path: &[String]) -> Value {
     Value::List(
         path.iter()
@@ -364,18 +521,9 @@ mod tests {
             16384,
             vec![[1; 20], [2; 20]],
             vec![
-                FileEntry {
-                    path: vec!["a".into()],
-                    length: 20000,
-                },
-                FileEntry {
-                    path: vec!["d".into(), "b".into()],
-                    length: 0,
-                },
-                FileEntry {
-                    path: vec!["d".into(), "c".into()],
-                    length: 100,
-                },
+                FileEntry::new(vec!["a".into()], 20000),
+                FileEntry::new(vec!["d".into(), "b".into()], 0),
+                FileEntry::new(vec!["d".into(), "c".into()], 100),
             ],
             vec![vec!["empty".into()]],
         )
@@ -425,10 +573,7 @@ mod tests {
             "f.bin",
             16384,
             vec![[0; 20]],
-            vec![FileEntry {
-                path: vec![],
-                length: 5,
-            }],
+            vec![FileEntry::new(vec![], 5)],
             vec![],
         )
         .unwrap();
@@ -449,10 +594,7 @@ mod tests {
                 name,
                 16384,
                 vec![[0; 20]],
-                vec![FileEntry {
-                    path: vec![],
-                    length: 5,
-                }],
+                vec![FileEntry::new(vec![], 5)],
                 vec![],
             )
         };
@@ -462,10 +604,7 @@ mod tests {
             "x",
             16384,
             vec![[0; 20]],
-            vec![FileEntry {
-                path: vec!["..".into(), "etc".into()],
-                length: 5,
-            }],
+            vec![FileEntry::new(vec!["..".into(), "etc".into()], 5)],
             vec![],
         );
         assert!(matches!(traversal, Err(MetainfoError::UnsafePath(_))));
@@ -473,10 +612,7 @@ mod tests {
             "x",
             16384,
             vec![[0; 20], [0; 20]],
-            vec![FileEntry {
-                path: vec![],
-                length: 5,
-            }],
+            vec![FileEntry::new(vec![], 5)],
             vec![],
         );
         assert!(matches!(wrong_count, Err(MetainfoError::Invalid(_))));
@@ -485,5 +621,118 @@ mod tests {
             Err(MetainfoError::Bencode(_))
         ));
         assert!(Info::from_torrent_file(b"d3:fooi1ee").is_err());
+    }
+
+    #[test]
+    fn file_attr_display_fromstr_round_trip() {
+        let all = FileAttr {
+            pad: true,
+            hidden: true,
+            executable: true,
+            symlink: true,
+        };
+        assert_eq!(all.to_string(), "phxl");
+        assert_eq!("phxl".parse::<FileAttr>().unwrap(), all);
+        for a in ["", "p", "x", "hx", "pl"] {
+            assert_eq!(a.parse::<FileAttr>().unwrap().to_string(), a);
+        }
+        // Unknown letters are ignored, order does not matter.
+        assert_eq!("xqp".parse::<FileAttr>().unwrap().to_string(), "px");
+        assert!("z".parse::<FileAttr>().unwrap().is_empty());
+    }
+
+    /// Entries without attributes encode as before BEP 47 support, so the
+    /// info-hash of every torrent made so far is unchanged.
+    #[test]
+    fn plain_files_encode_without_attr() {
+        let info = Info::new(
+            "t",
+            16384,
+            vec![[1; 20]],
+            vec![FileEntry::new(vec!["a".into()], 3)],
+            vec![],
+        )
+        .unwrap();
+        let mut want =
+            b"d5:filesld6:lengthi3e4:pathl1:aeee4:name1:t12:piece lengthi16384e6:pieces20:"
+                .to_vec();
+        want.extend([1u8; 20]);
+        want.push(b'e');
+        assert_eq!(info.as_bytes(), want);
+    }
+
+    fn padded(pad_after_a: u64) -> Info {
+        let files = vec![
+            FileEntry::new(vec!["a".into()], 10 * 1024),
+            FileEntry::pad(pad_after_a),
+            FileEntry::new(vec!["b".into()], 5 * 1024),
+            FileEntry::pad(11 * 1024),
+        ];
+        let total: u64 = files.iter().map(|f| f.length).sum();
+        let pieces = vec![[3; 20]; total.div_ceil(16384) as usize];
+        Info::new("p", 16384, pieces, files, vec![]).unwrap()
+    }
+
+    #[test]
+    fn pad_entries_round_trip_and_hash_canonically() {
+        let info = padded(6 * 1024);
+        let back = Info::from_bytes(info.as_bytes()).unwrap();
+        assert_eq!(back.files, info.files);
+        let pads: Vec<bool> = back.files.iter().map(FileEntry::is_pad).collect();
+        assert_eq!(pads, vec![false, true, false, true]);
+        assert_eq!(back.files[1].path, vec![".pad", "6144"]);
+        let raw = String::from_utf8_lossy(info.as_bytes()).into_owned();
+        assert!(
+            raw.contains("d4:attr1:p6:lengthi6144e4:pathl4:.pad4:6144ee"),
+            "{raw}"
+        );
+        // Two builds of the same list agree; a different pad does not.
+        assert_eq!(padded(6 * 1024).info_hash(), info.info_hash());
+        assert_ne!(padded(6 * 1024 + 1).info_hash(), info.info_hash());
+        let mut unflagged = info.files.clone();
+        unflagged[1].attr.pad = false;
+        let plain = Info::new("p", 16384, info.pieces.clone(), unflagged, vec![]).unwrap();
+        assert_ne!(plain.info_hash(), info.info_hash());
+        // The old `.pad/` name alone does not make a pad file.
+        assert!(!plain.files[1].is_pad());
+    }
+
+    #[test]
+    fn pad_to_pieces_aligns_every_file() {
+        let files = vec![
+            FileEntry::new(vec!["a".into()], 10),
+            FileEntry::pad(3),
+            FileEntry::new(vec!["e".into()], 0),
+            FileEntry::new(vec!["b".into()], 32),
+            FileEntry::new(vec!["c".into()], 17),
+        ];
+        let out = pad_to_pieces(files, 16);
+        let shape: Vec<(bool, u64)> = out.iter().map(|f| (f.is_pad(), f.length)).collect();
+        assert_eq!(
+            shape,
+            vec![
+                (false, 10),
+                (true, 6),
+                (false, 0),
+                (false, 32),
+                (false, 17),
+                (true, 15)
+            ]
+        );
+    }
+
+    #[test]
+    fn single_file_attr() {
+        let mut f = FileEntry::new(vec![], 5);
+        f.attr.executable = true;
+        let info = Info::new("run.sh", 16384, vec![[0; 20]], vec![f], vec![]).unwrap();
+        let back = Info::from_bytes(info.as_bytes()).unwrap();
+        assert!(back.files[0].executable() && !back.files[0].is_pad());
+        let mut pad = FileEntry::pad(5);
+        pad.path.clear();
+        assert!(matches!(
+            Info::new("x", 16384, vec![[0; 20]], vec![pad], vec![]),
+            Err(MetainfoError::Invalid(_))
+        ));
     }
 }

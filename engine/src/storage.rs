@@ -5,10 +5,16 @@
 //! positioned call (`pread`/`pwrite`) on a file handle opened once, so the
 //! same `Storage` is shared by many tasks without a lock around the I/O.
 //! Writes happen a whole verified piece at a time, never per 16 KiB block.
+//!
+//! BEP 47 pad files are part of the stream but never of the disk: reading
+//! their range gives zeros, writing it is dropped (the piece hash, checked
+//! before any write, already proved those bytes zero), and [`Storage::prepare`]
+//! creates no file for them.
 
+use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -24,7 +30,22 @@ struct Span {
     path: PathBuf,
     offset: u64,
     length: u64,
+    /// A BEP 47 pad file: zeros, never on disk.
+    pad: bool,
     handle: OnceLock<File>,
+}
+
+/// Where piece `piece` of a torrent may already lie on this machine: at
+/// `offset` in `path`. Only a hint: the bytes are used when they hash to
+/// the piece's hash, and a hint that is missing, short or wrong is skipped.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PieceSource {
+    /// Index of the piece in the torrent.
+    pub piece: u32,
+    /// A file that may hold the piece's bytes.
+    pub path: PathBuf,
+    /// Where in that file they would start.
+    pub offset: u64,
 }
 
 /// The files of one torrent on disk.
@@ -48,7 +69,7 @@ impl Storage {
         let files = info.files.iter().map(|f| {
             let mut p = root.to_path_buf();
             p.extend(&f.path);
-            (p, f.length)
+            (p, f.length, f.is_pad())
         });
         let empty_dirs = info
             .empty_dirs
@@ -59,7 +80,7 @@ impl Storage {
                 p
             })
             .collect();
-        let mut s = Self::from_files(files, info.piece_length, writable);
+        let mut s = Self::from_spans(files, info.piece_length, writable);
         s.empty_dirs = empty_dirs;
         s
     }
@@ -71,14 +92,25 @@ impl Storage {
         piece_length: u32,
         writable: bool,
     ) -> Self {
+        let files = files.into_iter().map(|(p, len)| (p, len, false));
+        Self::from_spans(files, piece_length, writable)
+    }
+
+    /// Files as `(path, length, is_pad)`, in stream order.
+    fn from_spans(
+        files: impl IntoIterator<Item = (PathBuf, u64, bool)>,
+        piece_length: u32,
+        writable: bool,
+    ) -> Self {
         let mut offset = 0;
         let spans = files
             .into_iter()
-            .map(|(path, length)| {
+            .map(|(path, length, pad)| {
                 let span = Span {
                     path,
                     offset,
                     length,
+                    pad,
                     handle: OnceLock::new(),
                 };
                 offset += length;
@@ -112,9 +144,10 @@ impl Storage {
     }
 
     /// Creates directories and files at their full (sparse) length, and the
-    /// empty directories. Existing files keep their bytes.
+    /// empty directories. Existing files keep their bytes. Pad files get
+    /// neither a file nor a directory.
     pub fn prepare(&self) -> io::Result<()> {
-        for span in &self.spans {
+        for span in self.spans.iter().filter(|s| !s.pad) {
             if let Some(parent) = span.path.parent() {
                 fs::create_dir_all(parent)?;
             }
@@ -136,6 +169,7 @@ impl Storage {
     }
 
     fn handle<'s>(&self, span: &'s Span) -> io::Result<&'s File> {
+        debug_assert!(!span.pad, "bug: opening a pad file");
         if let Some(f) = span.handle.get() {
             return Ok(f);
         }
@@ -181,10 +215,14 @@ impl Storage {
         Ok(())
     }
 
-    /// Reads `buf.len()` bytes at stream `offset`.
+    /// Reads `buf.len()` bytes at stream `offset` (zeros where pad files are).
     pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
         let len = buf.len();
         self.for_each_span(offset, len, |span, at, range| {
+            if span.pad {
+                buf[range].fill(0);
+                return Ok(());
+            }
             self.handle(span)?.read_exact_at(&mut buf[range], at)
         })
     }
@@ -197,7 +235,8 @@ impl Storage {
 
     /// Writes `blocks`, back to back, at stream `offset` (their
     /// concatenation, without making it): one vectored write per file the
-    /// range touches, then a start of writeback for it.
+    /// range touches, then a start of writeback for it. Bytes that fall in
+    /// a pad file are dropped.
     ///
     /// Write-behind: without it every byte of a download is still dirty in
     /// the page cache when it completes, and the `fsync` before the final
@@ -226,6 +265,9 @@ impl Storage {
                 } else {
                     skip += n;
                 }
+            }
+            if span.pad {
+                return Ok(());
             }
             let file = self.handle(span)?;
             write_all_vectored_at(file, &mut parts, at)?;
@@ -264,6 +306,77 @@ impl Storage {
         let n = self.piece_count();
         let results = self.par_pieces(n, |s, i, scratch| s.hash_piece(i, scratch))?;
         Ok(results)
+    }
+
+    /// Copies into this storage every piece named by `hints` that `have`
+    /// lacks and whose bytes at the hint hash to its entry in `hashes`,
+    /// trying a piece's hints in order until one matches, and marks it in
+    /// `have`. A hint that cannot be opened, is short or does not match is
+    /// skipped (logged at debug); only a failed write here is an error.
+    ///
+    /// Bytes of a piece that fall in a pad file at its end are not read
+    /// from the hint: they are zeros, and the file a hint points into ends
+    /// where the pad begins (a piece-aligned file's last piece is its tail
+    /// plus zeros).
+    pub fn copy_from_hints(
+        &self,
+        hints: &[PieceSource],
+        hashes: &[[u8; 20]],
+        have: &mut Bitfield,
+    ) -> io::Result<()> {
+        let mut files: HashMap<&Path, Option<File>> = HashMap::new();
+        let mut buf = Vec::new();
+        for hint in hints {
+            let i = hint.piece as usize;
+            if i >= hashes.len() || i >= self.piece_count() {
+                tracing::debug!(?hint, "piece hint beyond the torrent, skipped");
+                continue;
+            }
+            if have.get(i) {
+                continue;
+            }
+            let Some(file) = files
+                .entry(&hint.path)
+                .or_insert_with(|| open_hint(&hint.path))
+            else {
+                continue;
+            };
+            let size = self.piece_size(hint.piece);
+            let real = size - self.trailing_pad(hint.piece);
+            buf.clear();
+            buf.resize(size, 0);
+            if let Err(e) = file.read_exact_at(&mut buf[..real], hint.offset) {
+                tracing::debug!(?hint, "piece hint unreadable, skipped: {e}");
+                continue;
+            }
+            if <[u8; 20]>::from(Sha1::digest(&buf)) != hashes[i] {
+                tracing::debug!(?hint, "piece hint does not match, skipped");
+                continue;
+            }
+            self.write_at(self.piece_offset(hint.piece), &buf)?;
+            have.set(i);
+        }
+        Ok(())
+    }
+
+    /// Bytes at the end of piece `index` that lie in pad files.
+    fn trailing_pad(&self, index: u32) -> usize {
+        let start = self.piece_offset(index);
+        let end = start + self.piece_size(index) as u64;
+        let mut pad = 0;
+        for span in self.spans.iter().rev().skip_while(|s| s.offset >= end) {
+            if span.offset + span.length <= start {
+                break;
+            }
+            if span.length == 0 {
+                continue;
+            }
+            if !span.pad {
+                break;
+            }
+            pad += (span.offset + span.length).min(end) - span.offset.max(start);
+        }
+        pad as usize
     }
 
     /// Which pieces on disk match `hashes`. Missing or short files make
@@ -322,6 +435,25 @@ impl Storage {
         }
         Ok(results)
     }
+}
+
+/// Opens a hint's file for reading, or `None` (logged) when it cannot be
+/// used. Non-blocking, so a hint that has become a fifo cannot hang us;
+/// only regular files are read.
+fn open_hint(path: &Path) -> Option<File> {
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .and_then(|f| {
+            if f.metadata()?.is_file() {
+                Ok(f)
+            } else {
+                Err(io::Error::other("not a regular file"))
+            }
+        });
+    file.map_err(|e| tracing::debug!(path = %path.display(), "piece hint skipped: {e}"))
+        .ok()
 }
 
 /// `pwritev` until every byte of `parts` is written at `offset`.
@@ -400,6 +532,7 @@ fn start_writeback(_file: &File, _offset: u64, _len: usize) {}
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::metainfo::FileEntry;
 
     fn layout(dir: &Path, sizes: &[u64], piece: u32) -> Storage {
         let files = sizes
@@ -483,5 +616,114 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = Storage::from_files([(dir.path().join("nope"), 10)], 4, false);
         assert_eq!(s.verify(&[[0; 20]; 3]).count(), 0);
+    }
+
+    /// a (10 KiB), pad, b (5 KiB), pad, in 16 KiB pieces: the content
+    /// stream and the torrent of it.
+    fn padded() -> (Vec<u8>, Vec<u8>, Info) {
+        let a: Vec<u8> = (0..10 * 1024u32).map(|i| (i % 251) as u8 + 1).collect();
+        let b: Vec<u8> = (0..5 * 1024u32).map(|i| (i % 241) as u8 + 1).collect();
+        let files = crate::metainfo::pad_to_pieces(
+            [
+                FileEntry::new(vec!["a".into()], a.len() as u64),
+                FileEntry::new(vec!["b".into()], b.len() as u64),
+            ],
+            16384,
+        );
+        assert_eq!(files.len(), 4);
+        let mut stream = a.clone();
+        stream.resize(16384, 0);
+        stream.extend(&b);
+        stream.resize(32768, 0);
+        let pieces = stream
+            .chunks(16384)
+            .map(|c| Sha1::digest(c).into())
+            .collect();
+        let info = Info::new("t", 16384, pieces, files, vec![]).unwrap();
+        (a, b, info)
+    }
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut n: Vec<_> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        n.sort();
+        n
+    }
+
+    #[test]
+    fn pad_files_are_zeros_never_on_disk() {
+        let (a, b, info) = padded();
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("t");
+        let s = Storage::new(&info, &root, true);
+        s.prepare().unwrap();
+        assert_eq!(names(&root), vec!["a", "b"]);
+        assert_eq!(s.verify(&info.pieces).count(), 0);
+        // Whole pieces, pad ranges filled with garbage: it is dropped.
+        let mut p0 = a.clone();
+        p0.resize(16384, 0xee);
+        let mut p1 = b.clone();
+        p1.resize(16384, 0xee);
+        s.write_at(0, &p0).unwrap();
+        s.write_blocks_at(16384, &[&p1[..4096], &p1[4096..]])
+            .unwrap();
+        assert_eq!(names(&root), vec!["a", "b"]);
+        assert_eq!(fs::read(root.join("a")).unwrap(), a);
+        assert_eq!(fs::read(root.join("b")).unwrap(), b);
+        let mut back = vec![1u8; 16384];
+        s.read_at(16384, &mut back).unwrap();
+        assert_eq!(&back[..b.len()], &b[..]);
+        assert!(back[b.len()..].iter().all(|&x| x == 0));
+        assert!(s.verify(&info.pieces).is_full());
+        // The real files alone, elsewhere, are the whole torrent.
+        let copy = dir.path().join("copy");
+        fs::create_dir_all(&copy).unwrap();
+        fs::write(copy.join("a"), &a).unwrap();
+        fs::write(copy.join("b"), &b).unwrap();
+        assert!(
+            Storage::new(&info, &copy, false)
+                .verify(&info.pieces)
+                .is_full()
+        );
+        assert!(!root.join(".pad").exists() && !copy.join(".pad").exists());
+    }
+
+    #[test]
+    fn hints_copy_matching_pieces_and_skip_the_rest() {
+        let (a, b, info) = padded();
+        let dir = tempfile::tempdir().unwrap();
+        let elsewhere = dir.path().join("elsewhere");
+        // b's bytes at offset 100 of another file, which ends with them:
+        // piece 1 is b plus pad zeros, read from the file only up to the pad.
+        let mut holder = vec![9u8; 100];
+        holder.extend(&b);
+        fs::write(&elsewhere, &holder).unwrap();
+        fs::write(dir.path().join("a-short"), &a[..a.len() - 1]).unwrap();
+        let root = dir.path().join("t");
+        let s = Storage::new(&info, &root, true);
+        s.prepare().unwrap();
+        let hint = |piece, path: &str, offset| PieceSource {
+            piece,
+            path: dir.path().join(path),
+            offset,
+        };
+        let hints = [
+            hint(1, "missing", 0),
+            hint(1, "elsewhere", 99),
+            hint(1, "elsewhere", 100),
+            hint(0, "a-short", 0),
+            hint(0, "elsewhere", 1 << 20),
+            hint(7, "elsewhere", 0),
+        ];
+        let mut have = Bitfield::new(info.piece_count());
+        s.copy_from_hints(&hints, &info.pieces, &mut have).unwrap();
+        assert_eq!(have.iter_ones().collect::<Vec<_>>(), vec![1]);
+        assert_eq!(fs::read(root.join("b")).unwrap(), b);
+        assert_eq!(
+            s.verify(&info.pieces).iter_ones().collect::<Vec<_>>(),
+            vec![1]
+        );
     }
 }

@@ -387,6 +387,24 @@ fn on_event(
                 );
             }
         }
+        Event::LocalEditsKept { paths } => {
+            let part = dir.join(format!(
+                ".{}.p2pfile-part",
+                t.name.as_deref().unwrap_or(&hash)
+            ));
+            for p in &paths {
+                tracing::warn!(
+                    "{} changed while downloading, so it was kept; the downloaded version is in {}",
+                    p.display(),
+                    part.display()
+                );
+            }
+            let paths: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+            out.event(
+                "local_edits_kept",
+                json!({"info_hash": hash, "paths": paths, "part": part.display().to_string()}),
+            );
+        }
         Event::HashFailed { .. }
         | Event::PeerConnected { .. }
         | Event::PeerDisconnected { .. }

@@ -1,6 +1,7 @@
 //! Requests, block assembly, piece verification and completion.
 
 use std::collections::HashSet;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -208,22 +209,26 @@ impl Torrent {
             return;
         }
         let Some(placement) = l.placement.take() else {
-            return self.on_finalized(Ok(()));
+            return self.on_finalized(Ok(Vec::new()));
         };
         let storage = l.storage.clone();
         let jobs = self.job_tx.clone();
         tokio::task::spawn_blocking(move || {
             let result = placement
                 .finalize(&storage)
+                .map(|f| f.kept_local)
                 .map_err(|e| TorrentError::io("move into place", &placement.target, &e));
             let _ = jobs.send(Job::Finalized(result));
         });
     }
 
-    pub(super) fn on_finalized(&mut self, result: Result<(), TorrentError>) {
-        if let Err(error) = result {
-            return self.fail(error);
-        }
+    /// The files are in place; `result` lists targets that were kept
+    /// because they changed while we downloaded.
+    pub(super) fn on_finalized(&mut self, result: Result<Vec<PathBuf>, TorrentError>) {
+        let kept = match result {
+            Ok(kept) => kept,
+            Err(error) => return self.fail(error),
+        };
         let State::Live(l) = &mut self.state else {
             return;
         };
@@ -231,6 +236,9 @@ impl Torrent {
             return;
         }
         l.finished = true;
+        if !kept.is_empty() {
+            self.emit(Event::LocalEditsKept { paths: kept });
+        }
         self.emit(Event::Completed);
         let keys: Vec<_> = self.peers.keys().copied().collect();
         for k in keys {

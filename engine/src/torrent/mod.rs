@@ -97,7 +97,8 @@ enum Job {
         index: u32,
         result: Result<bool, TorrentError>,
     },
-    Finalized(Result<(), TorrentError>),
+    /// Done moving files into place; the targets kept because they changed.
+    Finalized(Result<Vec<PathBuf>, TorrentError>),
 }
 
 /// A known address and what we know of it.
@@ -448,7 +449,7 @@ impl Torrent {
                 Target::Download { dir } => {
                     let placement = Placement::new(&dir, &info);
                     placement
-                        .prepare(&info)
+                        .prepare(&info, &[])
                         .map(|p| (p.storage, p.have, Some(placement), p.already_complete))
                         .map_err(|e| TorrentError::io("prepare", &dir.join(&info.name), &e))
                 }
@@ -498,7 +499,7 @@ impl Torrent {
         }
         self.peers_went_live();
         if complete {
-            self.on_finalized(Ok(()));
+            self.on_finalized(Ok(Vec::new()));
         } else {
             self.maybe_finish();
         }
