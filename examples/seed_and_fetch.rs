@@ -54,7 +54,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut events = leecher.events().expect("a new session's events");
     let download = leecher.add(
         Source::Magnet(magnet),
-        Target::Download { dir: dir.clone() },
+        Target::download(dir.clone()),
         Vec::new(),
     )?;
     while let Some(event) = events.recv().await {

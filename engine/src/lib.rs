@@ -37,4 +37,5 @@ mod torrent;
 pub use error::{Error, TorrentError};
 pub use event::{Event, Phase, Stats, TorrentEvent};
 pub use session::{AddTorrent, PortChoice, Session, SessionConfig, Source, TorrentOptions};
+pub use storage::PieceSource;
 pub use torrent::Target;

@@ -109,9 +109,7 @@ async fn one_seed_three_downloaders_by_magnet() {
                 let id = s
                     .add(
                         Source::Magnet(magnet),
-                        Target::Download {
-                            dir: dir.path().to_path_buf(),
-                        },
+                        Target::download(dir.path().to_path_buf()),
                         vec![],
                     )
                     .unwrap();
@@ -152,9 +150,7 @@ async fn downloader_finds_seed_through_dht_only() {
         let id = s
             .add(
                 Source::Magnet(magnet),
-                Target::Download {
-                    dir: dir.path().to_path_buf(),
-                },
+                Target::download(dir.path().to_path_buf()),
                 vec![],
             )
             .unwrap();
@@ -222,9 +218,7 @@ async fn session_owns_its_torrents_and_tags_events() {
                         name: None,
                         peers: vec![seed.local_addr()],
                     }),
-                    Target::Download {
-                        dir: dir.path().to_path_buf(),
-                    },
+                    Target::download(dir.path().to_path_buf()),
                     vec![],
                 )
                 .unwrap()
@@ -296,9 +290,7 @@ async fn registered_extension_messages_flow_both_ways() {
                 name: None,
                 peers,
             }),
-            target: Target::Download {
-                dir: std::env::temp_dir(),
-            },
+            target: Target::download(std::env::temp_dir()),
             peers: vec![],
             options: TorrentOptions {
                 swarm_hash: None,
@@ -397,9 +389,7 @@ async fn keyed_swarm_is_closed_to_the_plain_info_hash() {
                     name: None,
                     peers: vec![seed.local_addr()],
                 }),
-                Target::Download {
-                    dir: out_dir.path().to_path_buf(),
-                },
+                Target::download(out_dir.path().to_path_buf()),
                 vec![],
             )
             .unwrap();
@@ -414,9 +404,7 @@ async fn keyed_swarm_is_closed_to_the_plain_info_hash() {
                 options: keyed,
                 ..AddTorrent::new(
                     Source::Info(info.clone()),
-                    Target::Download {
-                        dir: in_dir.path().to_path_buf(),
-                    },
+                    Target::download(in_dir.path().to_path_buf()),
                     vec![seed.local_addr()],
                 )
             })
@@ -443,6 +431,64 @@ async fn keyed_swarm_is_closed_to_the_plain_info_hash() {
         assert!(!out_dir.path().join("secret").exists());
         outsider.shutdown().await;
         insider.shutdown().await;
+        seed.shutdown().await;
+    })
+    .await
+    .expect("finished in time");
+}
+
+/// A download told where the content already lies on this machine (under
+/// another name) takes every piece from there and moves no byte.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hints_reuse_local_content_without_transfer() {
+    tokio::time::timeout(Duration::from_secs(60), async {
+        let src = tempfile::tempdir().unwrap();
+        let content: Vec<u8> = (0..700_000u32).map(|i| (i % 253) as u8).collect();
+        std::fs::write(src.path().join("f.bin"), &content).unwrap();
+        let (seed, info) = start_seed(&src.path().join("f.bin"), false).await;
+        let local = tempfile::tempdir().unwrap();
+        // The same bytes under another name, and one wrong hint.
+        std::fs::write(local.path().join("renamed.bin"), &content).unwrap();
+        std::fs::write(local.path().join("wrong.bin"), vec![0u8; 700_000]).unwrap();
+        let piece = info.piece_length as u64;
+        let mut hints = Vec::new();
+        for i in 0..info.piece_count() as u32 {
+            for name in ["wrong.bin", "renamed.bin"] {
+                hints.push(p2pfile_engine::PieceSource {
+                    piece: i,
+                    path: local.path().join(name),
+                    offset: i as u64 * piece,
+                });
+            }
+        }
+        let s = Session::start(config([127, 0, 0, 1], false, vec![]))
+            .await
+            .unwrap();
+        let mut events = s.events().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let id = s
+            .add(
+                Source::Info(info.clone()),
+                Target::Download {
+                    dir: dir.path().to_path_buf(),
+                    hints,
+                },
+                vec![seed.local_addr()],
+            )
+            .unwrap();
+        let mut checked = None;
+        while let Some(ev) = events.recv().await {
+            match ev.event {
+                Event::Checked { valid_pieces, .. } => checked = Some(valid_pieces),
+                Event::Completed => break,
+                Event::Failed { error } => panic!("failed: {error}"),
+                _ => {}
+            }
+        }
+        assert_eq!(checked, Some(info.piece_count()));
+        assert_eq!(s.stats(id).unwrap().downloaded, 0);
+        assert_eq!(std::fs::read(dir.path().join("f.bin")).unwrap(), content);
+        s.shutdown().await;
         seed.shutdown().await;
     })
     .await

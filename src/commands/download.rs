@@ -162,7 +162,7 @@ pub async fn run(args: DownloadArgs, file: &FileValues, settings: Settings) -> R
         let id = session
             .add(
                 source,
-                Target::Download { dir: dir.clone() },
+                Target::download(dir.clone()),
                 settings.peers.clone(),
             )
             .map_err(from_engine)?;

@@ -33,7 +33,7 @@ use crate::picker::Picker;
 use crate::placement::Placement;
 use crate::rate::RateEstimate;
 use crate::shared::Shared;
-use crate::storage::Storage;
+use crate::storage::{PieceSource, Storage};
 use crate::wire::Handshake;
 use download::Assembly;
 
@@ -87,7 +87,22 @@ pub enum Target {
     Download {
         /// The directory.
         dir: PathBuf,
+        /// Places on this machine where pieces may already be, found by
+        /// hash (another file with the same content, an older version under
+        /// another name). Each is checked against the piece hash before it
+        /// is used; a wrong or missing one is skipped.
+        hints: Vec<PieceSource>,
     },
+}
+
+impl Target {
+    /// Download into `dir` with no hints.
+    pub fn download(dir: impl Into<PathBuf>) -> Self {
+        Target::Download {
+            dir: dir.into(),
+            hints: Vec::new(),
+        }
+    }
 }
 
 /// What a disk job reports back.
@@ -446,10 +461,10 @@ impl Torrent {
                     let storage = Storage::new(&info, &root, false);
                     Ok((storage, Bitfield::full(info.piece_count()), None, true))
                 }
-                Target::Download { dir } => {
+                Target::Download { dir, hints } => {
                     let placement = Placement::new(&dir, &info);
                     placement
-                        .prepare(&info, &[])
+                        .prepare(&info, &hints)
                         .map(|p| (p.storage, p.have, Some(placement), p.already_complete))
                         .map_err(|e| TorrentError::io("prepare", &dir.join(&info.name), &e))
                 }
