@@ -27,3 +27,4 @@
 //! decision rules.
 
 pub mod key;
+pub mod version;
