@@ -26,5 +26,6 @@
 //! records and their encoding, [`scan`] the local scan, [`merge`] the
 //! decision rules.
 
+pub mod index;
 pub mod key;
 pub mod version;
