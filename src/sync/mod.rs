@@ -28,4 +28,5 @@
 
 pub mod index;
 pub mod key;
+pub mod scan;
 pub mod version;
