@@ -28,5 +28,6 @@
 
 pub mod index;
 pub mod key;
+pub mod merge;
 pub mod scan;
 pub mod version;
