@@ -8,6 +8,8 @@ mod config;
 mod error;
 mod output;
 mod state;
+#[allow(dead_code)] // used by commands/sync.rs, next step
+mod sync;
 
 use std::process::ExitCode;
 
