@@ -184,7 +184,7 @@ pub fn conflict_name(path: &RelPath, mtime: Mtime, device: DeviceId) -> RelPath 
 const MAX_STAMP_SECS: i64 = 253_402_300_799;
 
 /// `YYYYMMDD-HHMMSS` in UTC, without a date crate.
-fn utc_stamp(secs: i64) -> String {
+pub(crate) fn utc_stamp(secs: i64) -> String {
     let secs = secs.clamp(0, MAX_STAMP_SECS);
     let (y, m, d) = civil_from_days(secs.div_euclid(86_400));
     let t = secs.rem_euclid(86_400);

@@ -26,8 +26,10 @@
 //! records and their encoding, [`scan`] the local scan, [`merge`] the
 //! decision rules.
 
+pub mod apply;
 pub mod index;
 pub mod key;
 pub mod merge;
+pub mod protocol;
 pub mod scan;
 pub mod version;

@@ -402,7 +402,7 @@ fn relative(root: &Path, abs: &Path) -> Result<RelPath, Option<PathError>> {
     RelPath::new(&names.join("/")).map_err(Some)
 }
 
-fn mtime(meta: &Metadata) -> Mtime {
+pub(crate) fn mtime(meta: &Metadata) -> Mtime {
     let Ok(t) = meta.modified() else {
         return Mtime::default();
     };

@@ -10,6 +10,10 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+mod sync;
+
+pub use sync::{SyncFolder, SyncRow};
+
 use anyhow::{Context, bail};
 use rusqlite::{Connection, OptionalExtension, params};
 
@@ -46,6 +50,39 @@ const MIGRATIONS: &[&str] = &[
     CREATE TABLE dht_nodes (
         addr TEXT PRIMARY KEY,
         seen_at INTEGER NOT NULL
+    );",
+    // 3: sync folders (see `sync.rs`).
+    "CREATE TABLE meta (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );
+    CREATE TABLE sync_folders (
+        folder_id TEXT PRIMARY KEY,
+        path TEXT NOT NULL,
+        mode TEXT NOT NULL,
+        updated_at INTEGER NOT NULL
+    );
+    CREATE TABLE sync_files (
+        folder_id TEXT NOT NULL,
+        path TEXT NOT NULL,
+        record BLOB NOT NULL,
+        PRIMARY KEY (folder_id, path)
+    );
+    CREATE TABLE sync_peers (
+        folder_id TEXT NOT NULL,
+        addr TEXT NOT NULL,
+        device TEXT NOT NULL,
+        seen_at INTEGER NOT NULL,
+        PRIMARY KEY (folder_id, addr)
+    );
+    CREATE TABLE sync_status (
+        folder_id TEXT NOT NULL,
+        peer TEXT NOT NULL,
+        path TEXT NOT NULL,
+        state TEXT NOT NULL,
+        detail TEXT NOT NULL DEFAULT '',
+        updated_at INTEGER NOT NULL,
+        PRIMARY KEY (folder_id, peer, path)
     );",
 ];
 
