@@ -116,7 +116,11 @@ impl State {
 
     /// Stores records (path, encoded record) in one transaction, so a batch
     /// from a scan costs one commit, not one per file.
-    pub fn save_sync_records(&self, folder_id: &str, records: &[(String, Vec<u8>)]) -> anyhow::Result<()> {
+    pub fn save_sync_records(
+        &self,
+        folder_id: &str,
+        records: &[(String, Vec<u8>)],
+    ) -> anyhow::Result<()> {
         let tx = self.conn.unchecked_transaction()?;
         {
             let mut q = tx.prepare(
@@ -214,16 +218,27 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = State::open(&dir.path().join("db")).unwrap();
         s.save_sync_folder("f1", "/srv/a", "send-receive").unwrap();
-        s.save_sync_records("f1", &[("a".into(), b"ra".to_vec()), ("b".into(), b"rb".to_vec())])
+        s.save_sync_records(
+            "f1",
+            &[("a".into(), b"ra".to_vec()), ("b".into(), b"rb".to_vec())],
+        )
+        .unwrap();
+        s.save_sync_records("f1", &[("a".into(), b"ra2".to_vec())])
             .unwrap();
-        s.save_sync_records("f1", &[("a".into(), b"ra2".to_vec())]).unwrap();
-        assert_eq!(s.sync_records("f1").unwrap(), vec![b"ra2".to_vec(), b"rb".to_vec()]);
+        assert_eq!(
+            s.sync_records("f1").unwrap(),
+            vec![b"ra2".to_vec(), b"rb".to_vec()]
+        );
         let folders = s.sync_folders().unwrap();
         assert_eq!(folders.len(), 1);
         assert_eq!(folders[0].files, 2);
         s.save_sync_peer("f1", "10.0.0.1:42070", "ABCDEFG").unwrap();
-        assert_eq!(s.sync_peers("f1").unwrap(), vec!["10.0.0.1:42070".to_string()]);
-        s.set_sync_status("f1", "ABCDEFG", "a", "syncing", "").unwrap();
+        assert_eq!(
+            s.sync_peers("f1").unwrap(),
+            vec!["10.0.0.1:42070".to_string()]
+        );
+        s.set_sync_status("f1", "ABCDEFG", "a", "syncing", "")
+            .unwrap();
         s.set_sync_status("f1", "ABCDEFG", "a", "done", "").unwrap();
         let rows = s.sync_status(10).unwrap();
         assert_eq!(rows.len(), 1);

@@ -193,7 +193,11 @@ impl FolderFs {
     }
 
     /// Makes the directory `record.path` (and its parents) with its mode.
-    pub fn make_dir(&self, record: &FileRecord, expected: Option<&FileRecord>) -> Result<(), ApplyError> {
+    pub fn make_dir(
+        &self,
+        record: &FileRecord,
+        expected: Option<&FileRecord>,
+    ) -> Result<(), ApplyError> {
         let full = self.path(&record.path);
         if fs::symlink_metadata(&full).is_ok_and(|m| m.is_dir()) {
             let perm = fs::Permissions::from_mode(record.mode & MODE_MASK);
@@ -244,7 +248,12 @@ impl FolderFs {
 
     /// Renames a local file aside (a conflict loser), if it still holds
     /// what `expected` says and `to` is free.
-    pub fn rename(&self, from: &RelPath, to: &RelPath, expected: &FileRecord) -> Result<(), ApplyError> {
+    pub fn rename(
+        &self,
+        from: &RelPath,
+        to: &RelPath,
+        expected: &FileRecord,
+    ) -> Result<(), ApplyError> {
         if !self.matches(from, Some(expected)) {
             return Err(ApplyError::Changed(self.path(from)));
         }
@@ -276,7 +285,9 @@ impl FolderFs {
                     continue;
                 }
                 let trashed = UNIX_EPOCH
-                    + Duration::from_secs(std::os::unix::fs::MetadataExt::ctime(&meta).max(0) as u64);
+                    + Duration::from_secs(
+                        std::os::unix::fs::MetadataExt::ctime(&meta).max(0) as u64
+                    );
                 if now.duration_since(trashed).is_ok_and(|age| age >= keep) {
                     fs::remove_file(entry.path())?;
                     removed += 1;
@@ -300,7 +311,10 @@ impl FolderFs {
         let full = self.path(&parent);
         match fs::create_dir_all(&full) {
             Ok(()) => Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists || e.raw_os_error() == Some(libc::ENOTDIR) => {
+            Err(e)
+                if e.kind() == io::ErrorKind::AlreadyExists
+                    || e.raw_os_error() == Some(libc::ENOTDIR) =>
+            {
                 Err(ApplyError::InTheWay(full))
             }
             Err(e) => Err(ApplyError::io(&full)(e)),
@@ -314,7 +328,8 @@ pub fn set_mode_and_mtime(path: &Path, mode: u32, mtime: Mtime) -> io::Result<()
     let t = if mtime.secs >= 0 {
         UNIX_EPOCH + Duration::new(mtime.secs as u64, mtime.nanos)
     } else {
-        UNIX_EPOCH - Duration::from_secs(mtime.secs.unsigned_abs()) + Duration::from_nanos(mtime.nanos.into())
+        UNIX_EPOCH - Duration::from_secs(mtime.secs.unsigned_abs())
+            + Duration::from_nanos(mtime.nanos.into())
     };
     File::options().write(true).open(path)?.set_modified(t)
 }
@@ -362,7 +377,8 @@ mod tests {
             nanos: 0,
         };
         new.mode = 0o600;
-        f.commit_file(&src, &new, Some(&old), SystemTime::now()).unwrap();
+        f.commit_file(&src, &new, Some(&old), SystemTime::now())
+            .unwrap();
         assert_eq!(fs::read(f.root().join("a/x.txt")).unwrap(), b"new content");
         let meta = fs::metadata(f.root().join("a/x.txt")).unwrap();
         assert_eq!(scan::mtime(&meta), new.mtime);
@@ -370,7 +386,14 @@ mod tests {
         let trashed: Vec<_> = fs::read_dir(f.trash_dir().join("a")).unwrap().collect();
         assert_eq!(trashed.len(), 1);
         let p = trashed[0].as_ref().unwrap().path();
-        assert!(p.file_name().unwrap().to_str().unwrap().starts_with("x.txt~"), "{p:?}");
+        assert!(
+            p.file_name()
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .starts_with("x.txt~"),
+            "{p:?}"
+        );
         assert_eq!(fs::read(p).unwrap(), b"old");
         assert!(!src.exists());
     }
@@ -386,7 +409,10 @@ mod tests {
         let err = f.commit_file(&src, &old, Some(&old), SystemTime::now());
         assert!(matches!(err, Err(ApplyError::Changed(_))), "{err:?}");
         assert_eq!(fs::read(f.root().join("x")).unwrap(), b"edited!");
-        assert!(src.exists(), "the incoming version is kept for the next try");
+        assert!(
+            src.exists(),
+            "the incoming version is kept for the next try"
+        );
         // A file that appeared where the index knew nothing is not clobbered.
         fs::write(f.root().join("new"), b"mine").unwrap();
         let mut rec = old.clone();
@@ -406,7 +432,11 @@ mod tests {
         let path = rec.path.clone();
         f.delete(&path, Some(&rec), SystemTime::now()).unwrap();
         assert!(!f.root().join("gone").exists());
-        assert_eq!(f.expire_trash(Duration::from_secs(3600), SystemTime::now()).unwrap(), 0);
+        assert_eq!(
+            f.expire_trash(Duration::from_secs(3600), SystemTime::now())
+                .unwrap(),
+            0
+        );
         let later = SystemTime::now() + Duration::from_secs(7200);
         assert_eq!(f.expire_trash(Duration::from_secs(3600), later).unwrap(), 1);
         assert_eq!(fs::read_dir(f.trash_dir()).unwrap().count(), 0);
@@ -433,6 +463,9 @@ mod tests {
         assert_eq!(fs::read(f.path(&to)).unwrap(), b"mine");
         fs::write(f.root().join("c.txt"), b"again").unwrap();
         let rec2 = file_record(&f, "c.txt");
-        assert!(matches!(f.rename(&rec2.path, &to, &rec2), Err(ApplyError::InTheWay(_))));
+        assert!(matches!(
+            f.rename(&rec2.path, &to, &rec2),
+            Err(ApplyError::InTheWay(_))
+        ));
     }
 }

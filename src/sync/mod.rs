@@ -18,18 +18,24 @@
 //!   record with the local one: fast-forward, identical content (no
 //!   conflict), a delete against a modification (the modification wins) or
 //!   a real conflict (both kept, the loser under a `.sync-conflict-` name).
+//! - [`plan`] turns those decisions into ordered disk actions: directories
+//!   before their files, reuse of local bytes by content id (a rename moves
+//!   no data), deletes to the trash after their contents, and nothing
+//!   written through a symlink.
 //!
 //! Nothing here opens a socket or spawns a task; `commands/sync.rs` wires it
 //! to the engine, the state database and the output.
 //!
 //! Submodules: [`key`] folder keys, [`version`] version vectors, [`index`]
 //! records and their encoding, [`scan`] the local scan, [`merge`] the
-//! decision rules.
+//! decision rules, [`plan`] the ordered actions.
 
 pub mod apply;
+pub mod folder;
 pub mod index;
 pub mod key;
 pub mod merge;
+pub mod plan;
 pub mod protocol;
 pub mod scan;
 pub mod version;

@@ -303,7 +303,10 @@ mod tests {
         let other = FolderKey::generate().unwrap();
         let hello = Message::hello(&key, DeviceId(7), 1000);
         assert!(hello.verify_hello(&key));
-        assert!(hello.verify_hello(&key.read_only()), "read-only holders verify too");
+        assert!(
+            hello.verify_hello(&key.read_only()),
+            "read-only holders verify too"
+        );
         assert!(!hello.verify_hello(&other));
         let Message::Hello {
             device,
@@ -329,7 +332,13 @@ mod tests {
         };
         assert!(!claimed.verify_hello(&key), "write access is covered");
         let ro = Message::hello(&key.read_only(), DeviceId(8), 1000);
-        assert!(matches!(ro, Message::Hello { can_write: false, .. }));
+        assert!(matches!(
+            ro,
+            Message::Hello {
+                can_write: false,
+                ..
+            }
+        ));
         assert!(ro.verify_hello(&key));
     }
 

@@ -115,9 +115,10 @@ impl VersionVector {
     pub fn update(&self, device: DeviceId, now_secs: u64) -> VersionVector {
         let mut next = self.clone();
         let old = self.get(device);
-        // Saturates at i64::MAX only on hostile input; see MAX_COUNTER.
+        // Stops at i64::MAX (the wire's limit), which only hostile input
+        // reaches; there the result equals the input instead of exceeding it.
         let counter = old.saturating_add(1).max(now_secs).min(MAX_COUNTER);
-        next.counters.insert(device, counter.max(1));
+        next.counters.insert(device, counter);
         next
     }
 
