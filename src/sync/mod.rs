@@ -26,6 +26,7 @@
 //! records and their encoding, [`scan`] the local scan, [`merge`] the
 //! decision rules.
 
+pub mod discovery;
 pub mod index;
 pub mod key;
 pub mod scan;
