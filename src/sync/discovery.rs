@@ -52,10 +52,17 @@
 //! has neither the BROADCAST nor the MULTICAST flag.
 
 use std::collections::{HashMap, VecDeque};
-use std::net::{Ipv4Addr, SocketAddr};
-use std::time::{Duration, Instant};
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use p2pfile_engine::bencode::{self, BencodeError, Value};
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+use tokio::sync::mpsc::error::TrySendError;
+use tokio::task::JoinHandle;
+use tracing::{Instrument, debug};
 
 use super::key::{FolderId, FolderKey};
 use super::version::DeviceId;
@@ -415,6 +422,353 @@ impl Sightings {
     }
 }
 
+/// Shortest interval accepted, so a zero from a config cannot spin.
+const MIN_INTERVAL: Duration = Duration::from_millis(10);
+
+/// Pause after a failed receive, so a persistent socket error logs and
+/// retries a few times a second instead of spinning.
+const RECV_ERROR_PAUSE: Duration = Duration::from_millis(200);
+
+/// Reports waiting for the caller. Reports are rare (see
+/// [`REPORT_AGAIN_AFTER`]); one that finds the queue full is retried at the
+/// device's next announcement.
+const FOUND_QUEUE: usize = 64;
+
+/// What a [`Discovery`] announces and how.
+#[derive(Debug, Clone)]
+pub struct DiscoveryConfig {
+    /// The folder's key: names the folder and makes the proofs.
+    pub key: FolderKey,
+    /// Our device id, announced and used to ignore our own packets.
+    pub device: DeviceId,
+    /// The TCP port our sync listens on, announced to peers.
+    pub announce_port: u16,
+    /// The local address to send from; peers report it as our address.
+    /// `0.0.0.0` lets the kernel choose, which on a host with several
+    /// interfaces may be the wrong one (or none, for the limited broadcast).
+    pub bind_ip: Ipv4Addr,
+    /// The UDP port to listen and announce on (normally [`DISCOVERY_PORT`]).
+    pub port: u16,
+    /// Time between two announcements.
+    pub interval: Duration,
+    /// Whether to announce to 255.255.255.255.
+    pub broadcast: bool,
+    /// Whether to announce to and listen on [`MULTICAST_GROUP`].
+    pub multicast: bool,
+}
+
+impl DiscoveryConfig {
+    /// The defaults: any local address, [`DISCOVERY_PORT`],
+    /// [`DEFAULT_INTERVAL`], broadcast and multicast.
+    pub fn new(key: FolderKey, device: DeviceId, announce_port: u16) -> DiscoveryConfig {
+        DiscoveryConfig {
+            key,
+            device,
+            announce_port,
+            bind_ip: Ipv4Addr::UNSPECIFIED,
+            port: DISCOVERY_PORT,
+            interval: DEFAULT_INTERVAL,
+            broadcast: true,
+            multicast: true,
+        }
+    }
+}
+
+/// Why discovery could not start. Sync still works with `--peers`, so the
+/// caller turns any of these into a warning, not a failure.
+#[derive(Debug, thiserror::Error)]
+pub enum DiscoveryError {
+    /// Neither broadcast nor multicast is enabled.
+    #[error("LAN discovery needs broadcast or multicast")]
+    NoTransport,
+    /// The operating system gave no socket.
+    #[error("cannot create a UDP socket for LAN discovery")]
+    Socket(#[source] io::Error),
+    /// A socket option was refused.
+    #[error("cannot set {option} on the LAN discovery socket")]
+    SocketOption {
+        /// The option's name.
+        option: &'static str,
+        /// What the operating system said.
+        #[source]
+        source: io::Error,
+    },
+    /// The discovery port is taken by a program that does not share it, or
+    /// the address to send from is not local.
+    #[error("cannot bind the LAN discovery socket to {addr}")]
+    Bind {
+        /// The address tried.
+        addr: SocketAddrV4,
+        /// What the operating system said.
+        #[source]
+        source: io::Error,
+    },
+    /// Multicast is the only transport and the group cannot be joined.
+    #[error("cannot join multicast group {MULTICAST_GROUP} on {interface}")]
+    JoinGroup {
+        /// The interface address asked for.
+        interface: Ipv4Addr,
+        /// What the operating system said.
+        #[source]
+        source: io::Error,
+    },
+    /// The sockets cannot be handed to the Tokio runtime.
+    #[error("cannot register the LAN discovery sockets with the runtime")]
+    Runtime(#[source] io::Error),
+}
+
+/// A peer of our folder seen on the LAN.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Found {
+    /// Its device id.
+    pub device: DeviceId,
+    /// Where its sync listens: the announcement's source IP and port `p`.
+    pub addr: SocketAddr,
+}
+
+/// The two bound sockets a [`Discovery`] runs on, non-blocking.
+///
+/// A socket stays in the network namespace it was created in, so a caller
+/// (or a test) can create these on a thread that entered another namespace
+/// and start the discovery from anywhere with
+/// [`Discovery::start_with_sockets`].
+#[derive(Debug)]
+pub struct DiscoverySockets {
+    recv: std::net::UdpSocket,
+    send: std::net::UdpSocket,
+}
+
+impl DiscoverySockets {
+    /// Creates and binds the receiving socket (`0.0.0.0:port`, shared with
+    /// other p2pfile processes, in the group if multicast is on) and the
+    /// sending one (`bind_ip`, any port).
+    pub fn bind(config: &DiscoveryConfig) -> Result<DiscoverySockets, DiscoveryError> {
+        if !config.broadcast && !config.multicast {
+            return Err(DiscoveryError::NoTransport);
+        }
+        let recv = udp_socket()?;
+        option("SO_REUSEADDR", recv.set_reuse_address(true))?;
+        option("SO_REUSEPORT", recv.set_reuse_port(true))?;
+        bind(&recv, SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, config.port))?;
+        if config.multicast {
+            match recv.join_multicast_v4(&MULTICAST_GROUP, &config.bind_ip) {
+                Ok(()) => {}
+                Err(source) if !config.broadcast => {
+                    return Err(DiscoveryError::JoinGroup {
+                        interface: config.bind_ip,
+                        source,
+                    });
+                }
+                // Hosts without a multicast route are common; broadcast
+                // still works there.
+                Err(e) => debug!(
+                    interface = %config.bind_ip,
+                    error = %e,
+                    "cannot join the discovery group; broadcast only"
+                ),
+            }
+        }
+
+        let send = udp_socket()?;
+        bind(&send, SocketAddrV4::new(config.bind_ip, 0))?;
+        if config.broadcast {
+            option("SO_BROADCAST", send.set_broadcast(true))?;
+        }
+        if config.multicast {
+            if !config.bind_ip.is_unspecified() {
+                option("IP_MULTICAST_IF", send.set_multicast_if_v4(&config.bind_ip))?;
+            }
+            // One hop: announcements are for this LAN only.
+            option("IP_MULTICAST_TTL", send.set_multicast_ttl_v4(1))?;
+            // Other p2pfile processes on this host listen too.
+            option("IP_MULTICAST_LOOP", send.set_multicast_loop_v4(true))?;
+        }
+        for s in [&recv, &send] {
+            option("O_NONBLOCK", s.set_nonblocking(true))?;
+        }
+        Ok(DiscoverySockets {
+            recv: recv.into(),
+            send: send.into(),
+        })
+    }
+}
+
+fn udp_socket() -> Result<Socket, DiscoveryError> {
+    Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).map_err(DiscoveryError::Socket)
+}
+
+fn option(option: &'static str, result: io::Result<()>) -> Result<(), DiscoveryError> {
+    result.map_err(|source| DiscoveryError::SocketOption { option, source })
+}
+
+fn bind(socket: &Socket, addr: SocketAddrV4) -> Result<(), DiscoveryError> {
+    socket
+        .bind(&addr.into())
+        .map_err(|source| DiscoveryError::Bind { addr, source })
+}
+
+/// A running LAN discovery: announces us every interval and reports peers
+/// of our folder. Dropping it (or [`shutdown`](Self::shutdown)) stops its
+/// task and closes its sockets.
+#[derive(Debug)]
+pub struct Discovery {
+    found: mpsc::Receiver<Found>,
+    task: JoinHandle<()>,
+}
+
+impl Discovery {
+    /// Binds the sockets ([`DiscoverySockets::bind`]) and starts.
+    pub async fn start(config: DiscoveryConfig) -> Result<Discovery, DiscoveryError> {
+        let sockets = DiscoverySockets::bind(&config)?;
+        Discovery::start_with_sockets(config, sockets).await
+    }
+
+    /// Starts on sockets made by [`DiscoverySockets::bind`], possibly in
+    /// another network namespace. `config.port` must be the port they were
+    /// bound with.
+    pub async fn start_with_sockets(
+        config: DiscoveryConfig,
+        sockets: DiscoverySockets,
+    ) -> Result<Discovery, DiscoveryError> {
+        let recv = UdpSocket::from_std(sockets.recv).map_err(DiscoveryError::Runtime)?;
+        let send = UdpSocket::from_std(sockets.send).map_err(DiscoveryError::Runtime)?;
+        let (tx, found) = mpsc::channel(FOUND_QUEUE);
+        let span = tracing::debug_span!(
+            "discovery",
+            folder = %config.key.folder_id(),
+            device = %config.device,
+        );
+        let task = tokio::spawn(run(config, recv, send, tx).instrument(span));
+        Ok(Discovery { found, task })
+    }
+
+    /// The peers found: a device is reported when first seen, when its
+    /// address changes, and after [`REPORT_AGAIN_AFTER`] of silence.
+    pub fn found(&mut self) -> &mut mpsc::Receiver<Found> {
+        &mut self.found
+    }
+
+    /// The next peer found; `None` only if the task has ended.
+    pub async fn next(&mut self) -> Option<Found> {
+        self.found.recv().await
+    }
+
+    /// Stops the task and waits until its sockets are closed.
+    pub async fn shutdown(mut self) {
+        self.task.abort();
+        // The only possible error is the cancellation just asked for.
+        let _ = (&mut self.task).await;
+    }
+}
+
+impl Drop for Discovery {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The discovery task: the only owner of the sockets, the screen and the
+/// sightings.
+async fn run(config: DiscoveryConfig, recv: UdpSocket, send: UdpSocket, tx: mpsc::Sender<Found>) {
+    let mut targets = Vec::new();
+    if config.broadcast {
+        targets.push(SocketAddr::from((Ipv4Addr::BROADCAST, config.port)));
+    }
+    if config.multicast {
+        targets.push(SocketAddr::from((MULTICAST_GROUP, config.port)));
+    }
+    let mut screen = Screen::new(config.key.clone(), config.device);
+    let mut sightings = Sightings::default();
+    let mut tick = tokio::time::interval(config.interval.max(MIN_INTERVAL));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // One byte more than allowed, so an oversized datagram shows as such
+    // instead of being silently truncated to a valid-looking length.
+    let mut buf = [0u8; MAX_PACKET + 1];
+    loop {
+        tokio::select! {
+            _ = tick.tick() => announce(&config, &send, &targets).await,
+            received = recv.recv_from(&mut buf) => match received {
+                Ok((len, from)) => {
+                    let found = receive(&mut screen, &buf[..len], from, unix_now());
+                    if let Some(found) = found {
+                        if !report(&mut sightings, &tx, found) {
+                            return;
+                        }
+                    }
+                }
+                Err(e) => {
+                    debug!(error = %e, "discovery receive failed");
+                    tokio::time::sleep(RECV_ERROR_PAUSE).await;
+                }
+            },
+        }
+    }
+}
+
+/// Sends one announcement to every target. Failures (no route, network
+/// unreachable) are normal on hosts without a broadcast or multicast route
+/// and are retried at the next interval.
+async fn announce(config: &DiscoveryConfig, send: &UdpSocket, targets: &[SocketAddr]) {
+    let mut nonce = [0u8; 16];
+    if let Err(e) = getrandom::fill(&mut nonce) {
+        debug!(error = %e, "no randomness for a discovery nonce; skipping this announcement");
+        return;
+    }
+    let packet = encode_announcement(
+        &config.key,
+        config.device,
+        config.announce_port,
+        unix_now(),
+        nonce,
+    );
+    for target in targets {
+        if let Err(e) = send.send_to(&packet, target).await {
+            debug!(%target, error = %e, "announcement not sent; retrying next interval");
+        }
+    }
+}
+
+/// Checks a datagram from `from`; the peer it announces, if it passes.
+fn receive(screen: &mut Screen, bytes: &[u8], from: SocketAddr, now: u64) -> Option<Found> {
+    match screen.check(bytes, now) {
+        Ok(a) => Some(Found {
+            device: a.device,
+            addr: SocketAddr::new(from.ip(), a.port),
+        }),
+        Err(reason) => {
+            debug!(%from, %reason, "dropped discovery packet");
+            None
+        }
+    }
+}
+
+/// Tells the caller about `found` unless it was reported recently; false
+/// once the caller is gone.
+fn report(sightings: &mut Sightings, tx: &mpsc::Sender<Found>, found: Found) -> bool {
+    if !sightings.observe(found.device, found.addr, Instant::now()) {
+        return true;
+    }
+    match tx.try_send(found) {
+        Ok(()) => {
+            debug!(device = %found.device, addr = %found.addr, "found a peer on the LAN");
+            true
+        }
+        Err(TrySendError::Full(_)) => {
+            sightings.forget(found.device);
+            true
+        }
+        Err(TrySendError::Closed(_)) => false,
+    }
+}
+
+/// Seconds since the Unix epoch; 0 for a clock set before it (every
+/// announcement then fails the skew check, which is the honest outcome).
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -702,6 +1056,156 @@ mod tests {
             decode_announcement(&k, &padded, NOW),
             Err(DropReason::TooLarge(_))
         ));
+    }
+
+    /// A hang guard only: peers normally meet within a few intervals.
+    const MEET_TIMEOUT: Duration = Duration::from_secs(10);
+
+    /// A UDP port free on the wildcard address right now.
+    fn free_port() -> u16 {
+        std::net::UdpSocket::bind("0.0.0.0:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    }
+
+    fn config(seed: u8, device: u64, bind_ip: Ipv4Addr, port: u16) -> DiscoveryConfig {
+        DiscoveryConfig {
+            bind_ip,
+            port,
+            interval: Duration::from_millis(100),
+            ..DiscoveryConfig::new(key(seed), DeviceId(device), 7000 + device as u16)
+        }
+    }
+
+    /// Waits until `d` reports `want`; panics on anything else or a hang.
+    async fn expect_found(d: &mut Discovery, want: Found) {
+        let got = tokio::time::timeout(MEET_TIMEOUT, d.next())
+            .await
+            .unwrap_or_else(|_| panic!("{want:?} not found within {MEET_TIMEOUT:?}"));
+        assert_eq!(got, Some(want));
+    }
+
+    /// Runs A and B (same folder) and C (another folder) until A and B
+    /// find each other; checks that nothing else is reported.
+    async fn meet(
+        mut a: Discovery,
+        mut b: Discovery,
+        mut c: Discovery,
+        a_addr: SocketAddr,
+        b_addr: SocketAddr,
+    ) {
+        tokio::join!(
+            expect_found(
+                &mut a,
+                Found {
+                    device: DeviceId(2),
+                    addr: b_addr
+                }
+            ),
+            expect_found(
+                &mut b,
+                Found {
+                    device: DeviceId(1),
+                    addr: a_addr
+                }
+            ),
+        );
+        // Several more intervals: no repeat report, nothing from or to C.
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        for (name, d) in [("a", &mut a), ("b", &mut b), ("c", &mut c)] {
+            assert_eq!(
+                d.found().try_recv(),
+                Err(mpsc::error::TryRecvError::Empty),
+                "{name} reported more"
+            );
+        }
+        tokio::join!(a.shutdown(), b.shutdown(), c.shutdown());
+    }
+
+    /// On `lo` both transports work without namespaces (see the module
+    /// docs): senders bound to 127.0.0.x send through `lo` only, so nothing
+    /// leaves the host. Each transport is tried alone.
+    #[tokio::test]
+    async fn loopback_peers_find_each_other_by_broadcast_and_by_multicast() {
+        for (broadcast, multicast) in [(true, false), (false, true), (true, true)] {
+            let port = free_port();
+            let ips = [
+                Ipv4Addr::new(127, 0, 0, 1),
+                Ipv4Addr::new(127, 0, 0, 2),
+                Ipv4Addr::new(127, 0, 0, 3),
+            ];
+            let mut started = Vec::new();
+            for (i, (seed, ip)) in [(1, ips[0]), (1, ips[1]), (2, ips[2])]
+                .into_iter()
+                .enumerate()
+            {
+                let cfg = DiscoveryConfig {
+                    broadcast,
+                    multicast,
+                    ..config(seed, i as u64 + 1, ip, port)
+                };
+                started.push(Discovery::start(cfg).await.unwrap());
+            }
+            let [a, b, c] = <[Discovery; 3]>::try_from(started).unwrap();
+            eprintln!("loopback broadcast={broadcast} multicast={multicast}");
+            meet(
+                a,
+                b,
+                c,
+                "127.0.0.1:7001".parse().unwrap(),
+                "127.0.0.2:7002".parse().unwrap(),
+            )
+            .await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_port_taken_without_sharing_is_a_typed_error() {
+        let taken = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+        let port = taken.local_addr().unwrap().port();
+        let e = Discovery::start(config(1, 1, Ipv4Addr::LOCALHOST, port))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&e, DiscoveryError::Bind { addr, .. } if addr.port() == port),
+            "{e:?}"
+        );
+        assert_eq!(
+            e.to_string(),
+            format!("cannot bind the LAN discovery socket to 0.0.0.0:{port}")
+        );
+        let e = DiscoverySockets::bind(&DiscoveryConfig {
+            broadcast: false,
+            multicast: false,
+            ..config(1, 1, Ipv4Addr::LOCALHOST, port)
+        })
+        .unwrap_err();
+        assert!(matches!(e, DiscoveryError::NoTransport), "{e:?}");
+    }
+
+    #[tokio::test]
+    async fn shutdown_and_drop_close_the_sockets() {
+        let port = free_port();
+        let a = Discovery::start(config(1, 1, Ipv4Addr::LOCALHOST, port))
+            .await
+            .unwrap();
+        let b = Discovery::start(config(1, 2, Ipv4Addr::LOCALHOST, port))
+            .await
+            .unwrap();
+        assert!(
+            std::net::UdpSocket::bind(("0.0.0.0", port)).is_err(),
+            "port is shared, not free"
+        );
+        a.shutdown().await;
+        drop(b);
+        // Drop only asks the task to stop; give the runtime a moment.
+        let deadline = Instant::now() + MEET_TIMEOUT;
+        while std::net::UdpSocket::bind(("0.0.0.0", port)).is_err() {
+            assert!(Instant::now() < deadline, "sockets still open");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     proptest! {
