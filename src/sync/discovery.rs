@@ -1208,6 +1208,154 @@ mod tests {
         }
     }
 
+    /// Network namespaces made for one test, deleted on drop (even when the
+    /// test fails). Deleting a namespace deletes the links in it.
+    struct Netns {
+        names: Vec<String>,
+    }
+
+    impl Netns {
+        /// `ip ARGS`, panicking with the command on failure.
+        fn ip(args: &[&str]) {
+            let status = std::process::Command::new("ip")
+                .args(args)
+                .status()
+                .unwrap_or_else(|e| panic!("ip {args:?}: {e}"));
+            assert!(status.success(), "ip {args:?}: {status}");
+        }
+
+        /// Adds namespace `p2pd-PID-TAG`; `None` if namespaces are not
+        /// available here.
+        fn add(&mut self, tag: &str) -> Option<String> {
+            let name = format!("p2pd-{}-{tag}", std::process::id());
+            let status = std::process::Command::new("ip")
+                .args(["netns", "add", &name])
+                .stderr(std::process::Stdio::null())
+                .status()
+                .ok()?;
+            if !status.success() {
+                return None;
+            }
+            self.names.push(name.clone());
+            Netns::ip(&["-n", &name, "link", "set", "lo", "up"]);
+            Some(name)
+        }
+
+        /// Makes the sockets inside namespace `ns`: a socket keeps the
+        /// namespace it was created in, so a short-lived thread enters it
+        /// and the runtime's threads never do.
+        fn sockets(ns: &str, cfg: &DiscoveryConfig) -> DiscoverySockets {
+            use std::os::fd::AsRawFd;
+            let path = format!("/var/run/netns/{ns}");
+            let cfg = cfg.clone();
+            std::thread::spawn(move || {
+                let file = std::fs::File::open(&path).unwrap();
+                // SAFETY: a plain syscall on a valid fd; it changes only
+                // this thread's network namespace, and the thread ends here.
+                let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+                assert_eq!(rc, 0, "setns {path}: {}", io::Error::last_os_error());
+                DiscoverySockets::bind(&cfg).unwrap()
+            })
+            .join()
+            .unwrap()
+        }
+    }
+
+    impl Drop for Netns {
+        fn drop(&mut self) {
+            for name in self.names.iter().rev() {
+                let _ = std::process::Command::new("ip")
+                    .args(["netns", "del", name])
+                    .status();
+            }
+        }
+    }
+
+    /// Three namespaces A, B, C with 10.231.0.1-3/24 on one bridge (in a
+    /// fourth namespace): A and B share a folder and find each other, C has
+    /// another folder and neither reports nor is reported. Run once with
+    /// broadcast only and once with multicast only, on the real port. A
+    /// fifth namespace with no interface up checks that send failures are
+    /// not fatal. Nothing is sent outside these namespaces.
+    #[tokio::test]
+    async fn namespaces_on_a_bridge_find_each_other() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: network namespaces need root");
+            return;
+        }
+        let mut lab = Netns { names: Vec::new() };
+        let Some(br) = lab.add("br") else {
+            eprintln!("skipped: `ip netns add` is not available here");
+            return;
+        };
+        Netns::ip(&[
+            "-n",
+            &br,
+            "link",
+            "add",
+            "br0",
+            "type",
+            "bridge",
+            "mcast_snooping",
+            "0",
+        ]);
+        Netns::ip(&["-n", &br, "link", "set", "br0", "up"]);
+        let mut hosts = Vec::new();
+        for (i, tag) in ["a", "b", "c"].into_iter().enumerate() {
+            let ns = lab.add(tag).expect("second namespace");
+            let port = format!("p{tag}");
+            let ip = Ipv4Addr::new(10, 231, 0, i as u8 + 1);
+            Netns::ip(&[
+                "-n", &ns, "link", "add", "eth0", "type", "veth", "peer", "name", &port, "netns",
+                &br,
+            ]);
+            Netns::ip(&["-n", &ns, "addr", "add", &format!("{ip}/24"), "dev", "eth0"]);
+            Netns::ip(&["-n", &ns, "link", "set", "eth0", "up"]);
+            Netns::ip(&["-n", &br, "link", "set", &port, "master", "br0"]);
+            Netns::ip(&["-n", &br, "link", "set", &port, "up"]);
+            hosts.push((ns, ip));
+        }
+
+        for (broadcast, multicast) in [(true, false), (false, true)] {
+            eprintln!("namespaces broadcast={broadcast} multicast={multicast}");
+            let mut started = Vec::new();
+            for (i, (seed, (ns, ip))) in [1, 1, 2].into_iter().zip(&hosts).enumerate() {
+                let cfg = DiscoveryConfig {
+                    broadcast,
+                    multicast,
+                    ..config(seed, i as u64 + 1, *ip, DISCOVERY_PORT)
+                };
+                let sockets = Netns::sockets(ns, &cfg);
+                started.push(Discovery::start_with_sockets(cfg, sockets).await.unwrap());
+            }
+            let [a, b, c] = <[Discovery; 3]>::try_from(started).unwrap();
+            meet(
+                a,
+                b,
+                c,
+                "10.231.0.1:7001".parse().unwrap(),
+                "10.231.0.2:7002".parse().unwrap(),
+            )
+            .await;
+        }
+
+        // No route at all: the group cannot be joined and every send fails
+        // with "network unreachable"; discovery runs on regardless.
+        let lonely = lab.add("lonely").expect("another namespace");
+        Netns::ip(&["-n", &lonely, "link", "set", "lo", "down"]);
+        let cfg = config(1, 9, Ipv4Addr::UNSPECIFIED, DISCOVERY_PORT);
+        let sockets = Netns::sockets(&lonely, &cfg);
+        let mut d = Discovery::start_with_sockets(cfg, sockets).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(
+            d.found().try_recv(),
+            Err(mpsc::error::TryRecvError::Empty),
+            "the task must still be running"
+        );
+        d.shutdown().await;
+    }
+
     proptest! {
         #[test]
         fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..700)) {
