@@ -242,8 +242,8 @@ fn decode(
     let dict = value
         .as_dict()
         .ok_or(DropReason::Malformed("(not a dictionary)"))?;
-    let int = |k: &[u8], name| dict.get(k).and_then(Value::as_int).ok_or(name);
-    let version = int(F_VERSION, DropReason::Malformed("v"))?;
+    let int = |k: &[u8]| dict.get(k).and_then(Value::as_int);
+    let version = int(F_VERSION).ok_or(DropReason::Malformed("v"))?;
     if version != VERSION {
         return Err(DropReason::UnknownVersion(version));
     }
@@ -252,13 +252,11 @@ fn decode(
         return Err(DropReason::OtherFolder);
     }
     let device = DeviceId(u64::from_be_bytes(fixed(dict.get(F_DEVICE), "d")?));
-    let port = int(F_PORT, DropReason::Malformed("p"))
-        .ok()
+    let port = int(F_PORT)
         .and_then(|p| u16::try_from(p).ok())
         .filter(|&p| p != 0)
         .ok_or(DropReason::Malformed("p"))?;
-    let time = int(F_TIME, DropReason::Malformed("t"))
-        .ok()
+    let time = int(F_TIME)
         .and_then(|t| u64::try_from(t).ok())
         .ok_or(DropReason::Malformed("t"))?;
     let nonce: Nonce = fixed(dict.get(F_NONCE), "n")?;
