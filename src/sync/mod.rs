@@ -26,11 +26,16 @@
 //! Nothing here opens a socket or spawns a task; `commands/sync.rs` wires it
 //! to the engine, the state database and the output.
 //!
-//! Submodules: [`key`] folder keys, [`version`] version vectors, [`index`]
-//! records and their encoding, [`scan`] the local scan, [`merge`] the
-//! decision rules, [`plan`] the ordered actions.
+//! Submodules, pure: [`key`] folder keys, [`version`] version vectors,
+//! [`index`] records and their encoding, [`scan`] the local scan, [`merge`]
+//! the decision rules, [`plan`] the ordered actions, [`protocol`] the
+//! messages between peers, [`folder`] one folder's model (our index, the
+//! peers', who is behind). With I/O: [`apply`] every change sync makes on
+//! disk (the trash, commits that never clobber an edit), [`discovery`] LAN
+//! announcements by broadcast and multicast.
 
 pub mod apply;
+pub mod discovery;
 pub mod folder;
 pub mod index;
 pub mod key;
