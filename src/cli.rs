@@ -12,7 +12,8 @@ Exit codes:
   0    success
   1    runtime failure (disk full, I/O error, torrent failed)
   2    usage or input error (bad flag, config, magnet, .torrent, missing path)
-  3    incomplete: a download found no peer or made no progress before --timeout
+  3    incomplete: a download found no peer or made no progress before --timeout;
+       sync --once did not converge before --timeout
   4    port unavailable: --port taken, or every port of --port-range taken
   130  interrupted (SIGINT/SIGTERM during a download), after a clean shutdown";
 
@@ -91,6 +92,8 @@ pub enum Command {
     Serve(ServeArgs),
     /// Download magnets or .torrent files
     Download(DownloadArgs),
+    /// Keep a directory in step with peers, both ways
+    Sync(SyncArgs),
     /// Show what the state database knows: served torrents and downloads
     Status,
     /// Print a shell completion script
@@ -153,6 +156,48 @@ pub struct DownloadArgs {
         value_name = "SECS"
     )]
     pub seeding_until_idle: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct SyncArgs {
+    /// The folder to keep in step (an existing directory)
+    #[arg(value_name = "DIR")]
+    pub dir: PathBuf,
+    /// Folder key: p2pf-rw-… (read-write) or p2pf-ro-… (read-only) [default: the folder's own key, made on first use]
+    #[arg(long, env = "P2PFILE_KEY", value_name = "KEY")]
+    pub key: Option<String>,
+    /// Print the folder's read-write and read-only keys, then exit
+    #[arg(long)]
+    pub show_keys: bool,
+    /// Converge with the peers found once, then exit: 0 in step, 3 not in step before --timeout
+    #[arg(long, env = "P2PFILE_ONCE", value_parser = BoolishValueParser::new())]
+    pub once: bool,
+    /// With --once: peers to wait for before converging counts [default: 1]
+    #[arg(long, env = "P2PFILE_EXPECT", value_name = "N")]
+    pub expect: Option<String>,
+    /// With --once: give up (exit 3) after this many seconds [default: 60]
+    #[arg(
+        long,
+        env = "P2PFILE_TIMEOUT",
+        allow_negative_numbers = true,
+        value_name = "SECS"
+    )]
+    pub timeout: Option<String>,
+    /// Announce local changes, never apply a peer's
+    #[arg(long, env = "P2PFILE_SEND_ONLY", value_parser = BoolishValueParser::new(), conflicts_with = "receive_only")]
+    pub send_only: bool,
+    /// Apply peers' changes, never announce local ones
+    #[arg(long, env = "P2PFILE_RECEIVE_ONLY", value_parser = BoolishValueParser::new())]
+    pub receive_only: bool,
+    /// Keep replaced and deleted files in DIR/.p2pfile/trash this many days [default: 7]
+    #[arg(long, env = "P2PFILE_TRASH_DAYS", value_name = "DAYS")]
+    pub trash_days: Option<String>,
+    /// Rescan the whole folder this often as a safety net, in seconds [default: 60]
+    #[arg(long, env = "P2PFILE_RESCAN", value_name = "SECS")]
+    pub rescan: Option<String>,
+    /// Find peers on the LAN by UDP broadcast and multicast on this port; 0 turns it off [default: 42069]
+    #[arg(long, env = "P2PFILE_DISCOVERY_PORT", value_name = "PORT")]
+    pub discovery_port: Option<String>,
 }
 
 #[derive(Debug, Args)]

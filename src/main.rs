@@ -8,7 +8,6 @@ mod config;
 mod error;
 mod output;
 mod state;
-#[allow(dead_code)] // used by commands/sync.rs, next step
 mod sync;
 
 use std::process::ExitCode;
@@ -62,6 +61,13 @@ fn run(cli: Cli) -> Result<(), Failure> {
         let state = crate::config::state_path(&cli.global, &file);
         return commands::status::run(&state, file.flag(cli.global.json, "json")?);
     }
+    if let Command::Sync(args) = &cli.command
+        && args.show_keys
+    {
+        // Needs no address or port either.
+        let state = crate::config::state_path(&cli.global, &file);
+        return commands::sync::show_keys(args, &file, &state, file.flag(cli.global.json, "json")?);
+    }
     let settings = Settings::resolve(&cli.global, &file)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -71,6 +77,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
         match cli.command {
             Command::Serve(args) => commands::serve::run(args, &file, settings).await,
             Command::Download(args) => commands::download::run(args, &file, settings).await,
+            Command::Sync(args) => commands::sync::run(args, &file, settings).await,
             Command::Completion(_) | Command::Status => unreachable!("handled above"),
         }
     })

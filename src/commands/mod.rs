@@ -5,6 +5,7 @@ pub mod completion;
 pub mod download;
 pub mod serve;
 pub mod status;
+pub mod sync;
 
 use p2pfile_engine::{Session, SessionConfig};
 
