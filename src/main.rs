@@ -90,7 +90,7 @@ fn init_tracing(debug: bool) {
     let filter = match std::env::var("P2PFILE_LOG") {
         Ok(f) => EnvFilter::new(f),
         Err(_) if debug => EnvFilter::new("debug,mainline=info"),
-        Err(_) => EnvFilter::new("warn,mainline=error"),
+        Err(_) => EnvFilter::new("warn,mainline=off"),
     };
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)

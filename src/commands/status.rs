@@ -17,6 +17,8 @@ pub fn run(path: &Path, json: bool) -> Result<(), Failure> {
     }
     let state = State::open(path).map_err(|e| Failure::new(crate::error::Code::Runtime, e))?;
     let (served, downloads) = state.all()?;
+    let folders = state.sync_folders()?;
+    let rows = state.sync_status(SYNC_ROWS)?;
     let out = Output::new(json);
     for s in &served {
         let size: u64 = content_size(&s.info);
@@ -37,6 +39,24 @@ pub fn run(path: &Path, json: bool) -> Result<(), Failure> {
                 "ratio": ratio(d.uploaded, d.total), "seeding_seconds": d.seeding_secs,
             }),
         );
+    }
+    for f in &folders {
+        out.event(
+            "sync_folder",
+            json!({"folder": f.folder_id, "path": f.path, "mode": f.mode, "files": f.files,
+                   "conflicts": f.conflicts, "peers": f.peers}),
+        );
+    }
+    for r in &rows {
+        out.event(
+            "sync_file",
+            json!({"folder": r.folder_id, "peer": r.peer, "path": r.path, "state": r.state,
+                   "detail": r.detail, "updated": r.updated_at}),
+        );
+    }
+    if !json && served.is_empty() && downloads.is_empty() && !folders.is_empty() {
+        sync_table(&out, &folders, &rows);
+        return Ok(());
     }
     if !json {
         out.line(&format!(
@@ -75,7 +95,61 @@ pub fn run(path: &Path, json: bool) -> Result<(), Failure> {
             ));
         }
     }
+    if !json && !folders.is_empty() {
+        out.line("");
+        sync_table(&out, &folders, &rows);
+    }
     Ok(())
+}
+
+/// Most rows of the sync table shown per folder (newest first).
+const SYNC_ROWS: usize = 50;
+
+/// The sync folders, then the sync table: peer, path, state, updated.
+fn sync_table(out: &Output, folders: &[crate::state::SyncFolder], rows: &[crate::state::SyncRow]) {
+    out.line(&format!(
+        "{:<6} {:<32} {:<13} {:>7} {:>9}  {}",
+        "KIND", "FOLDER", "MODE", "FILES", "CONFLICTS", "WHERE (PEERS)"
+    ));
+    for f in folders {
+        out.line(&format!(
+            "{:<6} {:<32} {:<13} {:>7} {:>9}  {} ({})",
+            "sync",
+            f.folder_id,
+            f.mode,
+            f.files,
+            f.conflicts,
+            f.path,
+            if f.peers.is_empty() {
+                "no peer yet".to_string()
+            } else {
+                f.peers.join(", ")
+            }
+        ));
+    }
+    if rows.is_empty() {
+        return;
+    }
+    out.line("");
+    out.line(&format!(
+        "{:<32} {:<8} {:<8} {:<20}  {}",
+        "FOLDER", "PEER", "STATE", "UPDATED", "PATH"
+    ));
+    for r in rows {
+        let detail = if r.detail.is_empty() {
+            String::new()
+        } else {
+            format!("  ({})", r.detail)
+        };
+        out.line(&format!(
+            "{:<32} {:<8} {:<8} {:<20}  {}{detail}",
+            r.folder_id,
+            if r.peer.is_empty() { "-" } else { &r.peer },
+            r.state,
+            crate::sync::merge::utc_time(r.updated_at),
+            r.path
+        ));
+    }
 }
 
 fn ratio(uploaded: u64, size: u64) -> f64 {

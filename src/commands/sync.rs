@@ -45,7 +45,7 @@ use crate::sync::key::FolderKey;
 use crate::sync::plan::Action;
 use crate::sync::protocol::{self, EXTENSION, Message};
 use crate::sync::scan::{self, FileHasher};
-use crate::sync::version::DeviceId;
+use crate::sync::version::{DeviceId, VersionVector};
 
 /// Name of the key file inside `DIR/.p2pfile/`.
 const KEY_FILE: &str = "key";
@@ -499,7 +499,7 @@ pub async fn run(args: SyncArgs, file: &FileValues, settings: Settings) -> Resul
     if let Some(d) = discovery {
         d.shutdown().await;
     }
-    run.finish(&opts, &result);
+    run.finish(&opts, &result).await;
     run.session.shutdown().await;
     result
 }
@@ -549,7 +549,11 @@ async fn scan_folder(
     .expect("scan task panicked")
     .map_err(|e| Failure::new(Code::Runtime, e).hint("check that the folder is readable"))?;
     for s in &result.skipped {
-        tracing::debug!("scan skipped {}: {:?}", s.path.display(), s.reason);
+        if s.reason.needs_attention() {
+            tracing::warn!("not synced: {}: {}", s.path.display(), s.reason);
+        } else {
+            tracing::debug!("scan skipped {}: {}", s.path.display(), s.reason);
+        }
     }
     Ok(result.changed)
 }
@@ -699,12 +703,10 @@ impl Run {
     }
 
     /// The `summary` event (`--once`) and a closing line.
-    fn finish(&mut self, opts: &Options, result: &Result<(), Failure>) {
-        for id in self.torrents.keys() {
-            if let Some(s) = self.session.stats(*id) {
-                self.summary.bytes_in += s.downloaded;
-                self.summary.bytes_out += s.uploaded;
-            }
+    async fn finish(&mut self, opts: &Options, result: &Result<(), Failure>) {
+        let ids: Vec<InfoHash> = self.torrents.keys().copied().collect();
+        for id in ids {
+            self.drop_torrent(id).await;
         }
         let s = &self.summary;
         let changed = s.added + s.changed + s.deleted + s.conflicts > 0;
@@ -923,13 +925,17 @@ impl Run {
         }
     }
 
+    /// Removes a content torrent, counting its bytes (read after it
+    /// stopped: stopping publishes the final counters).
     async fn drop_torrent(&mut self, id: InfoHash) {
-        if let Some(s) = self.session.stats(id) {
+        let stats = self.session.watch_stats(id);
+        self.torrents.remove(&id);
+        let _ = self.session.remove(id).await;
+        if let Some(s) = stats {
+            let s = s.borrow();
             self.summary.bytes_in += s.downloaded;
             self.summary.bytes_out += s.uploaded;
         }
-        self.torrents.remove(&id);
-        let _ = self.session.remove(id).await;
     }
 
     /// Sends changed records to every peer that proved the key.
@@ -1059,8 +1065,7 @@ impl Run {
                 // Our losing version, under its new name: a new file of ours.
                 let mut moved = expected;
                 moved.path = to;
-                moved.version = Default::default();
-                moved.version = moved.version.update(self.folder.device(), now_secs());
+                moved.version = VersionVector::new().update(self.folder.device(), now_secs());
                 moved.modified_by = self.folder.device();
                 moved.signature = None;
                 let announce = self

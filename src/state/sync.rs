@@ -24,6 +24,10 @@ pub struct SyncFolder {
     pub mode: String,
     /// Records in the local index (tombstones included).
     pub files: u64,
+    /// Conflict copies kept (`.sync-conflict-` names in the index).
+    pub conflicts: u64,
+    /// Peers found (listening addresses).
+    pub peers: Vec<String>,
 }
 
 /// One row of the sync table: how one path stands with one peer.
@@ -87,19 +91,26 @@ impl State {
     pub fn sync_folders(&self) -> anyhow::Result<Vec<SyncFolder>> {
         let mut q = self.conn.prepare(
             "SELECT f.folder_id, f.path, f.mode,
-                    (SELECT COUNT(*) FROM sync_files s WHERE s.folder_id = f.folder_id)
+                    (SELECT COUNT(*) FROM sync_files s WHERE s.folder_id = f.folder_id),
+                    (SELECT COUNT(*) FROM sync_files s WHERE s.folder_id = f.folder_id
+                        AND s.path LIKE '%.sync-conflict-%')
              FROM sync_folders f ORDER BY f.path",
         )?;
-        let rows = q
+        let mut rows: Vec<SyncFolder> = q
             .query_map([], |r| {
                 Ok(SyncFolder {
                     folder_id: r.get(0)?,
                     path: r.get(1)?,
                     mode: r.get(2)?,
                     files: r.get::<_, i64>(3)? as u64,
+                    conflicts: r.get::<_, i64>(4)? as u64,
+                    peers: Vec::new(),
                 })
             })?
             .collect::<Result<_, _>>()?;
+        for f in &mut rows {
+            f.peers = self.sync_peers(&f.folder_id)?;
+        }
         Ok(rows)
     }
 
@@ -231,7 +242,7 @@ mod tests {
         );
         let folders = s.sync_folders().unwrap();
         assert_eq!(folders.len(), 1);
-        assert_eq!(folders[0].files, 2);
+        assert_eq!((folders[0].files, folders[0].conflicts), (2, 0));
         s.save_sync_peer("f1", "10.0.0.1:42070", "ABCDEFG").unwrap();
         assert_eq!(
             s.sync_peers("f1").unwrap(),

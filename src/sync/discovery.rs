@@ -217,6 +217,7 @@ pub fn encode_announcement(
 /// Decodes and verifies an announcement of `key`'s folder received at Unix
 /// time `now`. Does not check the sender against our own device id nor the
 /// replay cache: [`Screen`] does both.
+#[cfg(test)]
 pub fn decode_announcement(
     key: &FolderKey,
     bytes: &[u8],
@@ -327,11 +328,13 @@ impl ReplayCache {
     }
 
     /// How many pairs the cache holds.
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.order.len()
     }
 
     /// Whether the cache holds no pair.
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.order.is_empty()
     }
@@ -640,8 +643,8 @@ impl Discovery {
         Ok(Discovery { found, task })
     }
 
-    /// The peers found: a device is reported when first seen, when its
-    /// address changes, and after [`REPORT_AGAIN_AFTER`] of silence.
+    /// The peers found, as a channel (tests poll it without waiting).
+    #[cfg(test)]
     pub fn found(&mut self) -> &mut mpsc::Receiver<Found> {
         &mut self.found
     }

@@ -311,11 +311,6 @@ impl Folder {
         }
         out
     }
-
-    /// Whether a path is ignored here (`.p2pignore`).
-    pub fn is_ignored(&self, path: &RelPath, is_dir: bool) -> bool {
-        self.ignores.is_ignored(path, is_dir)
-    }
 }
 
 /// Whether `a` should replace `b` as the record of a path: its version is
@@ -472,7 +467,7 @@ mod tests {
         let mut tampered = rec("c", b"z", VersionVector::new().update(B, 1), B, &key);
         tampered.mode = 0o777;
         assert_eq!(f.on_remote(B, vec![unsigned, foreign, tampered], true), 3);
-        assert!(f.peers()[&B].index.is_empty());
+        assert_eq!(f.peers()[&B].index.len(), 0);
         assert!(f.plan(10).actions.is_empty());
         assert_eq!(
             f.on_remote(C, vec![], true),

@@ -151,6 +151,7 @@ impl RelPath {
     }
 
     /// Whether `self` is a proper ancestor directory of `other`.
+    #[cfg(test)]
     pub fn is_ancestor_of(&self, other: &RelPath) -> bool {
         other
             .0
@@ -681,11 +682,6 @@ impl Index {
     /// How many records.
     pub fn len(&self) -> usize {
         self.records.len()
-    }
-
-    /// Whether there are none.
-    pub fn is_empty(&self) -> bool {
-        self.records.is_empty()
     }
 }
 

@@ -183,6 +183,20 @@ pub fn conflict_name(path: &RelPath, mtime: Mtime, device: DeviceId) -> RelPath 
 /// Last second [`utc_stamp`] shows: 9999-12-31 23:59:59 UTC.
 const MAX_STAMP_SECS: i64 = 253_402_300_799;
 
+/// `YYYY-MM-DD HH:MM:SS` in UTC, for people (status tables).
+pub(crate) fn utc_time(secs: i64) -> String {
+    let s = utc_stamp(secs);
+    format!(
+        "{}-{}-{} {}:{}:{}",
+        &s[0..4],
+        &s[4..6],
+        &s[6..8],
+        &s[9..11],
+        &s[11..13],
+        &s[13..15]
+    )
+}
+
 /// `YYYYMMDD-HHMMSS` in UTC, without a date crate.
 pub(crate) fn utc_stamp(secs: i64) -> String {
     let secs = secs.clamp(0, MAX_STAMP_SECS);

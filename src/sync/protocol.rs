@@ -15,7 +15,7 @@
 
 use p2pfile_engine::bencode::{self, Value};
 
-use super::index::{FileRecord, IndexError, MAX_BATCH};
+use super::index::{FileRecord, IndexError, MAX_BATCH, decode_batch, encode_batch};
 use super::key::FolderKey;
 use super::version::DeviceId;
 
@@ -131,17 +131,17 @@ impl Message {
                 ("w", Value::Int(i64::from(*can_write))),
                 ("m", Value::Bytes(proof.to_vec())),
             ]),
-            Message::Index { records, complete } => {
-                let list = records
-                    .iter()
-                    .map(|r| Value::Bytes(r.encode()))
-                    .collect::<Vec<_>>();
-                Value::dict([
-                    ("t", Value::Bytes(b"index".to_vec())),
-                    ("r", Value::List(list)),
-                    ("c", Value::Int(i64::from(*complete))),
-                ])
-            }
+            Message::Index { records, complete } => Value::dict([
+                ("t", Value::Bytes(b"index".to_vec())),
+                (
+                    "r",
+                    // `batches` never makes more than MAX_BATCH records.
+                    Value::Bytes(
+                        encode_batch(records).expect("bug: an index batch over MAX_BATCH"),
+                    ),
+                ),
+                ("c", Value::Int(i64::from(*complete))),
+            ]),
             Message::Want { contents } => Value::dict([
                 ("t", Value::Bytes(b"want".to_vec())),
                 ("c", Value::Bytes(contents.concat())),
@@ -191,20 +191,11 @@ impl Message {
                 })
             }
             b"index" => {
-                let items = value
+                let bytes = value
                     .get(b"r")
-                    .and_then(Value::as_list)
+                    .and_then(Value::as_bytes)
                     .ok_or(ProtocolError::Field("r"))?;
-                if items.len() > MAX_BATCH {
-                    return Err(ProtocolError::Index(IndexError::TooManyRecords(
-                        items.len(),
-                    )));
-                }
-                let mut records = Vec::with_capacity(items.len());
-                for item in items {
-                    let bytes = item.as_bytes().ok_or(ProtocolError::Field("r"))?;
-                    records.push(FileRecord::decode(bytes).map_err(ProtocolError::Index)?);
-                }
+                let records = decode_batch(bytes).map_err(ProtocolError::Index)?;
                 let complete = match value.get(b"c").and_then(Value::as_int) {
                     Some(0) => false,
                     Some(1) => true,
@@ -358,7 +349,7 @@ mod tests {
             Message::decode(b"d1:t5:hello1:di1ee"),
             Err(ProtocolError::Field("d"))
         );
-        let mut bad = b"d1:ci1e1:rl3:xyze1:t5:indexe".to_vec();
+        let mut bad = b"d1:ci1e1:r7:l3:xyze1:t5:indexe".to_vec();
         assert!(matches!(
             Message::decode(&bad),
             Err(ProtocolError::Index(_))

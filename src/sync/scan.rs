@@ -95,6 +95,32 @@ pub enum SkipReason {
     NotWalked,
 }
 
+impl std::fmt::Display for SkipReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SkipReason::ChangedWhileHashing => f.write_str("changed while it was read; next scan"),
+            SkipReason::BadName(Some(e)) => write!(f, "name not synced: {e}"),
+            SkipReason::BadName(None) => f.write_str("name is not UTF-8"),
+            SkipReason::Special => f.write_str("not a regular file, directory or symlink"),
+            SkipReason::Io(e) => write!(f, "cannot read it: {e}"),
+            SkipReason::Walk(e) => write!(f, "cannot walk it: {e}"),
+            SkipReason::NotWalked => f.write_str("not reached by the walk; kept as it was"),
+        }
+    }
+}
+
+impl SkipReason {
+    /// Whether the user should hear of it: the path is not synced until
+    /// they act (a bad name, an unreadable file), unlike a file that was
+    /// being written and is picked up next time.
+    pub fn needs_attention(&self) -> bool {
+        matches!(
+            self,
+            SkipReason::BadName(_) | SkipReason::Io(_) | SkipReason::Walk(_)
+        )
+    }
+}
+
 /// One path the scan left out, and why.
 #[derive(Debug)]
 pub struct Skipped {

@@ -5,5 +5,6 @@ mod errors;
 mod interop;
 mod seeding;
 mod state;
+mod sync;
 mod transfer;
 mod util;
