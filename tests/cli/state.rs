@@ -222,7 +222,7 @@ fn a_version_1_database_is_upgraded() {
         .unwrap()
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(v, 2);
+    assert_eq!(v, 3, "upgraded to the newest schema (3: sync tables)");
 }
 
 /// A tree where one file in the middle changed, and grew: every later
