@@ -55,6 +55,9 @@ pub struct Storage {
     empty_dirs: Vec<PathBuf>,
     piece_length: u64,
     total: u64,
+    /// Pieces that end in padding, with the length of the data before it,
+    /// by piece; empty without pad files. See [`Storage::padded_pieces`].
+    padded: Vec<(u32, u32)>,
     writable: bool,
     /// Serialises writes. Pieces are hashed on all cores, but concurrent
     /// `pwrite`s to one file only contend for its inode lock in the kernel
@@ -66,12 +69,13 @@ impl Storage {
     /// The layout of `info` with its content at `root`: the file itself for
     /// a single-file torrent, else the top directory.
     pub fn new(info: &Info, root: &Path, writable: bool) -> Self {
-        let files = info.files.iter().map(|f| {
+        let paths = info.files.iter().filter(|f| !f.is_pad()).map(|f| {
             let mut p = root.to_path_buf();
             p.extend(&f.path);
-            (p, f.length, f.is_pad())
+            p
         });
-        let empty_dirs = info
+        let mut s = Self::from_info(info, paths, writable).expect("one path per file");
+        s.empty_dirs = info
             .empty_dirs
             .iter()
             .map(|d| {
@@ -80,9 +84,38 @@ impl Storage {
                 p
             })
             .collect();
-        let mut s = Self::from_spans(files, info.piece_length, writable);
-        s.empty_dirs = empty_dirs;
         s
+    }
+
+    /// The layout of `info` with each of its files at the path `files`
+    /// gives: one path per entry that is not a pad file, in info order,
+    /// anywhere on disk (seeding files that are not under one root). Pad
+    /// entries stay zeros. `None` when `files` has another count. Empty
+    /// directories of the info are not part of this layout.
+    pub fn with_paths(info: &Info, files: &[PathBuf], writable: bool) -> Option<Self> {
+        Self::from_info(info, files.iter().cloned(), writable)
+    }
+
+    /// `info`'s files, the non-pad ones at `paths` in order; `None` unless
+    /// there is exactly one path for each.
+    fn from_info(
+        info: &Info,
+        mut paths: impl Iterator<Item = PathBuf>,
+        writable: bool,
+    ) -> Option<Self> {
+        let mut spans = Vec::with_capacity(info.files.len());
+        for f in &info.files {
+            let path = if f.is_pad() {
+                PathBuf::new()
+            } else {
+                paths.next()?
+            };
+            spans.push((path, f.length, f.is_pad()));
+        }
+        if paths.next().is_some() {
+            return None;
+        }
+        Some(Self::from_spans(spans, info.piece_length, writable))
     }
 
     /// A layout over explicit files, in stream order (used to hash content
@@ -103,7 +136,7 @@ impl Storage {
         writable: bool,
     ) -> Self {
         let mut offset = 0;
-        let spans = files
+        let spans: Vec<Span> = files
             .into_iter()
             .map(|(path, length, pad)| {
                 let span = Span {
@@ -117,11 +150,13 @@ impl Storage {
                 span
             })
             .collect();
+        let padded = padded_pieces(&spans, piece_length as u64, offset);
         Self {
             spans,
             empty_dirs: Vec::new(),
             piece_length: piece_length as u64,
             total: offset,
+            padded,
             writable,
             write_turn: std::sync::Mutex::new(()),
         }
@@ -342,7 +377,7 @@ impl Storage {
                 continue;
             };
             let size = self.piece_size(hint.piece);
-            let real = size - self.trailing_pad(hint.piece);
+            let real = self.data_size(hint.piece);
             buf.clear();
             buf.resize(size, 0);
             if let Err(e) = file.read_exact_at(&mut buf[..real], hint.offset) {
@@ -359,24 +394,22 @@ impl Storage {
         Ok(())
     }
 
-    /// Bytes at the end of piece `index` that lie in pad files.
-    fn trailing_pad(&self, index: u32) -> usize {
-        let start = self.piece_offset(index);
-        let end = start + self.piece_size(index) as u64;
-        let mut pad = 0;
-        for span in self.spans.iter().rev().skip_while(|s| s.offset >= end) {
-            if span.offset + span.length <= start {
-                break;
-            }
-            if span.length == 0 {
-                continue;
-            }
-            if !span.pad {
-                break;
-            }
-            pad += (span.offset + span.length).min(end) - span.offset.max(start);
+    /// Pieces whose end lies in padding, each with its data length: the
+    /// bytes before the run of pad files that reaches the piece's end (0
+    /// for a piece of padding only). Sorted by piece, and empty for a
+    /// torrent without pad files. Padding followed by a file within the
+    /// same piece does not count: only a trailing run can be left out of a
+    /// transfer without knowing where the next file starts.
+    pub fn padded_pieces(&self) -> &[(u32, u32)] {
+        &self.padded
+    }
+
+    /// Length of piece `index` without the padding at its end.
+    pub fn data_size(&self, index: u32) -> usize {
+        match self.padded.binary_search_by_key(&index, |&(p, _)| p) {
+            Ok(i) => self.padded[i].1 as usize,
+            Err(_) => self.piece_size(index),
         }
-        pad as usize
     }
 
     /// Which pieces on disk match `hashes`. Missing or short files make
@@ -435,6 +468,34 @@ impl Storage {
         }
         Ok(results)
     }
+}
+
+/// The table of [`Storage::padded_pieces`] for `spans` (`total` bytes in
+/// pieces of `piece_length`): one pass over the runs of pad files, each
+/// giving an entry to every piece that ends inside it.
+fn padded_pieces(spans: &[Span], piece_length: u64, total: u64) -> Vec<(u32, u32)> {
+    // Runs of consecutive pad bytes, as stream ranges.
+    let mut runs: Vec<(u64, u64)> = Vec::new();
+    for span in spans.iter().filter(|s| s.pad && s.length > 0) {
+        match runs.last_mut() {
+            Some(run) if run.1 == span.offset => run.1 += span.length,
+            _ => runs.push((span.offset, span.offset + span.length)),
+        }
+    }
+    let mut out = Vec::new();
+    for (start, stop) in runs {
+        let mut piece_start = start - start % piece_length;
+        while piece_start < total {
+            let piece_end = (piece_start + piece_length).min(total);
+            if piece_end > stop {
+                break;
+            }
+            let data = start.max(piece_start) - piece_start;
+            out.push(((piece_start / piece_length) as u32, data as u32));
+            piece_start += piece_length;
+        }
+    }
+    out
 }
 
 /// Opens a hint's file for reading, or `None` (logged) when it cannot be
@@ -725,5 +786,46 @@ mod tests {
             s.verify(&info.pieces).iter_ones().collect::<Vec<_>>(),
             vec![1]
         );
+    }
+
+    #[test]
+    fn padded_pieces_are_those_ending_in_padding() {
+        let (_, _, info) = padded();
+        let s = Storage::new(&info, Path::new("/nowhere"), false);
+        assert_eq!(s.padded_pieces(), &[(0, 10 * 1024), (1, 5 * 1024)]);
+        assert_eq!(s.data_size(1), 5 * 1024);
+        // x 3, pad 2, y 3, pad 9, z 1, pad 3 in pieces of 4: piece 1 has
+        // padding inside only, 2 and 3 are all padding, 5 is the last.
+        let spans = [
+            (3, false),
+            (2, true),
+            (3, false),
+            (9, true),
+            (1, false),
+            (3, true),
+        ]
+        .map(|(len, pad)| (PathBuf::from("f"), len, pad));
+        let s = Storage::from_spans(spans, 4, false);
+        assert_eq!(s.padded_pieces(), &[(0, 3), (2, 0), (3, 0), (4, 2), (5, 0)]);
+        assert_eq!(s.data_size(1), 4);
+        assert_eq!(s.data_size(3), 0);
+        let plain = layout(Path::new("/nowhere"), &[3, 0, 5, 2], 4);
+        assert!(plain.padded_pieces().is_empty());
+        assert_eq!(plain.data_size(2), 2);
+    }
+
+    #[test]
+    fn files_at_any_paths_make_the_torrent() {
+        let (a, b, info) = padded();
+        let dir = tempfile::tempdir().unwrap();
+        let (pa, pb) = (dir.path().join("x/one"), dir.path().join("y/two"));
+        fs::create_dir_all(pa.parent().unwrap()).unwrap();
+        fs::create_dir_all(pb.parent().unwrap()).unwrap();
+        fs::write(&pa, &a).unwrap();
+        fs::write(&pb, &b).unwrap();
+        let s = Storage::with_paths(&info, &[pa.clone(), pb], false).unwrap();
+        assert!(s.verify(&info.pieces).is_full());
+        assert!(Storage::with_paths(&info, std::slice::from_ref(&pa), false).is_none());
+        assert!(Storage::with_paths(&info, &[pa.clone(), pa.clone(), pa], false).is_none());
     }
 }
