@@ -85,8 +85,11 @@ pub fn from_engine(e: p2pfile_engine::Error) -> Failure {
         }
         E::Duplicate(_) => Failure::usage(e, "give each source once"),
         E::InvalidLimit(_) => Failure::usage(e, "use 0.016 MiB/s or more, or 0 for no limit"),
-        E::Storage { .. } | E::Closed | E::UnknownTorrent(_) | E::UnknownExtension(_) => {
-            Failure::new(Code::Runtime, e)
-        }
+        E::Storage { .. }
+        | E::Closed
+        | E::UnknownTorrent(_)
+        | E::UnknownExtension(_)
+        | E::SeedFilesCount { .. }
+        | E::SeedFilesNeedInfo => Failure::new(Code::Runtime, e),
     }
 }

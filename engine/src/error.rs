@@ -67,6 +67,19 @@ pub enum Error {
     /// An extension message for a name the session did not register.
     #[error("extension {0:?} is not registered in this session")]
     UnknownExtension(String),
+    /// [`crate::Target::SeedFiles`] with another number of paths than the
+    /// torrent has files.
+    #[error("{given} paths given to seed a torrent of {expected} files (pad files not counted)")]
+    SeedFilesCount {
+        /// Files in the torrent that are not pad files.
+        expected: usize,
+        /// Paths given.
+        given: usize,
+    },
+    /// [`crate::Target::SeedFiles`] with a magnet: which path is which
+    /// file is known only from the info.
+    #[error("seeding files at given paths needs the torrent's info, not a magnet")]
+    SeedFilesNeedInfo,
     /// The session has shut down.
     #[error("bug: session is closed")]
     Closed,

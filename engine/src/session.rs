@@ -226,6 +226,7 @@ impl Session {
                 (m.info_hash, None)
             }
         };
+        target.check(info.as_deref())?;
         let id = options.swarm_hash.unwrap_or(content_hash);
         let mut routes = self.routes.lock().expect("routes lock");
         if routes.contains_key(&id) {

@@ -10,11 +10,12 @@ use std::time::Duration;
 use bytes::Bytes;
 use p2pfile_engine::builder::build;
 use p2pfile_engine::magnet::Magnet;
-use p2pfile_engine::metainfo::InfoHash;
+use p2pfile_engine::metainfo::{FileEntry, Info, InfoHash, pad_to_pieces};
 use p2pfile_engine::{
     AddTorrent, Error, Event, PortChoice, Session, SessionConfig, Source, Target, TorrentEvent,
     TorrentOptions,
 };
+use sha1::{Digest, Sha1};
 use tokio::sync::mpsc::UnboundedReceiver;
 
 fn config(ip: [u8; 4], dht: bool, bootstrap: Vec<std::net::SocketAddr>) -> SessionConfig {
@@ -489,6 +490,134 @@ async fn hints_reuse_local_content_without_transfer() {
         assert_eq!(s.stats(id).unwrap().downloaded, 0);
         assert_eq!(std::fs::read(dir.path().join("f.bin")).unwrap(), content);
         s.shutdown().await;
+        seed.shutdown().await;
+    })
+    .await
+    .expect("finished in time");
+}
+
+const PIECE: u32 = 16 * 1024;
+
+/// A torrent named `name` of `files` (path below its root, content), each
+/// padded to a piece end with BEP 47 pad files as sync builds them; and
+/// its content stream, padding included.
+fn aligned(name: &str, files: &[(Vec<String>, Vec<u8>)]) -> (Arc<Info>, Vec<u8>) {
+    let entries = pad_to_pieces(
+        files
+            .iter()
+            .map(|(p, c)| FileEntry::new(p.clone(), c.len() as u64)),
+        PIECE,
+    );
+    let mut stream = Vec::new();
+    for (_, c) in files {
+        stream.extend_from_slice(c);
+        stream.resize(stream.len().next_multiple_of(PIECE as usize), 0);
+    }
+    let pieces = stream
+        .chunks(PIECE as usize)
+        .map(|c| Sha1::digest(c).into())
+        .collect();
+    let info = Info::new(name, PIECE, pieces, entries, vec![]).unwrap();
+    (Arc::new(info), stream)
+}
+
+/// Content that is never zero, so a zero where data belongs shows.
+fn content(len: usize, seed: usize) -> Vec<u8> {
+    (0..len)
+        .map(|i| ((i * 31 + seed * 7) % 251) as u8 + 1)
+        .collect()
+}
+
+/// Downloads `info` from `seed` into a new directory; returns it and the
+/// downloader's byte count off the wire.
+async fn download_from(seed: &Session, info: &Arc<Info>) -> (tempfile::TempDir, u64) {
+    let s = Session::start(config([127, 0, 0, 1], false, vec![]))
+        .await
+        .unwrap();
+    let mut events = s.events().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let id = s
+        .add(
+            Source::Info(info.clone()),
+            Target::download(dir.path().to_path_buf()),
+            vec![seed.local_addr()],
+        )
+        .unwrap();
+    wait_completed(&mut events, id).await;
+    let downloaded = s.stats(id).unwrap().downloaded;
+    s.shutdown().await;
+    (dir, downloaded)
+}
+
+/// A bundle seeded from files scattered under other names, one of them
+/// empty and one longer than a piece.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seed_files_from_anywhere() {
+    tokio::time::timeout(Duration::from_secs(60), async {
+        let names = [
+            (vec!["docs", "a.txt"], 5000, "one/alpha"),
+            (vec!["b.bin"], 40_000, "two/deep/beta.dat"),
+            (vec!["e"], 0, "gamma"),
+            (vec!["x", "y", "c"], PIECE as usize, "three/delta"),
+            (vec!["d"], 123, "four/eps"),
+        ];
+        let src = tempfile::tempdir().unwrap();
+        let mut files = Vec::new();
+        let mut paths = Vec::new();
+        for (i, (path, len, at)) in names.iter().enumerate() {
+            let c = content(*len, i);
+            let at = src.path().join(at);
+            std::fs::create_dir_all(at.parent().unwrap()).unwrap();
+            std::fs::write(&at, &c).unwrap();
+            paths.push(at);
+            files.push((path.iter().map(|s| s.to_string()).collect(), c));
+        }
+        let (info, _) = aligned("bundle", &files);
+        let seed = Session::start(config([127, 0, 0, 1], false, vec![]))
+            .await
+            .unwrap();
+        let short = seed.add(
+            Source::Info(info.clone()),
+            Target::SeedFiles {
+                files: paths[1..].to_vec(),
+            },
+            vec![],
+        );
+        assert!(
+            matches!(
+                short,
+                Err(Error::SeedFilesCount {
+                    expected: 5,
+                    given: 4
+                })
+            ),
+            "{short:?}"
+        );
+        let magnet = Magnet {
+            info_hash: info.info_hash(),
+            name: None,
+            peers: vec![],
+        };
+        let by_magnet = seed.add(
+            Source::Magnet(magnet),
+            Target::SeedFiles {
+                files: paths.clone(),
+            },
+            vec![],
+        );
+        assert!(matches!(by_magnet, Err(Error::SeedFilesNeedInfo)));
+        assert!(seed.torrents().is_empty());
+        seed.add(
+            Source::Info(info.clone()),
+            Target::SeedFiles { files: paths },
+            vec![],
+        )
+        .unwrap();
+        let (dir, _) = download_from(&seed, &info).await;
+        for (path, c) in &files {
+            let got = dir.path().join("bundle").join(path.join("/"));
+            assert_eq!(&std::fs::read(got).unwrap(), c);
+        }
         seed.shutdown().await;
     })
     .await

@@ -25,7 +25,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::bitfield::Bitfield;
 use crate::choker::FirstUpload;
-use crate::error::TorrentError;
+use crate::error::{Error, TorrentError};
 use crate::event::{Event, Phase, Stats, TorrentEvent};
 use crate::metainfo::{Info, InfoHash};
 use crate::peer::{self, PeerEvent, PeerKey};
@@ -83,6 +83,15 @@ pub enum Target {
         /// The content.
         root: PathBuf,
     },
+    /// Seed content whose files lie anywhere, not under one root: one path
+    /// per file entry of the info that is not a pad file, in info order
+    /// (pad entries stay zeros, on no disk). A bundle of existing files
+    /// this way needs no copy. Like [`Target::Seed`], the content is taken
+    /// as complete and never written.
+    SeedFiles {
+        /// The files, in the info's order, pad entries left out.
+        files: Vec<PathBuf>,
+    },
     /// Download into `dir`, as `dir/<name>`.
     Download {
         /// The directory.
@@ -102,6 +111,24 @@ impl Target {
             dir: dir.into(),
             hints: Vec::new(),
         }
+    }
+
+    /// Whether this target can serve the torrent of `info` (`None` for a
+    /// magnet): [`Target::SeedFiles`] needs the info, and one path per
+    /// file of it.
+    pub(crate) fn check(&self, info: Option<&Info>) -> Result<(), Error> {
+        let Target::SeedFiles { files } = self else {
+            return Ok(());
+        };
+        let info = info.ok_or(Error::SeedFilesNeedInfo)?;
+        let expected = info.files.iter().filter(|f| !f.is_pad()).count();
+        if files.len() != expected {
+            return Err(Error::SeedFilesCount {
+                expected,
+                given: files.len(),
+            });
+        }
+        Ok(())
     }
 }
 
@@ -459,6 +486,11 @@ impl Torrent {
             let result = match target {
                 Target::Seed { root } => {
                     let storage = Storage::new(&info, &root, false);
+                    Ok((storage, Bitfield::full(info.piece_count()), None, true))
+                }
+                Target::SeedFiles { files } => {
+                    let storage = Storage::with_paths(&info, &files, false)
+                        .expect("bug: path count not checked by Session::add_torrent");
                     Ok((storage, Bitfield::full(info.piece_count()), None, true))
                 }
                 Target::Download { dir, hints } => {
