@@ -15,6 +15,11 @@
 //!   that a peer which can help no started piece may start one more, up to
 //!   twice the limit (so one slow piece cannot stall a peer).
 //!
+//! Padding (BEP 47) at the end of a piece is never requested: its blocks
+//! cover only the data before it, the last one shortened, and a piece of
+//! padding only has no block at all (see [`Picker::take_empty`]). The
+//! coordinator adds the zeros before hashing.
+//!
 //! Pure: no I/O, no clock; randomness is passed in.
 
 use std::collections::BTreeMap;
@@ -62,6 +67,10 @@ pub struct Picker {
     /// Pieces whose blocks all arrived and are being hashed.
     verifying: Bitfield,
     max_partial: usize,
+    /// Pieces that end in padding and their data lengths, by piece (see
+    /// [`crate::storage::Storage::padded_pieces`]); empty, and never
+    /// searched, for a torrent without pad files.
+    padded: Vec<(u32, u32)>,
 }
 
 impl Picker {
@@ -76,7 +85,17 @@ impl Picker {
             partial: BTreeMap::new(),
             verifying: Bitfield::new(n),
             max_partial: max_partial.max(1),
+            padded: Vec::new(),
         }
+    }
+
+    /// The same picker, requesting of each piece in `padded` (sorted
+    /// `(piece, data length)` pairs) only its first data-length bytes: the
+    /// rest is padding, zeros the coordinator adds itself.
+    pub fn with_padding(mut self, padded: Vec<(u32, u32)>) -> Self {
+        debug_assert!(padded.windows(2).all(|w| w[0].0 < w[1].0), "bug: unsorted");
+        self.padded = padded;
+        self
     }
 
     /// Pieces verified so far.
@@ -100,9 +119,20 @@ impl Picker {
         (self.total - start).min(self.piece_length as u64) as u32
     }
 
-    /// Number of blocks in piece `index`.
+    /// Bytes of piece `index` to download: its length without the padding
+    /// at its end.
+    pub fn data_size(&self, index: u32) -> u32 {
+        if !self.padded.is_empty()
+            && let Ok(i) = self.padded.binary_search_by_key(&index, |&(p, _)| p)
+        {
+            return self.padded[i].1;
+        }
+        self.piece_size(index)
+    }
+
+    /// Number of blocks to request of piece `index`.
     pub fn block_count(&self, index: u32) -> usize {
-        self.piece_size(index).div_ceil(BLOCK_SIZE) as usize
+        self.data_size(index).div_ceil(BLOCK_SIZE) as usize
     }
 
     fn block(&self, index: u32, b: usize) -> BlockRequest {
@@ -110,8 +140,29 @@ impl Picker {
         BlockRequest {
             index,
             begin,
-            length: (self.piece_size(index) - begin).min(BLOCK_SIZE),
+            length: (self.data_size(index) - begin).min(BLOCK_SIZE),
         }
+    }
+
+    /// Pieces of padding only that are neither had nor being verified:
+    /// marks them as being verified and returns them, for the coordinator
+    /// to hash their zeros without requesting anything. Each must later be
+    /// passed to [`piece_verified`](Self::piece_verified) or
+    /// [`piece_failed`](Self::piece_failed); a failed one is not picked
+    /// again (no peer can send it other bytes).
+    pub fn take_empty(&mut self) -> Vec<u32> {
+        let empty: Vec<u32> = self
+            .padded
+            .iter()
+            .filter(|&&(p, data)| {
+                data == 0 && !self.have.get(p as usize) && !self.verifying.get(p as usize)
+            })
+            .map(|&(p, _)| p)
+            .collect();
+        for &p in &empty {
+            self.verifying.set(p as usize);
+        }
+        empty
     }
 
     /// A peer announced piece `index`.
@@ -236,7 +287,10 @@ impl Picker {
     /// Every missing piece is started and every block of them requested.
     pub fn in_endgame(&self) -> bool {
         let all_started = (0..self.have.len()).all(|i| {
-            self.have.get(i) || self.verifying.get(i) || self.partial.contains_key(&(i as u32))
+            self.have.get(i)
+                || self.verifying.get(i)
+                || self.partial.contains_key(&(i as u32))
+                || self.data_size(i as u32) == 0
         });
         all_started
             && self
@@ -269,7 +323,11 @@ impl Picker {
         let mut ties = 0u32;
         for i in has.iter_ones() {
             let idx = i as u32;
-            if self.have.get(i) || self.verifying.get(i) || self.partial.contains_key(&idx) {
+            if self.have.get(i)
+                || self.verifying.get(i)
+                || self.partial.contains_key(&idx)
+                || self.data_size(idx) == 0
+            {
                 continue;
             }
             let a = self.availability[i];
@@ -307,7 +365,7 @@ impl Picker {
     pub fn is_valid_block(&self, req: &BlockRequest) -> bool {
         (req.index as usize) < self.have.len()
             && req.begin % BLOCK_SIZE == 0
-            && req.begin < self.piece_size(req.index)
+            && req.begin < self.data_size(req.index)
             && req.length
                 == self
                     .block(req.index, (req.begin / BLOCK_SIZE) as usize)
@@ -517,5 +575,65 @@ mod tests {
             .unwrap();
         one.set(other as usize);
         assert!(p.pick(&one, 100, |_| false, &mut rng()).is_empty());
+    }
+
+    /// Three pieces of two blocks: the first ends in padding after one
+    /// block and 100 bytes, the second is all padding, the third has 5000
+    /// bytes of data.
+    fn padded_picker() -> Picker {
+        picker(3, 4).with_padding(vec![(0, BLOCK_SIZE + 100), (1, 0), (2, 5000)])
+    }
+
+    #[test]
+    fn trailing_padding_is_not_requested() {
+        let mut p = padded_picker();
+        assert_eq!(p.block_count(0), 2);
+        assert_eq!(p.block_count(1), 0);
+        assert_eq!(p.block_count(2), 1);
+        let short = p.block(0, 1);
+        assert_eq!((short.begin, short.length), (BLOCK_SIZE, 100));
+        assert!(p.is_valid_block(&short));
+        assert!(!p.is_valid_block(&BlockRequest {
+            length: BLOCK_SIZE,
+            ..short
+        }));
+        assert_eq!(p.block(2, 0).length, 5000);
+        let all = Bitfield::full(3);
+        p.add_peer(&all);
+        let mut got = p.pick(&all, 100, |_| false, &mut rng());
+        got.sort_by_key(|r| (r.index, r.begin));
+        let layout: Vec<_> = got.iter().map(|r| (r.index, r.begin, r.length)).collect();
+        assert_eq!(
+            layout,
+            vec![(0, 0, BLOCK_SIZE), (0, BLOCK_SIZE, 100), (2, 0, 5000)]
+        );
+        // Everything requested: endgame, though piece 1 never started.
+        assert!(p.in_endgame());
+        for r in &got[..2] {
+            assert_ne!(p.received(r), Received::Unwanted);
+        }
+        assert_eq!(p.received(&got[2]), Received::PieceComplete);
+    }
+
+    #[test]
+    fn a_piece_of_padding_only_is_verified_without_requests() {
+        let mut p = padded_picker();
+        assert_eq!(p.take_empty(), vec![1]);
+        assert!(p.take_empty().is_empty(), "taken once");
+        p.piece_verified(1);
+        assert!(p.have().get(1));
+        assert!(p.take_empty().is_empty(), "had");
+        // A failed one is never picked.
+        let mut r = padded_picker();
+        assert_eq!(r.take_empty(), vec![1]);
+        r.piece_failed(1);
+        let only = {
+            let mut b = Bitfield::new(3);
+            b.set(1);
+            b
+        };
+        r.add_peer(&only);
+        assert!(r.pick(&only, 10, |_| false, &mut rng()).is_empty());
+        assert_eq!(r.partial_count(), 0);
     }
 }

@@ -64,6 +64,18 @@ pub(super) fn pipeline_depth(rate: f64, rtt: f64, received: usize, reqq: Option<
 }
 
 impl Torrent {
+    /// Verifies, without requesting anything, the pieces that are padding
+    /// only: their bytes are known to be zeros.
+    pub(super) fn verify_empty_pieces(&mut self) {
+        let State::Live(l) = &mut self.state else {
+            return;
+        };
+        for index in l.picker.take_empty() {
+            l.assembly.insert(index, Assembly::new(0));
+            verify(l, index, &self.job_tx);
+        }
+    }
+
     /// Tops up a peer's pipeline of requests.
     pub(super) fn fill_requests(&mut self, key: PeerKey) {
         let State::Live(l) = &mut self.state else {
@@ -308,16 +320,28 @@ impl Assembly {
     }
 }
 
+/// Zeros standing in for a piece's trailing padding, which is never
+/// requested (the piece hash covers it: BEP 47).
+static ZEROS: [u8; BLOCK_SIZE as usize] = [0; BLOCK_SIZE as usize];
+
 /// Hashes an assembled piece off the async workers and writes it if good.
 /// The blocks go to the hash and to one vectored write as they came off
 /// the socket: no piece-sized copy (loopback 1 GiB: that copy was ~5 % of
-/// the downloader's CPU).
+/// the downloader's CPU). Padding at the piece's end, not downloaded, is
+/// hashed as zeros; the write drops it.
 fn verify(l: &mut Live, index: u32, jobs: &tokio::sync::mpsc::UnboundedSender<Job>) {
     let Some(piece) = l.assembly.get_mut(&index) else {
         return;
     };
     // The picker reports a piece complete only when every block arrived.
-    let blocks: Vec<Bytes> = piece.blocks.iter_mut().flat_map(Option::take).collect();
+    let mut blocks: Vec<Bytes> = piece.blocks.iter_mut().flat_map(Option::take).collect();
+    let data: usize = blocks.iter().map(Bytes::len).sum();
+    let mut pad = l.info.piece_size(index) as usize - data;
+    while pad > 0 {
+        let n = pad.min(ZEROS.len());
+        blocks.push(Bytes::from_static(&ZEROS[..n]));
+        pad -= n;
+    }
     l.verifying += 1;
     let expected = l.info.pieces[index as usize];
     let storage = Arc::clone(&l.storage);

@@ -526,7 +526,8 @@ impl Torrent {
         let info_piece_len = info.piece_length as u64;
         let piece_count = info.piece_count();
         let max_partial = (ASSEMBLY_BUDGET / info_piece_len).clamp(4, 256) as usize;
-        let picker = Picker::new(info.piece_length, info.total_length(), have, max_partial);
+        let picker = Picker::new(info.piece_length, info.total_length(), have, max_partial)
+            .with_padding(storage.padded_pieces().to_vec());
         self.state = State::Live(Box::new(Live {
             info,
             storage: Arc::new(storage),
@@ -544,6 +545,7 @@ impl Torrent {
                 valid_bytes,
             });
         }
+        self.verify_empty_pieces();
         self.peers_went_live();
         if complete {
             self.on_finalized(Ok(Vec::new()));
