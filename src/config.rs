@@ -31,6 +31,14 @@ const KEYS: &[&str] = &[
     "state",
     "exit-after",
     "seeding-until-idle",
+    "key",
+    "once",
+    "expect",
+    "send-only",
+    "receive-only",
+    "trash-days",
+    "rescan",
+    "discovery-port",
 ];
 
 const DEFAULT_PORT_RANGE: (u16, u16) = (42070, 42099);

@@ -727,8 +727,19 @@ async fn padding_is_served_to_peers_that_ask() {
                 None => assert!(conn.read_buf(&mut buf).await.unwrap() > 0, "closed"),
             }
         }
+        // Interested, then ask once unchoked (requests sent while choked
+        // may be dropped, which is not what this test is about).
         let mut out = BytesMut::new();
         Message::Interested.encode(&mut out);
+        conn.write_all(&out).await.unwrap();
+        loop {
+            match wire::decode(&mut buf).unwrap() {
+                Some(Message::Unchoke) => break,
+                Some(_) => {}
+                None => assert!(conn.read_buf(&mut buf).await.unwrap() > 0, "closed"),
+            }
+        }
+        let mut out = BytesMut::new();
         let asks = [(4096, PIECE - 4096), (8192, 8192)];
         for (begin, length) in asks {
             let req = BlockRequest {

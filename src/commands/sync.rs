@@ -23,7 +23,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, anyhow};
 use bytes::Bytes;
-use p2pfile_engine::metainfo::{FileEntry, Info, InfoHash};
+use p2pfile_engine::metainfo::InfoHash;
 use p2pfile_engine::{
     AddTorrent, Event, PieceSource, Session, SessionConfig, Source, Target, TorrentError,
     TorrentOptions,
@@ -40,8 +40,9 @@ use crate::state::State;
 use crate::sync::apply::{ApplyError, FolderFs, set_mode_and_mtime};
 use crate::sync::discovery::{DISCOVERY_PORT, Discovery, DiscoveryConfig};
 use crate::sync::folder::{Folder, Mode};
-use crate::sync::index::{Content, FileRecord, Index, Kind, RelPath};
+use crate::sync::index::{FileRecord, Index, Kind, RelPath};
 use crate::sync::key::FolderKey;
+use crate::sync::pack::{self, Pack, hex};
 use crate::sync::plan::Action;
 use crate::sync::protocol::{self, EXTENSION, Message};
 use crate::sync::scan::{self, FileHasher};
@@ -284,39 +285,26 @@ fn now_secs() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// The torrent that carries one file content: a single file named by its
-/// content id with the file's own pieces, the same on every peer.
-fn content_info(c: &Content) -> Result<Info, Failure> {
-    Info::new(
-        &hex(&c.id()),
-        c.piece_length,
-        c.pieces.clone(),
-        vec![FileEntry::new(vec![], c.size)],
-        vec![],
-    )
-    .map_err(|e| {
-        Failure::new(
-            Code::Runtime,
-            anyhow!(e).context("bug: a content torrent cannot be built"),
-        )
-    })
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// A content being fetched, and the paths waiting for it.
+/// A pack being fetched, and the paths waiting for its contents.
 struct Fetch {
     torrent: InfoHash,
+    pack: Pack,
     records: Vec<FileRecord>,
 }
 
-/// A content we seed for peers that asked for it.
+/// A pack we seed for peers that asked for it.
 struct Seed {
     torrent: InfoHash,
     since: Instant,
     last_active: Instant,
+}
+
+/// A row of the sync table waiting to be written.
+struct StatusRow {
+    peer: String,
+    path: String,
+    state: String,
+    detail: String,
 }
 
 /// What this run did, for the `summary` event.
@@ -342,11 +330,17 @@ struct Run {
     rendezvous: InfoHash,
     /// Rendezvous connections that proved the key: address → device.
     conns: HashMap<SocketAddr, DeviceId>,
+    /// Packs being fetched, by pack id.
     fetches: HashMap<[u8; 20], Fetch>,
+    /// Packs seeded, by pack id.
     seeds: HashMap<[u8; 20], Seed>,
-    /// Content torrents by id: content id, and whether it is a seed.
+    /// Pack torrents by torrent id: pack id, and whether it is a seed.
     torrents: HashMap<InfoHash, ([u8; 20], bool)>,
     summary: Summary,
+    /// Records applied but not yet in the state database.
+    unsaved: Vec<FileRecord>,
+    /// Rows of the sync table not yet in the state database.
+    status_rows: Vec<StatusRow>,
     /// The plan must be made again (an index arrived, a file changed).
     replan: bool,
     /// The disk must be scanned again (a file changed under a plan).
@@ -483,6 +477,8 @@ pub async fn run(args: SyncArgs, file: &FileValues, settings: Settings) -> Resul
         seeds: HashMap::new(),
         torrents: HashMap::new(),
         summary: Summary::default(),
+        unsaved: Vec::new(),
+        status_rows: Vec::new(),
         replan: false,
         rescan: false,
         started: Instant::now(),
@@ -708,6 +704,7 @@ impl Run {
         for id in ids {
             self.drop_torrent(id).await;
         }
+        self.flush();
         let s = &self.summary;
         let changed = s.added + s.changed + s.deleted + s.conflicts > 0;
         self.out.event(
@@ -775,15 +772,16 @@ impl Run {
             }
             return Ok(());
         }
-        let Some(&(content, seed)) = self.torrents.get(&ev.info_hash) else {
+        let Some(&(pack, seed)) = self.torrents.get(&ev.info_hash) else {
             return Ok(());
         };
         match ev.event {
-            Event::Completed if !seed => self.fetched(ev.info_hash, content).await?,
+            Event::Completed if !seed => self.fetched(ev.info_hash, pack).await?,
             Event::Failed { error } => {
                 let torrent = ev.info_hash;
                 self.drop_torrent(torrent).await;
-                if let Some(f) = self.fetches.remove(&content) {
+                self.seeds.remove(&pack);
+                if let Some(f) = self.fetches.remove(&pack) {
                     for r in &f.records {
                         self.failed(&r.path, &error.to_string());
                     }
@@ -845,63 +843,74 @@ impl Run {
                 }
                 self.replan = true;
             }
-            Message::Want { contents } => {
+            Message::Want { packs } => {
                 let Some(&device) = self.conns.get(&addr) else {
                     return;
                 };
                 let Some(listen) = self.folder.peers().get(&device).map(|p| p.addr) else {
                     return;
                 };
-                for c in contents {
-                    self.seed(c, listen).await;
+                for ids in packs {
+                    self.seed(&ids, listen).await;
                 }
             }
         }
     }
 
-    /// Seeds a content for a peer that asked, if we hold it.
-    async fn seed(&mut self, content: [u8; 20], peer: SocketAddr) {
-        if let Some(s) = self.seeds.get(&content) {
+    /// Seeds a pack for a peer that asked, if we hold all of it.
+    async fn seed(&mut self, ids: &[[u8; 20]], peer: SocketAddr) {
+        let mut contents = Vec::with_capacity(ids.len());
+        let mut files = Vec::with_capacity(ids.len());
+        for id in ids {
+            let Some(r) = self
+                .folder
+                .local_with_content(id)
+                .into_iter()
+                .find(|r| self.fs.matches(&r.path, Some(r)))
+            else {
+                return tracing::debug!(%peer, "asked for a pack we do not hold whole");
+            };
+            contents.push(r.content.clone());
+            files.push(self.fs.path(&r.path));
+        }
+        let pack = Pack::new(contents);
+        if pack.ids() != ids {
+            return tracing::debug!(%peer, "asked for a pack that is not in pack order");
+        }
+        let pack_id = pack.id();
+        if let Some(s) = self.seeds.get(&pack_id) {
             let _ = self.session.add_peers(s.torrent, vec![peer]).await;
             return;
         }
-        if let Some(f) = self.fetches.get(&content) {
+        if let Some(f) = self.fetches.get(&pack_id) {
             // Fetching it ourselves: share the pieces we have.
             let _ = self.session.add_peers(f.torrent, vec![peer]).await;
             return;
         }
-        let Some(record) = self
-            .folder
-            .local_with_content(&content)
-            .into_iter()
-            .find(|r| self.fs.matches(&r.path, Some(r)))
-            .cloned()
-        else {
-            return;
-        };
-        let Ok(info) = content_info(&record.content) else {
+        let Ok(info) = pack.info() else {
             return;
         };
         let info = Arc::new(info);
         let swarm = InfoHash(self.folder.key().swarm_hash(info.info_hash().0));
         let added = self.session.add_torrent(AddTorrent {
             source: Source::Info(info),
-            target: Target::Seed {
-                root: self.fs.path(&record.path),
-            },
+            target: Target::SeedFiles { files },
             peers: vec![peer],
             options: keyed(swarm),
         });
-        if let Ok(id) = added {
-            self.torrents.insert(id, (content, true));
-            self.seeds.insert(
-                content,
-                Seed {
-                    torrent: id,
-                    since: Instant::now(),
-                    last_active: Instant::now(),
-                },
-            );
+        match added {
+            Ok(id) => {
+                self.torrents.insert(id, (pack_id, true));
+                self.seeds.insert(
+                    pack_id,
+                    Seed {
+                        torrent: id,
+                        since: Instant::now(),
+                        last_active: Instant::now(),
+                    },
+                );
+            }
+            Err(e) => tracing::debug!("cannot seed a pack: {e}"),
         }
     }
 
@@ -970,6 +979,11 @@ impl Run {
     /// and finish later.
     async fn carry_out_plan(&mut self) -> Result<(), Failure> {
         let plan = self.folder.plan(now_secs());
+        tracing::debug!(
+            actions = plan.actions.len(),
+            skipped = plan.skipped.len(),
+            "plan"
+        );
         let fetching: HashSet<&RelPath> = self
             .fetches
             .values()
@@ -985,9 +999,9 @@ impl Run {
             .collect();
         self.check_space(&actions)?;
         let mut announce = Vec::new();
-        let mut wants: HashMap<SocketAddr, Vec<[u8; 20]>> = HashMap::new();
+        let mut to_fetch = Vec::new();
         for action in actions {
-            match self.carry_out(action, &mut wants).await {
+            match self.carry_out(action, &mut to_fetch).await {
                 Ok(Some(r)) => announce.push(r),
                 Ok(None) => {}
                 Err(ApplyError::Changed(p)) => {
@@ -1002,16 +1016,8 @@ impl Run {
                 }
             }
         }
-        for (addr, contents) in wants {
-            if let Some(&conn) = self
-                .conns
-                .iter()
-                .find(|(_, d)| self.folder.peers().get(d).is_some_and(|p| p.addr == addr))
-                .map(|(a, _)| a)
-            {
-                self.send(conn, &Message::Want { contents }).await;
-            }
-        }
+        self.start_fetches(to_fetch).await;
+        self.flush();
         self.announce(announce).await;
         Ok(())
     }
@@ -1051,7 +1057,7 @@ impl Run {
     async fn carry_out(
         &mut self,
         action: Action,
-        wants: &mut HashMap<SocketAddr, Vec<[u8; 20]>>,
+        to_fetch: &mut Vec<FileRecord>,
     ) -> Result<Option<FileRecord>, ApplyError> {
         let now = SystemTime::now();
         let local = |f: &Folder, p: &RelPath| f.local().get(p).filter(|r| !r.deleted).cloned();
@@ -1158,7 +1164,7 @@ impl Run {
                     self.count_file(&record, expected.is_some());
                     return Ok(self.applied(record));
                 }
-                self.start_fetch(record, wants).await;
+                to_fetch.push(record);
                 Ok(None)
             }
             Action::Record(r) => Ok(self.applied(r)),
@@ -1168,15 +1174,44 @@ impl Run {
     /// Stores an applied record (signed as needed) and says what to announce.
     fn applied(&mut self, record: FileRecord) -> Option<FileRecord> {
         let record = self.folder.seal(record);
-        save_records(&self.state, &self.folder_id, std::slice::from_ref(&record));
-        let _ = self.state.set_sync_status(
-            &self.folder_id,
-            &record.modified_by.to_string(),
-            record.path.as_str(),
-            "done",
-            "",
-        );
+        self.unsaved.push(record.clone());
+        self.status(&record, "done", "");
         self.folder.applied(record, self.fs.root())
+    }
+
+    /// Notes a row of the sync table (written with the next flush).
+    fn status(&mut self, r: &FileRecord, state: &str, detail: &str) {
+        self.status_rows.push(StatusRow {
+            peer: r.modified_by.to_string(),
+            path: r.path.to_string(),
+            state: state.to_string(),
+            detail: detail.to_string(),
+        });
+    }
+
+    /// Writes what changed to the state database in one transaction each
+    /// for records and the sync table: thousands of files cost two commits,
+    /// not thousands.
+    fn flush(&mut self) {
+        if !self.unsaved.is_empty() {
+            save_records(
+                &self.state,
+                &self.folder_id,
+                &std::mem::take(&mut self.unsaved),
+            );
+        }
+        if !self.status_rows.is_empty() {
+            let rows: Vec<_> = std::mem::take(&mut self.status_rows)
+                .into_iter()
+                .map(|r| (r.peer, r.path, r.state, r.detail))
+                .collect();
+            if let Err(e) = self.state.set_sync_statuses(&self.folder_id, &rows) {
+                tracing::warn!(
+                    "cannot record the sync table in {}: {e:#}",
+                    self.state.path().display()
+                );
+            }
+        }
     }
 
     fn count_file(&mut self, r: &FileRecord, existed: bool) {
@@ -1208,6 +1243,7 @@ impl Run {
         let _ = self
             .state
             .set_sync_status(&self.folder_id, "", path.as_str(), "failed", message);
+        self.flush();
         self.out.event(
             "failed",
             json!({"path": path.to_string(), "message": message}),
@@ -1215,35 +1251,101 @@ impl Run {
         tracing::warn!("cannot sync {path}: {message}");
     }
 
-    /// Starts (or joins) the keyed swarm of a record's content.
-    async fn start_fetch(
-        &mut self,
-        record: FileRecord,
-        wants: &mut HashMap<SocketAddr, Vec<[u8; 20]>>,
-    ) {
-        let content = record.content.id();
-        let holders = self.folder.holders(&content);
-        for h in &holders {
-            wants.entry(*h).or_default().push(content);
+    /// Starts fetching: records whose content is already on its way wait
+    /// for it; the rest are cut into packs, each fetched from the peers
+    /// that hold all of it (a pack no single peer holds is split into one
+    /// pack per content), and those peers are asked to seed it.
+    async fn start_fetches(&mut self, records: Vec<FileRecord>) {
+        let mut fresh = Vec::new();
+        for r in records {
+            let id = r.content.id();
+            match self
+                .fetches
+                .values_mut()
+                .find(|f| f.pack.contents().iter().any(|c| c.id() == id))
+            {
+                Some(f) => f.records.push(r),
+                None => fresh.push(r),
+            }
         }
-        let _ = self.state.set_sync_status(
-            &self.folder_id,
-            &record.modified_by.to_string(),
-            record.path.as_str(),
-            "syncing",
-            "",
-        );
-        if let Some(f) = self.fetches.get_mut(&content) {
-            f.records.push(record);
-            let _ = self.session.add_peers(f.torrent, holders).await;
-            return;
+        let mut wants: HashMap<SocketAddr, Vec<Vec<[u8; 20]>>> = HashMap::new();
+        for pack in pack::group(&fresh) {
+            let packs = if self.holders(&pack).is_empty() && pack.contents().len() > 1 {
+                pack.contents()
+                    .iter()
+                    .map(|c| Pack::new([c.clone()]))
+                    .collect()
+            } else {
+                vec![pack]
+            };
+            for pack in packs {
+                let holders = self.holders(&pack);
+                let ids = pack.ids();
+                let waiting: Vec<FileRecord> = fresh
+                    .iter()
+                    .filter(|r| ids.contains(&r.content.id()))
+                    .cloned()
+                    .collect();
+                if holders.is_empty() {
+                    for r in &waiting {
+                        tracing::debug!(path = %r.path, "no connected peer holds it yet");
+                    }
+                    continue;
+                }
+                for h in &holders {
+                    wants.entry(*h).or_default().push(ids.clone());
+                }
+                self.start_pack(pack, waiting, holders);
+            }
         }
-        let info = match content_info(&record.content) {
+        for (addr, packs) in wants {
+            let conn = self
+                .conns
+                .iter()
+                .find(|(_, d)| self.folder.peers().get(d).is_some_and(|p| p.addr == addr))
+                .map(|(a, _)| *a);
+            if let Some(conn) = conn {
+                self.send(conn, &Message::Want { packs }).await;
+            }
+        }
+    }
+
+    /// Peers that hold every content of a pack.
+    fn holders(&self, pack: &Pack) -> Vec<SocketAddr> {
+        let mut holders: Option<Vec<SocketAddr>> = None;
+        for c in pack.contents() {
+            let has = self.folder.holders(&c.id());
+            holders = Some(match holders {
+                None => has,
+                Some(h) => h.into_iter().filter(|a| has.contains(a)).collect(),
+            });
+        }
+        holders.unwrap_or_default()
+    }
+
+    /// Joins a pack's keyed swarm to fetch it into the tmp dir.
+    fn start_pack(&mut self, pack: Pack, records: Vec<FileRecord>, holders: Vec<SocketAddr>) {
+        for r in &records {
+            self.status(r, "syncing", "");
+        }
+        let info = match pack.info() {
             Ok(i) => Arc::new(i),
-            Err(e) => return self.failed(&record.path, &format!("{:#}", e.error)),
+            Err(e) => {
+                for r in &records {
+                    self.failed(&r.path, &format!("bug: its pack cannot be built: {e}"));
+                }
+                return;
+            }
         };
         let swarm = InfoHash(self.folder.key().swarm_hash(info.info_hash().0));
-        let hints = self.hints(&record.content);
+        let hints = self.hints(&pack);
+        tracing::debug!(
+            pack = %hex(&pack.id()),
+            files = pack.contents().len(),
+            hints = hints.len(),
+            holders = holders.len(),
+            "fetching a pack"
+        );
         let added = self.session.add_torrent(AddTorrent {
             source: Source::Info(info),
             target: Target::Download {
@@ -1255,35 +1357,39 @@ impl Run {
         });
         match added {
             Ok(id) => {
-                self.torrents.insert(id, (content, false));
+                let pack_id = pack.id();
+                self.torrents.insert(id, (pack_id, false));
                 self.fetches.insert(
-                    content,
+                    pack_id,
                     Fetch {
                         torrent: id,
-                        records: vec![record],
+                        pack,
+                        records,
                     },
                 );
             }
-            Err(e) => self.failed(&record.path, &e.to_string()),
+            Err(e) => {
+                for r in &records {
+                    self.failed(&r.path, &e.to_string());
+                }
+            }
         }
     }
 
-    /// Where this machine may already hold pieces of `content`: any local
+    /// Where this machine may already hold pieces of a pack: any local
     /// file with the same piece length and a piece of the same hash (an
     /// older version, a copy, a file it was appended to).
-    fn hints(&self, content: &Content) -> Vec<PieceSource> {
-        let wanted: HashMap<[u8; 20], Vec<u32>> =
-            content
-                .pieces
-                .iter()
-                .enumerate()
-                .fold(HashMap::new(), |mut m, (i, h)| {
-                    m.entry(*h).or_default().push(i as u32);
-                    m
-                });
+    fn hints(&self, pack: &Pack) -> Vec<PieceSource> {
+        let mut wanted: HashMap<[u8; 20], Vec<u32>> = HashMap::new();
+        for (c, first) in pack.contents().iter().zip(pack.first_pieces()) {
+            for (i, h) in c.pieces.iter().enumerate() {
+                wanted.entry(*h).or_default().push(first + i as u32);
+            }
+        }
+        let piece_length = pack.contents().first().map(|c| c.piece_length);
         let mut hints = Vec::new();
         for r in self.folder.local().iter() {
-            if r.deleted || r.kind != Kind::File || r.content.piece_length != content.piece_length {
+            if r.deleted || r.kind != Kind::File || Some(r.content.piece_length) != piece_length {
                 continue;
             }
             for (i, h) in r.content.pieces.iter().enumerate() {
@@ -1301,70 +1407,78 @@ impl Run {
         hints
     }
 
-    /// A content arrived: put it at every path waiting for it.
-    async fn fetched(&mut self, torrent: InfoHash, content: [u8; 20]) -> Result<(), Failure> {
-        let Some(fetch) = self.fetches.remove(&content) else {
+    /// A pack arrived: put each content at every path waiting for it.
+    async fn fetched(&mut self, torrent: InfoHash, pack_id: [u8; 20]) -> Result<(), Failure> {
+        let Some(fetch) = self.fetches.remove(&pack_id) else {
             return Ok(());
         };
-        // The engine lets go of the file before it moves.
+        tracing::debug!(pack = %hex(&pack_id), "pack complete");
+        // The engine lets go of the files before they move.
         self.drop_torrent(torrent).await;
-        let file = self.fs.tmp_dir().join(hex(&content));
+        let dir = self.fs.tmp_dir().join(hex(&pack_id));
+        let mut announce = Vec::new();
         let mut records = fetch.records;
         records.retain(|r| self.folder.still_wanted(r));
-        let mut announce = Vec::new();
-        let n = records.len();
-        for (i, record) in records.into_iter().enumerate() {
-            let source = if i + 1 == n {
-                file.clone()
-            } else {
+        for content in fetch.pack.contents() {
+            let id = content.id();
+            let file = dir.join(hex(&id));
+            let waiting: Vec<FileRecord> = records
+                .iter()
+                .filter(|r| r.content.id() == id)
+                .cloned()
+                .collect();
+            let n = waiting.len();
+            for (i, record) in waiting.into_iter().enumerate() {
+                let source = if i + 1 == n {
+                    file.clone()
+                } else {
+                    match self.fs.copy_to_tmp(&file, &format!("{}-{i}", hex(&id))) {
+                        Ok(p) => p,
+                        Err(e) => {
+                            self.failed(&record.path, &e.to_string());
+                            continue;
+                        }
+                    }
+                };
+                let expected = self
+                    .folder
+                    .local()
+                    .get(&record.path)
+                    .filter(|r| !r.deleted)
+                    .cloned();
                 match self
                     .fs
-                    .copy_to_tmp(&file, &format!("{}-{i}", hex(&content)))
+                    .commit_file(&source, &record, expected.as_ref(), SystemTime::now())
                 {
-                    Ok(p) => p,
+                    Ok(()) => {
+                        self.count_file(&record, expected.is_some());
+                        if let Some(r) = self.applied(record) {
+                            announce.push(r);
+                        }
+                    }
+                    Err(ApplyError::Changed(p)) => {
+                        // Edited meanwhile: scan it and merge again.
+                        tracing::debug!("{} changed while its new version arrived", p.display());
+                        let _ = std::fs::remove_file(&source);
+                        self.rescan = true;
+                    }
                     Err(e) => {
-                        self.failed(&record.path, &e.to_string());
-                        continue;
+                        let _ = std::fs::remove_file(&source);
+                        self.failed(&record.path, &format!("{:#}", anyhow!(e)));
                     }
-                }
-            };
-            let expected = self
-                .folder
-                .local()
-                .get(&record.path)
-                .filter(|r| !r.deleted)
-                .cloned();
-            match self
-                .fs
-                .commit_file(&source, &record, expected.as_ref(), SystemTime::now())
-            {
-                Ok(()) => {
-                    self.count_file(&record, expected.is_some());
-                    if let Some(r) = self.applied(record) {
-                        announce.push(r);
-                    }
-                }
-                Err(ApplyError::Changed(p)) => {
-                    // Edited meanwhile: scan it, merge again; the content
-                    // stays in tmp only until the next fetch.
-                    tracing::debug!("{} changed while its new version arrived", p.display());
-                    let _ = std::fs::remove_file(&source);
-                    self.rescan = true;
-                }
-                Err(e) => {
-                    let _ = std::fs::remove_file(&source);
-                    self.failed(&record.path, &format!("{:#}", anyhow!(e)));
                 }
             }
         }
-        let _ = std::fs::remove_file(&file);
+        let _ = std::fs::remove_dir_all(&dir);
+        self.flush();
+        tracing::debug!(pack = %hex(&pack_id), "pack committed");
         self.announce(announce).await;
         self.replan = true;
         Ok(())
     }
 }
 
-/// Options of a content swarm: keyed, no metadata exchange, no DHT (peers
+/// Options of a pack's swarm: keyed, no metadata exchange, no DHT (peers
 /// come from the folder's indexes).
 fn keyed(swarm: InfoHash) -> TorrentOptions {
     TorrentOptions {

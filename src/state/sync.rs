@@ -185,6 +185,29 @@ impl State {
         Ok(())
     }
 
+    /// Sets rows of the sync table (peer, path, state, detail) in one
+    /// transaction.
+    pub fn set_sync_statuses(
+        &self,
+        folder_id: &str,
+        rows: &[(String, String, String, String)],
+    ) -> anyhow::Result<()> {
+        let tx = self.conn.unchecked_transaction()?;
+        {
+            let mut q = tx.prepare(
+                "INSERT INTO sync_status (folder_id, peer, path, state, detail, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT(folder_id, peer, path) DO UPDATE SET state = ?4, detail = ?5, updated_at = ?6",
+            )?;
+            let t = now();
+            for (peer, path, state, detail) in rows {
+                q.execute(params![folder_id, peer, path, state, detail, t])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
     /// The sync table of every folder, newest first (at most `limit` rows
     /// per folder).
     pub fn sync_status(&self, limit: usize) -> anyhow::Result<Vec<SyncRow>> {

@@ -183,9 +183,11 @@ impl Folder {
     /// The peers' indexes reduced to one record per path (the newest; of
     /// concurrent ones, the one every device ranks first), ignored paths
     /// left out.
+    /// Only peers whose whole index arrived count: a plan made from half
+    /// an index would cut packs differently from a peer that saw it all.
     pub fn remote(&self) -> Index {
         let mut best: BTreeMap<&RelPath, &FileRecord> = BTreeMap::new();
-        for peer in self.peers.values() {
+        for peer in self.peers.values().filter(|p| p.complete) {
             for r in peer.index.iter() {
                 match best.get(&r.path) {
                     Some(b) if !newer(r, b) => {}

@@ -208,12 +208,17 @@ pub struct Mtime {
 ///
 /// The file is cut from its first byte into pieces of
 /// `p2pfile_engine::metainfo::piece_length_for(size)` bytes (the same
-/// function the engine uses for torrents), each hashed with SHA-1. Since the
+/// function the engine uses for torrents), each hashed with SHA-1, the last
+/// one padded with zeros to the piece length (BEP 47 pad files). Since the
 /// pieces depend only on the bytes and the size, the same content has the
 /// same pieces on every peer whatever its path: that is what lets a rename
 /// move no data, a folder pre-filled by copying need no transfer, and peers
 /// fetch one file's pieces from anyone holding the same content.
-#[derive(Clone, PartialEq, Eq, Debug)]
+///
+/// A content is not changed after it is made: [`Content::id`] is computed
+/// once and kept (a folder of 5,000 files asks for ids millions of times
+/// while matching packs to holders).
+#[derive(Clone, Debug)]
 pub struct Content {
     /// Length in bytes.
     pub size: u64,
@@ -221,7 +226,18 @@ pub struct Content {
     pub piece_length: u32,
     /// SHA-1 of each piece, in order (none for an empty file).
     pub pieces: Vec<[u8; 20]>,
+    /// The id, once computed.
+    id: std::sync::OnceLock<[u8; 20]>,
 }
+
+impl PartialEq for Content {
+    fn eq(&self, other: &Content) -> bool {
+        (self.size, self.piece_length, &self.pieces)
+            == (other.size, other.piece_length, &other.pieces)
+    }
+}
+
+impl Eq for Content {}
 
 /// Why a piece list does not fit its size.
 #[derive(Debug, thiserror::Error, PartialEq, Eq, Clone)]
@@ -241,6 +257,7 @@ impl Content {
             size: 0,
             piece_length: piece_length_for(0),
             pieces: Vec::new(),
+            id: Default::default(),
         }
     }
 
@@ -262,6 +279,7 @@ impl Content {
             size,
             piece_length: piece_length_for(size),
             pieces,
+            id: Default::default(),
         })
     }
 
@@ -305,12 +323,18 @@ impl Content {
             ));
         }
         if in_piece > 0 {
+            // The last piece is hashed as if padded with zeros to the piece
+            // length (BEP 47): then a file's pieces are the same whether it
+            // travels alone or packed with others, each padded to a piece
+            // boundary, in one torrent.
+            hasher.update(vec![0u8; (piece_length - in_piece) as usize]);
             pieces.push(hasher.finalize().into());
         }
         Ok(Content {
             size,
             piece_length: piece_length as u32,
             pieces,
+            id: Default::default(),
         })
     }
 
@@ -318,14 +342,16 @@ impl Content {
     /// SHA-1 over a tag, the size (8 bytes big-endian), the piece length
     /// (4 bytes big-endian) and the piece hashes.
     pub fn id(&self) -> [u8; 20] {
-        let mut h = Sha1::new();
-        h.update(CONTENT_TAG);
-        h.update(self.size.to_be_bytes());
-        h.update(self.piece_length.to_be_bytes());
-        for piece in &self.pieces {
-            h.update(piece);
-        }
-        h.finalize().into()
+        *self.id.get_or_init(|| {
+            let mut h = Sha1::new();
+            h.update(CONTENT_TAG);
+            h.update(self.size.to_be_bytes());
+            h.update(self.piece_length.to_be_bytes());
+            for piece in &self.pieces {
+                h.update(piece);
+            }
+            h.finalize().into()
+        })
     }
 }
 
@@ -779,12 +805,15 @@ pub(crate) mod tests {
         assert_eq!(empty, Content::empty());
         assert!(empty.pieces.is_empty());
 
-        // 40 KiB + 1: three 16 KiB pieces, the last short.
+        // 40 KiB + 1: three 16 KiB pieces, the last short and hashed as if
+        // padded with zeros (BEP 47), as it is in a padded torrent.
         let data: Vec<u8> = (0..40 * 1024 + 1).map(|i| (i % 251) as u8).collect();
         let c = Content::from_reader(&data[..], data.len() as u64).unwrap();
         assert_eq!(c.piece_length, 16 * 1024);
         assert_eq!(c.pieces.len(), 3);
-        let expected: Vec<[u8; 20]> = data
+        let mut padded = data.clone();
+        padded.resize(48 * 1024, 0);
+        let expected: Vec<[u8; 20]> = padded
             .chunks(16 * 1024)
             .map(|p| Sha1::digest(p).into())
             .collect();

@@ -28,7 +28,8 @@
 //!
 //! Submodules, pure: [`key`] folder keys, [`version`] version vectors,
 //! [`index`] records and their encoding, [`scan`] the local scan, [`merge`]
-//! the decision rules, [`plan`] the ordered actions, [`protocol`] the
+//! the decision rules, [`plan`] the ordered actions, [`pack`] the torrents
+//! contents travel in, [`protocol`] the
 //! messages between peers, [`folder`] one folder's model (our index, the
 //! peers', who is behind). With I/O: [`apply`] every change sync makes on
 //! disk (the trash, commits that never clobber an edit), [`discovery`] LAN
@@ -40,6 +41,7 @@ pub mod folder;
 pub mod index;
 pub mod key;
 pub mod merge;
+pub mod pack;
 pub mod plan;
 pub mod protocol;
 pub mod scan;

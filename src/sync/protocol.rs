@@ -26,7 +26,7 @@ pub const EXTENSION: &str = "p2pfile_sync";
 /// leaving room for the envelope.
 pub const MAX_BATCH_BYTES: usize = 512 * 1024;
 
-/// Most content ids in one `want`.
+/// Most content ids in one `want`, over all its packs.
 pub const MAX_WANTS: usize = 10_000;
 
 /// Tag in front of the bytes a hello proof covers.
@@ -55,11 +55,12 @@ pub enum Message {
         /// batch is complete too (it carries changes).
         complete: bool,
     },
-    /// Content the sender lacks and asks the receiver to seed, by content
-    /// id.
+    /// Packs the sender fetches and asks the receiver to seed (when it
+    /// holds every content of one), each given by its content ids in pack
+    /// order (see `super::pack`).
     Want {
-        /// Content ids.
-        contents: Vec<[u8; 20]>,
+        /// The packs, as content ids.
+        packs: Vec<Vec<[u8; 20]>>,
     },
 }
 
@@ -142,9 +143,12 @@ impl Message {
                 ),
                 ("c", Value::Int(i64::from(*complete))),
             ]),
-            Message::Want { contents } => Value::dict([
+            Message::Want { packs } => Value::dict([
                 ("t", Value::Bytes(b"want".to_vec())),
-                ("c", Value::Bytes(contents.concat())),
+                (
+                    "p",
+                    Value::List(packs.iter().map(|p| Value::Bytes(p.concat())).collect()),
+                ),
             ]),
         };
         bencode::encode(&value)
@@ -204,16 +208,29 @@ impl Message {
                 Ok(Message::Index { records, complete })
             }
             b"want" => {
-                let bytes = value
-                    .get(b"c")
-                    .and_then(Value::as_bytes)
-                    .filter(|b| b.len() % 20 == 0 && b.len() / 20 <= MAX_WANTS)
-                    .ok_or(ProtocolError::Field("c"))?;
-                let contents = bytes
-                    .chunks_exact(20)
-                    .map(|c| c.try_into().expect("20 bytes"))
-                    .collect();
-                Ok(Message::Want { contents })
+                let list = value
+                    .get(b"p")
+                    .and_then(Value::as_list)
+                    .ok_or(ProtocolError::Field("p"))?;
+                let mut packs = Vec::with_capacity(list.len());
+                let mut total = 0;
+                for item in list {
+                    let bytes = item
+                        .as_bytes()
+                        .filter(|b| !b.is_empty() && b.len() % 20 == 0)
+                        .ok_or(ProtocolError::Field("p"))?;
+                    total += bytes.len() / 20;
+                    if total > MAX_WANTS {
+                        return Err(ProtocolError::Field("p"));
+                    }
+                    packs.push(
+                        bytes
+                            .chunks_exact(20)
+                            .map(|c| c.try_into().expect("20 bytes"))
+                            .collect(),
+                    );
+                }
+                Ok(Message::Want { packs })
             }
             other => Err(ProtocolError::UnknownType(
                 String::from_utf8_lossy(other).into_owned(),
@@ -281,7 +298,7 @@ mod tests {
             complete: true,
         };
         let want = Message::Want {
-            contents: vec![[1; 20], [2; 20]],
+            packs: vec![vec![[1; 20], [2; 20]], vec![[3; 20]]],
         };
         for m in [hello, index, want] {
             assert_eq!(Message::decode(&m.encode()).unwrap(), m);
@@ -342,8 +359,12 @@ mod tests {
             Err(ProtocolError::UnknownType("nope".into()))
         );
         assert_eq!(
-            Message::decode(b"d1:t4:want1:c3:abce"),
-            Err(ProtocolError::Field("c"))
+            Message::decode(b"d1:pl3:abce1:t4:wante"),
+            Err(ProtocolError::Field("p"))
+        );
+        assert_eq!(
+            Message::decode(b"d1:pl0:e1:t4:wante"),
+            Err(ProtocolError::Field("p"))
         );
         assert_eq!(
             Message::decode(b"d1:t5:hello1:di1ee"),
