@@ -392,7 +392,8 @@ fn build(dir: &Path, file: &Path) -> Gitignore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sync::index::{Content, Mtime};
+    use crate::sync::index::Mtime;
+    use crate::sync::index::tests::file;
     use crate::sync::plan::Action;
     use crate::sync::version::VersionVector;
 
@@ -400,6 +401,7 @@ mod tests {
     const B: DeviceId = DeviceId(2);
     const C: DeviceId = DeviceId(3);
 
+    /// A file record with this version, signed by `key`.
     fn rec(
         path: &str,
         bytes: &[u8],
@@ -407,20 +409,12 @@ mod tests {
         by: DeviceId,
         key: &FolderKey,
     ) -> FileRecord {
-        let mut r = FileRecord {
-            path: RelPath::new(path).unwrap(),
-            kind: Kind::File,
-            deleted: false,
-            mode: 0o644,
-            mtime: Mtime {
-                secs: 1_700_000_000,
-                nanos: 0,
-            },
-            content: Content::from_reader(bytes, bytes.len() as u64).unwrap(),
-            version,
-            modified_by: by,
-            signature: None,
+        let mut r = file(path, bytes, by.0, 1);
+        r.mtime = Mtime {
+            secs: 1_700_000_000,
+            nanos: 0,
         };
+        r.version = version;
         r.sign(key);
         r
     }

@@ -159,21 +159,10 @@ pub fn group<'a>(records: impl IntoIterator<Item = &'a FileRecord>) -> Vec<Pack>
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sync::index::{Kind, Mtime, RelPath};
-    use crate::sync::version::VersionVector;
+    use crate::sync::index::tests::file;
 
     fn record(path: &str, bytes: &[u8], by: u64) -> FileRecord {
-        FileRecord {
-            path: RelPath::new(path).unwrap(),
-            kind: Kind::File,
-            deleted: false,
-            mode: 0o644,
-            mtime: Mtime::default(),
-            content: Content::from_reader(bytes, bytes.len() as u64).unwrap(),
-            version: VersionVector::new().update(DeviceId(by), 1),
-            modified_by: DeviceId(by),
-            signature: None,
-        }
+        file(path, bytes, by, 1)
     }
 
     fn bytes(n: usize, seed: u8) -> Vec<u8> {

@@ -269,24 +269,10 @@ pub fn batches(records: &[FileRecord]) -> Vec<Message> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sync::index::{Content, Kind, Mtime, RelPath};
-    use crate::sync::version::VersionVector;
+    use crate::sync::index::tests::file;
 
     fn record(path: &str, n: u64) -> FileRecord {
-        FileRecord {
-            path: RelPath::new(path).unwrap(),
-            kind: Kind::File,
-            deleted: false,
-            mode: 0o644,
-            mtime: Mtime {
-                secs: 1_700_000_000,
-                nanos: 5,
-            },
-            content: Content::from_reader(&vec![n as u8; 1000][..], 1000).unwrap(),
-            version: VersionVector::new().update(DeviceId(n), 10),
-            modified_by: DeviceId(n),
-            signature: None,
-        }
+        file(path, &vec![n as u8; 1000], n, 10)
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::util::{Env, JsonProc, data, events, host, run, stderr, stdout};
+use crate::util::{Env, JsonProc, assert_same_tree_but, data, events, host, run, stderr, stdout};
 
 /// Port every peer listens on (each on its own address).
 const PORT: &str = "42070";
@@ -117,19 +117,20 @@ fn summary(events: &[serde_json::Value]) -> serde_json::Value {
 
 /// Both folders hold the same files and bytes (their `.p2pfile/` aside).
 fn assert_same_folder(a: &Path, b: &Path) {
-    let out = Command::new("diff")
-        .args(["-r", "-x", ".p2pfile"])
-        .arg(a)
-        .arg(b)
-        .output()
-        .expect("diff");
-    assert!(
-        out.status.success(),
-        "{} and {} differ:\n{}",
-        a.display(),
-        b.display(),
-        String::from_utf8_lossy(&out.stdout)
-    );
+    assert_same_tree_but(a, b, &[".p2pfile"]);
+}
+
+/// Two peers that synced `files` once, A's run stopped: the start of every
+/// two-peer scenario. Returns the folder key.
+fn synced_pair(a: &Peer, b: &Peer, files: &[(&str, &[u8])]) -> String {
+    for (path, bytes) in files {
+        a.write(path, bytes);
+    }
+    let key = a.key();
+    let _a_run = a.start(&[]);
+    let (code, _, err) = b.once(&["--key", &key, "--peers", &a.addr()]);
+    assert_eq!(code, Some(0), "{err}");
+    key
 }
 
 /// Waits (bounded) until `cond` holds.
@@ -297,17 +298,13 @@ fn a_conflict_keeps_both_versions() {
     let env = Env::new();
     let a = Peer::new(&env, "a");
     let b = Peer::new(&env, "b");
-    a.write("notes.txt", b"base");
-    let key = a.key();
-    let a_run = a.start(&[]);
-    assert_eq!(b.once(&["--key", &key, "--peers", &a.addr()]).0, Some(0));
-    drop(a_run);
+    synced_pair(&a, &b, &[("notes.txt", b"base")]);
     // Both edit while apart; B's edit is later.
     a.write("notes.txt", b"edit on a");
     std::thread::sleep(Duration::from_millis(1100));
     b.write("notes.txt", b"edit on b, later");
     let _a_run = a.start(&[]);
-    let (code, evs, err) = b.once(&["--peers", &a.addr()]);
+    let (code, _, err) = b.once(&["--peers", &a.addr()]);
     assert_eq!(code, Some(0), "{err}");
     eventually("the conflict copy on A", || files(&a.dir()).len() == 2);
     for p in [&a, &b] {
@@ -319,7 +316,6 @@ fn a_conflict_keeps_both_versions() {
             .unwrap_or_else(|| panic!("no conflict copy on {}: {list:?}", p.name));
         assert_eq!(p.read(copy).unwrap(), b"edit on a");
     }
-    let _ = evs;
 }
 
 /// A delete that meets a modification loses: the modified file stays.
@@ -328,11 +324,7 @@ fn a_modification_beats_a_delete() {
     let env = Env::new();
     let a = Peer::new(&env, "a");
     let b = Peer::new(&env, "b");
-    a.write("keep.txt", b"v1");
-    let key = a.key();
-    let a_run = a.start(&[]);
-    assert_eq!(b.once(&["--key", &key, "--peers", &a.addr()]).0, Some(0));
-    drop(a_run);
+    synced_pair(&a, &b, &[("keep.txt", b"v1")]);
     fs::remove_file(a.dir().join("keep.txt")).unwrap();
     b.write("keep.txt", b"v2 from b");
     let _a_run = a.start(&[]);
@@ -350,12 +342,11 @@ fn a_rename_moves_no_data_and_a_delete_goes_to_the_trash() {
     let env = Env::new();
     let a = Peer::new(&env, "a");
     let b = Peer::new(&env, "b");
-    a.write("old-name.bin", &data(8 << 20, 7));
-    a.write("doomed.txt", b"bye");
-    let key = a.key();
-    let a_run = a.start(&[]);
-    assert_eq!(b.once(&["--key", &key, "--peers", &a.addr()]).0, Some(0));
-    drop(a_run);
+    synced_pair(
+        &a,
+        &b,
+        &[("old-name.bin", &data(8 << 20, 7)), ("doomed.txt", b"bye")],
+    );
     fs::rename(a.dir().join("old-name.bin"), a.dir().join("new-name.bin")).unwrap();
     fs::remove_file(a.dir().join("doomed.txt")).unwrap();
     let _a_run = a.start(&[]);

@@ -196,8 +196,14 @@ pub fn data(len: usize, seed: u64) -> Vec<u8> {
 
 /// Asserts two trees hold the same files, bytes and empty directories.
 pub fn assert_same_tree(a: &Path, b: &Path) {
+    assert_same_tree_but(a, b, &[]);
+}
+
+/// As [`assert_same_tree`], leaving out entries with these names.
+pub fn assert_same_tree_but(a: &Path, b: &Path, excluded: &[&str]) {
     let out = Command::new("diff")
         .arg("-r")
+        .args(excluded.iter().flat_map(|x| ["-x", x]))
         .arg(a)
         .arg(b)
         .output()
