@@ -3,7 +3,8 @@
 //!
 //! - Nothing is destroyed: a file that sync replaces or deletes is first
 //!   moved to `DIR/.p2pfile/trash/<path>~<YYYYMMDD-HHMMSS>` and kept there
-//!   for the trash's keep time ([`FolderFs::expire_trash`]).
+//!   for the trash's keep time ([`FolderFs::expire_trash`]); what an
+//!   interrupted run left in `tmp/` goes after a day ([`FolderFs::expire_tmp`]).
 //! - A change is made only while the path still holds what our index says
 //!   it held ([`FolderFs::matches`]): an edit made since the last scan is
 //!   scanned and merged first, never overwritten.
@@ -268,38 +269,14 @@ impl FolderFs {
     /// Removes trash entries older than `keep` (by the time they were moved
     /// there, which is their ctime: rename updates it). Returns how many.
     pub fn expire_trash(&self, keep: Duration, now: SystemTime) -> io::Result<usize> {
-        let mut removed = 0;
-        let trash = self.trash_dir();
-        if !trash.is_dir() {
-            return Ok(0);
-        }
-        let mut stack = vec![trash.clone()];
-        let mut dirs = Vec::new();
-        while let Some(dir) = stack.pop() {
-            for entry in fs::read_dir(&dir)? {
-                let entry = entry?;
-                let meta = entry.metadata()?;
-                if meta.is_dir() {
-                    stack.push(entry.path());
-                    dirs.push(entry.path());
-                    continue;
-                }
-                let trashed = UNIX_EPOCH
-                    + Duration::from_secs(
-                        std::os::unix::fs::MetadataExt::ctime(&meta).max(0) as u64
-                    );
-                if now.duration_since(trashed).is_ok_and(|age| age >= keep) {
-                    fs::remove_file(entry.path())?;
-                    removed += 1;
-                }
-            }
-        }
-        // Deepest first, so emptied parents go too.
-        dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
-        for d in dirs {
-            let _ = fs::remove_dir(d);
-        }
-        Ok(removed)
+        expire(&self.trash_dir(), keep, now)
+    }
+
+    /// Removes what an interrupted run left in the tmp dir and nobody
+    /// touched for `keep` (a partial fetch of a pack that is never asked for
+    /// again). A part still in use is written to, which renews its ctime.
+    pub fn expire_tmp(&self, keep: Duration, now: SystemTime) -> io::Result<usize> {
+        expire(&self.tmp_dir(), keep, now)
     }
 
     /// Creates the parent directories of `path`. A file where a parent
@@ -320,6 +297,40 @@ impl FolderFs {
             Err(e) => Err(ApplyError::io(&full)(e)),
         }
     }
+}
+
+/// Removes the files under `top` whose ctime is older than `keep`, then
+/// the directories that left empty. Returns how many files went.
+fn expire(top: &Path, keep: Duration, now: SystemTime) -> io::Result<usize> {
+    let mut removed = 0;
+    if !top.is_dir() {
+        return Ok(0);
+    }
+    let mut stack = vec![top.to_path_buf()];
+    let mut dirs = Vec::new();
+    while let Some(dir) = stack.pop() {
+        for entry in fs::read_dir(&dir)? {
+            let entry = entry?;
+            let meta = entry.metadata()?;
+            if meta.is_dir() {
+                stack.push(entry.path());
+                dirs.push(entry.path());
+                continue;
+            }
+            let changed = UNIX_EPOCH
+                + Duration::from_secs(std::os::unix::fs::MetadataExt::ctime(&meta).max(0) as u64);
+            if now.duration_since(changed).is_ok_and(|age| age >= keep) {
+                fs::remove_file(entry.path())?;
+                removed += 1;
+            }
+        }
+    }
+    // Deepest first, so emptied parents go too.
+    dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
+    for d in dirs {
+        let _ = fs::remove_dir(d);
+    }
+    Ok(removed)
 }
 
 /// Gives a file the record's permission bits and modification time.
@@ -440,6 +451,16 @@ mod tests {
         let later = SystemTime::now() + Duration::from_secs(7200);
         assert_eq!(f.expire_trash(Duration::from_secs(3600), later).unwrap(), 1);
         assert_eq!(fs::read_dir(f.trash_dir()).unwrap().count(), 0);
+        // Left-overs of an interrupted fetch go the same way, after a day.
+        fs::create_dir_all(f.tmp_dir().join(".pack.p2pfile-part")).unwrap();
+        fs::write(f.tmp_dir().join(".pack.p2pfile-part/x"), b"part").unwrap();
+        assert_eq!(f.expire_tmp(Duration::from_secs(86_400), later).unwrap(), 0);
+        let next_day = SystemTime::now() + Duration::from_secs(90_000);
+        assert_eq!(
+            f.expire_tmp(Duration::from_secs(86_400), next_day).unwrap(),
+            1
+        );
+        assert_eq!(fs::read_dir(f.tmp_dir()).unwrap().count(), 0);
     }
 
     #[test]

@@ -679,3 +679,35 @@ impl Drop for Lab {
             .status();
     }
 }
+
+/// One-way setups: a receive-only peer takes changes and sends none; a
+/// send-only peer sends changes and takes none.
+#[test]
+fn send_only_and_receive_only() {
+    let env = Env::new();
+    let a = Peer::new(&env, "a");
+    let b = Peer::new(&env, "b");
+    let c = Peer::new(&env, "c");
+    a.write("from-a.txt", b"a");
+    let key = a.key();
+    let a_run = a.start(&["--send-only"]);
+    let (code, _, err) = b.once(&["--key", &key, "--peers", &a.addr(), "--receive-only"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(b.read("from-a.txt").unwrap(), b"a");
+    // B's own file stays on B: receive-only announces nothing.
+    b.write("from-b.txt", b"b");
+    let (code, _, err) = b.once(&["--peers", &a.addr(), "--receive-only"]);
+    assert_eq!(code, Some(0), "{err}");
+    // C sends a file to the send-only A, which does not take it.
+    c.write("from-c.txt", b"c");
+    let (code, _, err) = c.once(&["--key", &key, "--peers", &a.addr(), "--timeout", "3"]);
+    assert_eq!(
+        code,
+        Some(3),
+        "A never takes C's file, so C is not in step: {err}"
+    );
+    assert_eq!(c.read("from-a.txt").unwrap(), b"a");
+    drop(a_run);
+    assert!(a.read("from-b.txt").is_none());
+    assert!(a.read("from-c.txt").is_none());
+}

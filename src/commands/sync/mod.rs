@@ -64,6 +64,9 @@ use keys::*;
 use options::*;
 use transfer::*;
 
+/// What an interrupted run left in `DIR/.p2pfile/tmp` goes after this long
+/// untouched (Syncthing keeps its temporary files a day too).
+const TMP_KEEP: Duration = Duration::from_secs(24 * 3600);
 /// A changed file is scanned this long after the last event about it, so
 /// a save in several writes is one change.
 const DEBOUNCE: Duration = Duration::from_millis(200);
@@ -338,6 +341,9 @@ impl Run {
                     self.expire_seeds().await;
                     if last_trash.is_none_or(|t| t.elapsed() >= Duration::from_secs(3600)) {
                         last_trash = Some(Instant::now());
+                        if let Err(e) = self.fs.expire_tmp(TMP_KEEP, SystemTime::now()) {
+                            tracing::debug!("tmp: {e}");
+                        }
                         if let Err(e) = self.fs.expire_trash(opts.trash_keep, SystemTime::now()) {
                             tracing::debug!("trash: {e}");
                         }
