@@ -11,6 +11,7 @@ impl Run {
         if ev.info_hash == self.rendezvous {
             match ev.event {
                 Event::ExtensionsReady { addr, .. } => {
+                    tracing::debug!(%addr, "sync peer connected: sending hello");
                     let hello = Message::hello(
                         self.folder.key(),
                         self.folder.device(),
@@ -22,7 +23,11 @@ impl Run {
                     self.on_message(addr, &payload).await
                 }
                 Event::PeerDisconnected { addr, .. } => {
-                    if let Some(device) = self.conns.remove(&addr) {
+                    // Two peers that dial each other at once keep one of the
+                    // two connections: the peer is gone only with its last.
+                    if let Some(device) = self.conns.remove(&addr)
+                        && !self.conns.values().any(|d| *d == device)
+                    {
                         self.folder.peer_left(device);
                         self.out
                             .event("peer_left", json!({"device": device.to_string()}));
@@ -79,6 +84,7 @@ impl Run {
                     return tracing::debug!(%addr, "hello without proof of the folder key");
                 }
                 let listen = SocketAddr::new(addr.ip(), port);
+                tracing::debug!(%addr, %device, "hello: sending our index");
                 let fresh = self.conns.insert(addr, device).is_none();
                 self.folder.peer_joined(device, listen, can_write);
                 let _ = self.state.save_sync_peer(
@@ -97,6 +103,7 @@ impl Run {
                 let Some(&device) = self.conns.get(&addr) else {
                     return tracing::debug!(%addr, "index before hello");
                 };
+                tracing::debug!(%addr, records = records.len(), complete, "index");
                 let refused = self.folder.on_remote(device, records, complete);
                 if refused > 0 {
                     tracing::debug!(%addr, refused, "records without a valid signature of the folder key");
