@@ -158,6 +158,9 @@ trap cleanup EXIT
 trap 'exit 130' INT TERM HUP
 
 # stop_pids PID...: TERM, wait up to 10 s, then KILL; only our own children.
+# Background tools are started as `ip netns exec NS TOOL ... &`, so the pid
+# is the tool itself (ip execs it); lab_down then kills anything left in the
+# lab namespaces (e.g. Syncthing's second process).
 stop_pids() {
     local p alive t
     (($# > 0)) || return 0
@@ -267,12 +270,15 @@ scenario_bytes() {
 
 # --- trees: what a folder holds (tool metadata, i.e. dot names, left out) ------
 tree_sig() { # dir -> "path size" lines
-    (cd "$1" && find . -mindepth 1 -name '.*' -prune -o -type f -printf '%P %s\n' | LC_ALL=C sort)
+    (cd "$1" && find . -mindepth 1 -name '.*' -prune -o -type f -printf '%P %s\n' 2>/dev/null | LC_ALL=C sort)
 }
 tree_full() { # dir -> one md5 over every file's path and md5
-    (cd "$1" && find . -mindepth 1 -name '.*' -prune -o -type f -print0 | LC_ALL=C sort -z |
-        xargs -0 -r md5sum) | md5sum | awk '{ print $1 }'
+    (cd "$1" && find . -mindepth 1 -name '.*' -prune -o -type f -print0 2>/dev/null | LC_ALL=C sort -z |
+        xargs -0 -r md5sum 2>/dev/null) | md5sum | awk '{ print $1 }'
 }
+# A tool's temporaries (dot names) can vanish between readdir and stat:
+# find's and md5sum's complaints about that are dropped; a vanished file
+# only makes this poll fail.
 region_md5() { # file -> md5 of the first, middle and last MiB of the delta10 region
     local k
     for k in 0 $((DELTA_MIB / 2)) $((DELTA_MIB - 1)); do
@@ -349,6 +355,19 @@ tx_sum() {
     echo "$s"
 }
 mib() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", (b - a) / 1048576 }'; }
+# cpu_ticks: user+system clock ticks of every process now in the 3 hosts'
+# namespaces (the tool's daemons; Syncthing runs as two processes).
+cpu_ticks() {
+    local i p s=0 t
+    for ((i = 1; i <= NHOSTS; i++)); do
+        for p in $(ip netns pids "$(lab_ns "$i")" 2>/dev/null); do
+            t=$(awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$p/stat" 2>/dev/null) || t=0
+            s=$((s + ${t:-0}))
+        done
+    done
+    echo "$s"
+}
+cpu_secs() { awk -v a="$1" -v b="$2" -v h="$(getconf CLK_TCK)" 'BEGIN { printf "%.1f", (b - a) / h }'; }
 
 # wait_receivers T0 EXTRA HOST...: poll (bounded by SYNC_TIMEOUT) until every
 # HOST's folder is the expected tree and, if EXTRA is not "-", the command
@@ -434,7 +453,7 @@ st_setup() { # log -> 0 when three instances run, safe and connected
         fi
     done
     for ((i = 1; i <= NHOSTS; i++)); do
-        lab_exec "$i" env STNODEFAULTFOLDER=1 STNOUPGRADE=1 STNORESTART=1 HOME="$WORK/run/h$i/home" \
+        ip netns exec "$(lab_ns "$i")" env STNODEFAULTFOLDER=1 STNOUPGRADE=1 STNORESTART=1 HOME="$WORK/run/h$i/home" \
             syncthing serve --home "$WORK/run/h$i/st" --no-browser --no-restart --no-upgrade \
             --skip-port-probing --logflags=3 --logfile=- >"$log/st-h$i.log" 2>&1 &
         PIDS+=("$!")
@@ -497,7 +516,7 @@ st_completed() { # J: peer 1 sees device J at 100 % with nothing needed
 st_all_completed() { st_completed 2 && st_completed 3; }
 
 tool_syncthing() {
-    local s=$1 log=$2 base=0 t0 tx0 conflicts
+    local s=$1 log=$2 base=0 t0 tx0 c0 conflicts
     [[ $s == delta10 || $s == rename64 ]] && base=1
     st_setup "$log" || {
         R_SEC=fail R_MOVED=- R_NOTE="setup failed"
@@ -509,10 +528,12 @@ tool_syncthing() {
     fi
     sleep 1
     tx0=$(tx_sum)
+    c0=$(cpu_ticks)
     apply_change "$s"
     t0=$(now)
     if wait_receivers "$t0" st_all_completed 2 3; then
-        R_SEC=$W_SECONDS R_MOVED=$(mib "$tx0" "$W_TX") R_NOTE="disk ${W_DISK}s"
+        R_SEC=$W_SECONDS R_MOVED=$(mib "$tx0" "$W_TX")
+        R_NOTE="disk ${W_DISK}s, cpu $(cpu_secs "$c0" "$(cpu_ticks)")s"
     else
         R_SEC=fail R_MOVED=$(mib "$tx0" "$W_TX") R_NOTE="timeout (disk $W_DISK)"
     fi
@@ -547,7 +568,7 @@ p2pfile_mesh() { # 0 when every host has established TCP with both others
     done
 }
 tool_p2pfile() {
-    local s=$1 log=$2 key i j peers t0 tx0 deadline mesh=1
+    local s=$1 log=$2 key i j peers t0 tx0 c0 deadline mesh=1
     key=$(p2pfile_cmd 1 sync "$(hdir 1)" --show-keys 2>"$log/p2pfile-keys.err" |
         awk '$1 == "rw" { print $2; exit }') || true
     if [[ $key != p2pf-rw-* ]]; then
@@ -560,7 +581,8 @@ tool_p2pfile() {
             ((j == i)) || peers+=${peers:+,}$(lab_ip "$j"):$P2P_PORT
         done
         # shellcheck disable=SC2086 # P2PFILE_SYNC_EXTRA is a list of flags
-        p2pfile_cmd "$i" sync "$(hdir "$i")" --key "$key" --peers "$peers" --json \
+        ip netns exec "$(lab_ns "$i")" "$P2PFILE" --ip "$(lab_ip "$i")" --port "$P2P_PORT" \
+            --state "$(hstate "$i")/p2pfile.db" sync "$(hdir "$i")" --key "$key" --peers "$peers" --json \
             ${P2PFILE_SYNC_EXTRA---discovery-port 0} \
             >"$log/p2pfile-h$i.jsonl" 2>"$log/p2pfile-h$i.err" &
         PIDS+=("$!")
@@ -581,10 +603,12 @@ tool_p2pfile() {
         fi
     done
     tx0=$(tx_sum)
+    c0=$(cpu_ticks)
     apply_change "$s"
     t0=$(now)
     if wait_receivers "$t0" - 2 3; then
-        R_SEC=$W_SECONDS R_MOVED=$(mib "$tx0" "$W_TX") R_NOTE=
+        R_SEC=$W_SECONDS R_MOVED=$(mib "$tx0" "$W_TX")
+        R_NOTE="cpu $(cpu_secs "$c0" "$(cpu_ticks)")s"
     else
         R_SEC=fail R_MOVED=$(mib "$tx0" "$W_TX") R_NOTE=timeout
     fi
@@ -601,7 +625,7 @@ unison_client() { # log tag -> exit code of one run h1 <-> h2
 tool_unison() {
     local s=$1 log=$2 t0 t1 tx0 rc deadline
     mkdir -p "$WORK/run/h1/unison" "$WORK/run/h2/unison"
-    lab_exec 2 env UNISON="$WORK/run/h2/unison" HOME="$WORK/run/h2" \
+    ip netns exec "$(lab_ns 2)" env UNISON="$WORK/run/h2/unison" HOME="$WORK/run/h2" \
         unison -socket "$UN_PORT" -listen "$(lab_ip 2)" >"$log/unison-server.out" 2>&1 &
     PIDS+=("$!")
     deadline=$((SECONDS + 20))
@@ -651,7 +675,7 @@ read only = no
 uid = root
 gid = root
 EOF
-        lab_exec "$i" rsync --daemon --no-detach --config="$WORK/run/h$i/rsyncd.conf" \
+        ip netns exec "$(lab_ns "$i")" rsync --daemon --no-detach --config="$WORK/run/h$i/rsyncd.conf" \
             >"$log/rsyncd-h$i.out" 2>&1 &
         PIDS+=("$!")
     done
@@ -669,7 +693,7 @@ EOF
     apply_change "$s"
     t0=$(now)
     for i in 2 3; do
-        lab_exec 1 timeout "$SYNC_TIMEOUT" rsync -a --delete "$(hdir 1)/" "rsync://$(lab_ip "$i")/bench/" \
+        ip netns exec "$(lab_ns 1)" timeout "$SYNC_TIMEOUT" rsync -a --delete "$(hdir 1)/" "rsync://$(lab_ip "$i")/bench/" \
             >"$log/rsync-h$i.out" 2>&1 &
         cl+=("$!")
     done
@@ -778,12 +802,14 @@ median() { sort -g | awk '{ v[++n] = $1 } END { if (n == 0) { print "-"; exit }
             [[ $sec == - || $b == - ]] || ratio=$(awk -v a="$sec" -v b="$b" 'BEGIN { printf "%.2f", a / b }')
             # Distinct notes of the runs, counted; Syncthing's per-run "disk
             # Ns" (disks matched, before REST said 100 %) becomes one median.
-            note=$(awk '{ $1 = $2 = $3 = $4 = $5 = ""; sub(/^ +/, ""); gsub(/disk [0-9.]+s,? ?/, ""); if ($0 != "") print }' <<<"$rows" |
-                sort | uniq -c | awk '{ c = $1; $1 = ""; sub(/^ /, ""); printf "%s%s", (n++ ? "; " : ""), (c > 1 ? c "x " : "") $0 }')
-            if [[ $t == syncthing && $n_ok -gt 0 ]]; then
-                dm=$(awk '$4 ~ /^[0-9.]+$/ { for (i = 6; i <= NF; i++) if ($i == "disk") { x = $(i + 1); sub(/s,?$/, "", x); print x } }' <<<"$rows" | median)
-                note="disk ${dm}s${note:+; $note}"
-            fi
+            note=$(awk '{ $1 = $2 = $3 = $4 = $5 = ""; sub(/^ +/, ""); gsub(/(disk|cpu) [0-9.]+s,? ?/, ""); if ($0 != "") print }' <<<"$rows" |
+                sort | uniq -c | awk -v all="$n_all" '{ c = $1; $1 = ""; sub(/^ /, ""); printf "%s%s", (n++ ? "; " : ""), (c < all ? c "/" all " runs: " : "") $0 }')
+            # Per-run "disk Ns" (Syncthing: disks matched, before REST said
+            # 100 %) and "cpu Ns" (daemons' CPU time) become medians.
+            for k in cpu disk; do
+                km=$(awk -v k="$k" '$4 ~ /^[0-9.]+$/ { for (i = 6; i <= NF; i++) if ($i == k) { x = $(i + 1); sub(/s,?$/, "", x); print x } }' <<<"$rows" | median)
+                [[ $km == - ]] || note="$k ${km}s${note:+; $note}"
+            done
             [[ $sec != - ]] || sec=fail
             ((n_ok == n_all)) || note="$n_ok/$n_all ok; $note"
             printf '%-10s | %-9s | %8s | %7s | %9s | %s\n' "$s" "$t" "$sec" "$ratio" "$mov" "$note"
