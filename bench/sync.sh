@@ -60,7 +60,10 @@
 # 256m+50, 5000small) or the overwritten bytes (delta10); no bound for
 # rename64 (nothing new has to move).
 # "moved MiB" = sum over the 3 hosts of the tx bytes of their eth0 (frames,
-# headers included) from the change to completion.
+# headers included) from the change to completion; for p2pfile and
+# Syncthing the notes add "origin N%" (the share peer 1 sent: 100 % = no
+# relaying between receivers) and "cpu Ns" (CPU time of every process in
+# the 3 namespaces, i.e. the daemons, during the measurement).
 #
 # Output: table on stdout, also appended to bench/results/sync-<date>.txt.
 # Network safety: all traffic inside the lab namespaces (10.77.0.0/24, no
@@ -355,6 +358,9 @@ tx_sum() {
     echo "$s"
 }
 mib() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", (b - a) / 1048576 }'; }
+# origin_pct TX0 TX1_0 TX TX1: share of the moved bytes that peer 1 sent
+# (100 % = the receivers relayed nothing to each other).
+origin_pct() { awk -v a="$1" -v a1="$2" -v b="$3" -v b1="$4" 'BEGIN { printf "%d", (b > a) ? 100 * (b1 - a1) / (b - a) + 0.5 : 0 }'; }
 # cpu_ticks: user+system clock ticks of every process now in the 3 hosts'
 # namespaces (the tool's daemons; Syncthing runs as two processes).
 cpu_ticks() {
@@ -378,7 +384,7 @@ wait_receivers() {
     shift 2
     local -A done_at=()
     local h t pending deadline=$((SECONDS + SYNC_TIMEOUT)) disk_t=
-    W_SECONDS=fail W_DISK=fail W_TX=
+    W_SECONDS=fail W_DISK=fail W_TX= W_TX1=
     while ((SECONDS < deadline)); do
         t=$(now)
         pending=0
@@ -393,12 +399,12 @@ wait_receivers() {
                 W_DISK=$(elapsed "$t0" "$disk_t")
             fi
             if [[ $extra == - ]]; then
-                W_TX=$(tx_sum)
+                W_TX=$(tx_sum) W_TX1=$(host_tx 1)
                 W_SECONDS=$W_DISK
                 return 0
             fi
             if $extra; then
-                W_TX=$(tx_sum)
+                W_TX=$(tx_sum) W_TX1=$(host_tx 1)
                 W_SECONDS=$(elapsed "$t0" "$t")
                 return 0
             fi
@@ -516,7 +522,7 @@ st_completed() { # J: peer 1 sees device J at 100 % with nothing needed
 st_all_completed() { st_completed 2 && st_completed 3; }
 
 tool_syncthing() {
-    local s=$1 log=$2 base=0 t0 tx0 c0 conflicts
+    local s=$1 log=$2 base=0 t0 tx0 tx10 c0 conflicts
     [[ $s == delta10 || $s == rename64 ]] && base=1
     st_setup "$log" || {
         R_SEC=fail R_MOVED=- R_NOTE="setup failed"
@@ -527,13 +533,13 @@ tool_syncthing() {
         return 0
     fi
     sleep 1
-    tx0=$(tx_sum)
+    tx0=$(tx_sum) tx10=$(host_tx 1)
     c0=$(cpu_ticks)
     apply_change "$s"
     t0=$(now)
     if wait_receivers "$t0" st_all_completed 2 3; then
         R_SEC=$W_SECONDS R_MOVED=$(mib "$tx0" "$W_TX")
-        R_NOTE="disk ${W_DISK}s, cpu $(cpu_secs "$c0" "$(cpu_ticks)")s"
+        R_NOTE="disk ${W_DISK}s, cpu $(cpu_secs "$c0" "$(cpu_ticks)")s, origin $(origin_pct "$tx0" "$tx10" "$W_TX" "$W_TX1")%"
     else
         R_SEC=fail R_MOVED=$(mib "$tx0" "$W_TX") R_NOTE="timeout (disk $W_DISK)"
     fi
@@ -568,7 +574,7 @@ p2pfile_mesh() { # 0 when every host has established TCP with both others
     done
 }
 tool_p2pfile() {
-    local s=$1 log=$2 key i j peers t0 tx0 c0 deadline mesh=1
+    local s=$1 log=$2 key i j peers t0 tx0 tx10 c0 deadline mesh=1
     key=$(p2pfile_cmd 1 sync "$(hdir 1)" --show-keys 2>"$log/p2pfile-keys.err" |
         awk '$1 == "rw" { print $2; exit }') || true
     if [[ $key != p2pf-rw-* ]]; then
@@ -602,13 +608,13 @@ tool_p2pfile() {
             return 0
         fi
     done
-    tx0=$(tx_sum)
+    tx0=$(tx_sum) tx10=$(host_tx 1)
     c0=$(cpu_ticks)
     apply_change "$s"
     t0=$(now)
     if wait_receivers "$t0" - 2 3; then
         R_SEC=$W_SECONDS R_MOVED=$(mib "$tx0" "$W_TX")
-        R_NOTE="cpu $(cpu_secs "$c0" "$(cpu_ticks)")s"
+        R_NOTE="cpu $(cpu_secs "$c0" "$(cpu_ticks)")s, origin $(origin_pct "$tx0" "$tx10" "$W_TX" "$W_TX1")%"
     else
         R_SEC=fail R_MOVED=$(mib "$tx0" "$W_TX") R_NOTE=timeout
     fi
@@ -802,13 +808,15 @@ median() { sort -g | awk '{ v[++n] = $1 } END { if (n == 0) { print "-"; exit }
             [[ $sec == - || $b == - ]] || ratio=$(awk -v a="$sec" -v b="$b" 'BEGIN { printf "%.2f", a / b }')
             # Distinct notes of the runs, counted; Syncthing's per-run "disk
             # Ns" (disks matched, before REST said 100 %) becomes one median.
-            note=$(awk '{ $1 = $2 = $3 = $4 = $5 = ""; sub(/^ +/, ""); gsub(/(disk|cpu) [0-9.]+s,? ?/, ""); if ($0 != "") print }' <<<"$rows" |
+            note=$(awk '{ $1 = $2 = $3 = $4 = $5 = ""; sub(/^ +/, ""); gsub(/(disk|cpu) [0-9.]+s,? ?/, ""); gsub(/origin [0-9]+%,? ?/, ""); sub(/,? +$/, ""); if ($0 != "") print }' <<<"$rows" |
                 sort | uniq -c | awk -v all="$n_all" '{ c = $1; $1 = ""; sub(/^ /, ""); printf "%s%s", (n++ ? "; " : ""), (c < all ? c "/" all " runs: " : "") $0 }')
             # Per-run "disk Ns" (Syncthing: disks matched, before REST said
             # 100 %) and "cpu Ns" (daemons' CPU time) become medians.
-            for k in cpu disk; do
-                km=$(awk -v k="$k" '$4 ~ /^[0-9.]+$/ { for (i = 6; i <= NF; i++) if ($i == k) { x = $(i + 1); sub(/s,?$/, "", x); print x } }' <<<"$rows" | median)
-                [[ $km == - ]] || note="$k ${km}s${note:+; $note}"
+            # and "origin N%" (share of the moved bytes peer 1 sent).
+            for k in origin cpu disk; do
+                km=$(awk -v k="$k" '$4 ~ /^[0-9.]+$/ { for (i = 6; i <= NF; i++) if ($i == k) { x = $(i + 1); sub(/[s%],?$/, "", x); print x } }' <<<"$rows" | median)
+                [[ $k != origin ]] || km=${km%.00}
+                [[ $km == - ]] || note="$k ${km}$([[ $k == origin ]] && echo % || echo s)${note:+; $note}"
             done
             [[ $sec != - ]] || sec=fail
             ((n_ok == n_all)) || note="$n_ok/$n_all ok; $note"
