@@ -548,8 +548,9 @@ tool_syncthing() {
 }
 
 # ---- p2pfile ---------------------------------------------------------------------
-# ASSUMED CLI (p2pfile sync is being finished; check this against
-# `p2pfile sync --help` when the binary exists):
+# ASSUMED CLI, designed before `p2pfile sync` was finished; checked against
+# `p2pfile sync --help` of p2pfile 0.1.0 (main 07ad71c, 2026-11-27): every
+# flag exists and the three hosts synced. Re-check when the CLI changes:
 #   p2pfile --ip IP --port 42070 --state STATE/p2pfile.db sync DIR --show-keys
 #       prints "rw p2pf-rw-..." and "ro p2pf-ro-..." lines and exits
 #   p2pfile --ip IP --port 42070 --state STATE/p2pfile.db sync DIR --key KEY \
