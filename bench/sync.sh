@@ -131,6 +131,17 @@ for t in ${TOOLS//,/ }; do
     esac
 done
 
+# --- what the tools need: Debian packages, installed when missing ----------------
+need=()
+for pair in syncthing:syncthing curl:curl jq:jq unison:unison rsync:rsync ip:iproute2 tc:iproute2; do
+    command -v "${pair%%:*}" >/dev/null || need+=("${pair#*:}")
+done
+if [[ ${#need[@]} -gt 0 && $EUID -eq 0 ]] && command -v apt-get >/dev/null; then
+    echo "installing: ${need[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(printf '%s\n' "${need[@]}" | sort -u) >/dev/null
+fi
+
 # --- can we build a lab at all? ------------------------------------------------
 probe_ns=${LAB_PREFIX}-probe$$
 if [[ $EUID -ne 0 ]] || ! command -v ip >/dev/null || ! command -v tc >/dev/null ||
