@@ -711,3 +711,22 @@ fn send_only_and_receive_only() {
     assert!(a.read("from-b.txt").is_none());
     assert!(a.read("from-c.txt").is_none());
 }
+
+/// Peers that know only a p2pfile DHT node (here a `serve`) find each other
+/// through the private DHT: the rendezvous swarm is announced there under
+/// its keyed hash.
+#[test]
+fn peers_find_each_other_through_the_dht() {
+    let env = Env::new();
+    let a = Peer::new(&env, "a");
+    let b = Peer::new(&env, "b");
+    fs::write(env.path("other.bin"), b"unrelated").unwrap();
+    let dht_node = env.serve(&host(), &[], &[&env.path("other.bin")]);
+    let node = crate::util::peer_of(dht_node.magnet());
+    a.write("via-dht.txt", b"found through the DHT");
+    let key = a.key();
+    let _a_run = a.start(&["--peers", &node]);
+    let (code, _, err) = b.once(&["--key", &key, "--peers", &node, "--timeout", "30"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(b.read("via-dht.txt").unwrap(), b"found through the DHT");
+}
