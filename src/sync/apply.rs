@@ -173,6 +173,29 @@ impl FolderFs {
         expected: Option<&FileRecord>,
         now: SystemTime,
     ) -> Result<(), ApplyError> {
+        self.commit(source, record, expected, now, false)
+    }
+
+    /// As [`Self::commit_file`], but the source stays: the file is a hard
+    /// link to it (a copy where links are refused).
+    pub fn commit_link(
+        &self,
+        source: &Path,
+        record: &FileRecord,
+        expected: Option<&FileRecord>,
+        now: SystemTime,
+    ) -> Result<(), ApplyError> {
+        self.commit(source, record, expected, now, true)
+    }
+
+    fn commit(
+        &self,
+        source: &Path,
+        record: &FileRecord,
+        expected: Option<&FileRecord>,
+        now: SystemTime,
+        link: bool,
+    ) -> Result<(), ApplyError> {
         let full = self.path(&record.path);
         if !self.matches(&record.path, expected) {
             return Err(ApplyError::Changed(full));
@@ -180,7 +203,15 @@ impl FolderFs {
         set_mode_and_mtime(source, record.mode, record.mtime).map_err(ApplyError::io(source))?;
         self.make_parents(&record.path)?;
         self.to_trash(&record.path, now)?;
-        fs::rename(source, &full).map_err(ApplyError::io(&full))?;
+        if link {
+            // The source stays where it is (the engine still seeds it to
+            // peers fetching the same pack); the file shares its bytes.
+            fs::hard_link(source, &full)
+                .or_else(|_| fs::copy(source, &full).map(drop))
+                .map_err(ApplyError::io(&full))?;
+        } else {
+            fs::rename(source, &full).map_err(ApplyError::io(&full))?;
+        }
         Ok(())
     }
 

@@ -4,7 +4,7 @@
 //! carries the plan out (through [`super::apply`] and the engine) and
 //! reports back with [`Folder::applied`].
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::Path;
 
@@ -253,27 +253,36 @@ impl Folder {
         }
     }
 
-    /// Peers that hold live content with this content id, with the path
-    /// they hold it under.
-    pub fn holders(&self, content_id: &[u8; 20]) -> Vec<SocketAddr> {
-        self.peers
-            .values()
-            .filter(|p| {
-                p.index
-                    .iter()
-                    .any(|r| !r.deleted && r.kind == Kind::File && &r.content.id() == content_id)
-            })
-            .map(|p| p.addr)
-            .collect()
+    /// For every live file content the peers hold, the peers holding it.
+    pub fn holders_by_content(&self) -> HashMap<[u8; 20], Vec<SocketAddr>> {
+        let mut map: HashMap<[u8; 20], Vec<SocketAddr>> = HashMap::new();
+        for p in self.peers.values() {
+            for r in p
+                .index
+                .iter()
+                .filter(|r| !r.deleted && r.kind == Kind::File)
+            {
+                let holders = map.entry(r.content.id()).or_default();
+                if !holders.contains(&p.addr) {
+                    holders.push(p.addr);
+                }
+            }
+        }
+        map
     }
 
-    /// A local file that holds this content (by our index), for seeding or
-    /// for a copy that moves no data.
-    pub fn local_with_content(&self, content_id: &[u8; 20]) -> Vec<&FileRecord> {
-        self.local
+    /// Our live files by content id, for seeding or for a copy that moves
+    /// no data.
+    pub fn local_by_content(&self) -> HashMap<[u8; 20], Vec<&FileRecord>> {
+        let mut map: HashMap<[u8; 20], Vec<&FileRecord>> = HashMap::new();
+        for r in self
+            .local
             .iter()
-            .filter(|r| !r.deleted && r.kind == Kind::File && &r.content.id() == content_id)
-            .collect()
+            .filter(|r| !r.deleted && r.kind == Kind::File)
+        {
+            map.entry(r.content.id()).or_default().push(r);
+        }
+        map
     }
 
     /// Which (peer, path) pairs are not in step, for peers whose whole
@@ -441,9 +450,10 @@ mod tests {
         assert_eq!(f.plan(10).actions, vec![Action::Fetch(r.clone())]);
         assert_eq!(f.behind(), vec![(B, r.path.clone())]);
         assert_eq!(
-            f.holders(&r.content.id()),
+            f.holders_by_content()[&r.content.id()],
             vec!["127.0.0.2:1".parse().unwrap()]
         );
+        assert!(f.local_by_content().is_empty());
         assert!(f.still_wanted(&r));
         let announce = f.applied(r.clone(), &std::env::temp_dir());
         assert_eq!(announce, Some(r.clone()));

@@ -54,7 +54,13 @@ pub(super) fn save_records(state: &State, folder_id: &str, records: &[FileRecord
 
 impl Run {
     pub(super) async fn scan_and_announce(&mut self) -> Result<(), Failure> {
+        let started = Instant::now();
         let changed = scan_folder(&self.fs, &self.folder, self.folder.device()).await?;
+        tracing::debug!(
+            changed = changed.len(),
+            seconds = started.elapsed().as_secs_f64(),
+            "scanned"
+        );
         if changed.is_empty() {
             return Ok(());
         }
@@ -125,22 +131,9 @@ impl Run {
         let local = |f: &Folder, p: &RelPath| f.local().get(p).filter(|r| !r.deleted).cloned();
         match action {
             Action::ConflictRename { from, to } => {
-                let expected = local(&self.folder, &from)
-                    .ok_or_else(|| ApplyError::Changed(self.fs.path(&from)))?;
-                self.fs.rename(&from, &to, &expected)?;
-                self.summary.conflicts += 1;
-                self.event_file("conflict", &from, json!({"kept_as": to.to_string()}));
-                // Our losing version, under its new name: a new file of ours.
-                let mut moved = expected;
-                moved.path = to;
-                moved.version = VersionVector::new().update(self.folder.device(), now_secs());
-                moved.modified_by = self.folder.device();
-                moved.signature = None;
-                let announce = self
-                    .folder
-                    .local_changes(vec![moved.clone()], self.fs.root());
-                save_records(&self.state, &self.folder_id, &[moved]);
-                self.announce(announce).await;
+                // Our version moves aside only when the winner is here to
+                // take its place (a fetch can take a while, or fail).
+                self.conflicts_pending.insert(from, to);
                 Ok(None)
             }
             Action::Trash { path, record } => {
@@ -156,12 +149,12 @@ impl Run {
                 }
             }
             Action::Dir(r) => {
-                let expected = local(&self.folder, &r.path);
+                let expected = self.vacate(&r.path).await?;
                 self.fs.make_dir(&r, expected.as_ref())?;
                 Ok(self.applied(r))
             }
             Action::Symlink(r) => {
-                let expected = local(&self.folder, &r.path);
+                let expected = self.vacate(&r.path).await?;
                 self.fs.make_symlink(&r, expected.as_ref(), now)?;
                 self.count_file(&r, expected.is_some());
                 Ok(self.applied(r))
@@ -183,7 +176,7 @@ impl Run {
                 if !self.fs.matches(&from, Some(&source)) {
                     return Err(ApplyError::Changed(self.fs.path(&from)));
                 }
-                let expected = local(&self.folder, &record.path);
+                let expected = self.vacate(&record.path).await?;
                 self.fs
                     .commit_file(&self.fs.path(&from), &record, expected.as_ref(), now)?;
                 self.count_file(&record, expected.is_some());
@@ -202,7 +195,7 @@ impl Run {
                         path: self.fs.path(&from),
                         source: e,
                     })?;
-                let expected = local(&self.folder, &record.path);
+                let expected = self.vacate(&record.path).await?;
                 let res = self.fs.commit_file(&tmp, &record, expected.as_ref(), now);
                 if res.is_err() {
                     let _ = std::fs::remove_file(&tmp);
@@ -221,7 +214,7 @@ impl Run {
                         path: tmp.clone(),
                         source: e,
                     })?;
-                    let expected = local(&self.folder, &record.path);
+                    let expected = self.vacate(&record.path).await?;
                     self.fs.commit_file(&tmp, &record, expected.as_ref(), now)?;
                     self.count_file(&record, expected.is_some());
                     return Ok(self.applied(record));
@@ -231,6 +224,40 @@ impl Run {
             }
             Action::Record(r) => Ok(self.applied(r)),
         }
+    }
+
+    /// What `path` must hold before a new version goes there. A conflict
+    /// loser waiting there is first moved to its conflict name (and
+    /// recorded as a new file of ours), so nothing is expected.
+    pub(super) async fn vacate(
+        &mut self,
+        path: &RelPath,
+    ) -> Result<Option<FileRecord>, ApplyError> {
+        let current = self
+            .folder
+            .local()
+            .get(path)
+            .filter(|r| !r.deleted)
+            .cloned();
+        let Some(to) = self.conflicts_pending.remove(path) else {
+            return Ok(current);
+        };
+        let expected = current.ok_or_else(|| ApplyError::Changed(self.fs.path(path)))?;
+        self.fs.rename(path, &to, &expected)?;
+        self.summary.conflicts += 1;
+        self.event_file("conflict", path, json!({"kept_as": to.to_string()}));
+        // Our losing version, under its new name: a new file of ours.
+        let mut moved = expected;
+        moved.path = to;
+        moved.version = VersionVector::new().update(self.folder.device(), now_secs());
+        moved.modified_by = self.folder.device();
+        moved.signature = None;
+        let announce = self
+            .folder
+            .local_changes(vec![moved.clone()], self.fs.root());
+        save_records(&self.state, &self.folder_id, &[moved]);
+        self.announce(announce).await;
+        Ok(None)
     }
 
     /// Stores an applied record (signed as needed) and says what to announce.

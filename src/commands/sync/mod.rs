@@ -67,6 +67,8 @@ use transfer::*;
 /// What an interrupted run left in `DIR/.p2pfile/tmp` goes after this long
 /// untouched (Syncthing keeps its temporary files a day too).
 const TMP_KEEP: Duration = Duration::from_secs(24 * 3600);
+/// A folder that keeps changing is scanned at least this often.
+const DEBOUNCE_MAX: Duration = Duration::from_secs(2);
 /// A changed file is scanned this long after the last event about it, so
 /// a save in several writes is one change.
 const DEBOUNCE: Duration = Duration::from_millis(200);
@@ -107,6 +109,9 @@ struct Run {
     /// Pack torrents by torrent id: pack id, and whether it is a seed.
     torrents: HashMap<InfoHash, ([u8; 20], bool)>,
     summary: Summary,
+    /// Conflict losers to move aside (path → conflict name) when the
+    /// winner arrives.
+    conflicts_pending: HashMap<RelPath, RelPath>,
     /// Records applied but not yet in the state database.
     unsaved: Vec<FileRecord>,
     /// Rows of the sync table not yet in the state database.
@@ -247,6 +252,7 @@ pub async fn run(args: SyncArgs, file: &FileValues, settings: Settings) -> Resul
         seeds: HashMap::new(),
         torrents: HashMap::new(),
         summary: Summary::default(),
+        conflicts_pending: HashMap::new(),
         unsaved: Vec::new(),
         status_rows: Vec::new(),
         replan: false,
@@ -276,9 +282,24 @@ fn watch(dir: &Path, tx: mpsc::UnboundedSender<()>) -> Result<notify::Recommende
     use notify::Watcher;
     let private = dir.join(crate::sync::index::PRIVATE_DIR);
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-        if let Ok(ev) = res
-            && ev.paths.iter().any(|p| !p.starts_with(&private))
-        {
+        use notify::EventKind;
+        use notify::event::{MetadataKind, ModifyKind};
+        let Ok(ev) = res else {
+            // An overflowed queue and the like: say "changed", the scan
+            // finds out what.
+            let _ = tx.send(());
+            return;
+        };
+        // Reading a file is no change (a build reading its sources, a
+        // checksum run): without this filter, a reader kept postponing
+        // the scan (measured: a file copied in while another process
+        // polled the folder waited 5 s instead of 0.4 s).
+        let read_only = matches!(
+            ev.kind,
+            EventKind::Access(_)
+                | EventKind::Modify(ModifyKind::Metadata(MetadataKind::AccessTime))
+        );
+        if !read_only && ev.paths.iter().any(|p| !p.starts_with(&private)) {
             let _ = tx.send(());
         }
     })
@@ -315,21 +336,32 @@ impl Run {
         let mut last_rescan = Instant::now();
         let mut last_trash = None::<Instant>;
         let mut changed_at: Option<Instant> = None;
+        let mut first_change: Option<Instant> = None;
         loop {
             tokio::select! {
                 _ = signals.recv() => {
                     return if opts.once && !self.in_step(opts) { Err(Failure::interrupted()) } else { Ok(()) };
                 }
                 Some(ev) = events.recv() => self.on_event(ev).await?,
-                Some(()) = watch_rx.recv() => changed_at = Some(Instant::now()),
+                Some(()) = watch_rx.recv() => {
+                    if first_change.is_none() {
+                        tracing::debug!("the folder changed");
+                        first_change = Some(Instant::now());
+                    }
+                    changed_at = Some(Instant::now());
+                }
                 Some(found) = async { match discovery { Some(d) => d.next().await, None => std::future::pending().await } } => {
                     tracing::debug!(device = %found.device, addr = %found.addr, "found on the LAN");
                     let _ = self.session.add_peers(self.rendezvous, vec![found.addr]).await;
                 }
                 _ = tick.tick() => {
-                    let due = changed_at.is_some_and(|t| t.elapsed() >= DEBOUNCE);
+                    // Quiet for DEBOUNCE, or changing for DEBOUNCE_MAX: a file
+                    // written for minutes is still announced as it goes.
+                    let due = changed_at.is_some_and(|t| t.elapsed() >= DEBOUNCE)
+                        || first_change.is_some_and(|t| t.elapsed() >= DEBOUNCE_MAX);
                     if due || self.rescan || (!opts.once && last_rescan.elapsed() >= opts.rescan) {
                         changed_at = None;
+                        first_change = None;
                         self.rescan = false;
                         last_rescan = Instant::now();
                         self.scan_and_announce().await?;
@@ -339,6 +371,7 @@ impl Run {
                         self.carry_out_plan().await?;
                     }
                     self.expire_seeds().await;
+                    self.nudge_fetches().await;
                     if last_trash.is_none_or(|t| t.elapsed() >= Duration::from_secs(3600)) {
                         last_trash = Some(Instant::now());
                         if let Err(e) = self.fs.expire_tmp(TMP_KEEP, SystemTime::now()) {
@@ -432,6 +465,10 @@ impl Run {
 
     /// The `summary` event (`--once`) and a closing line.
     async fn finish(&mut self, opts: &Options, result: &Result<(), Failure>) {
+        let seeds: Vec<[u8; 20]> = self.seeds.keys().copied().collect();
+        for pack in seeds {
+            self.drop_seed(pack).await;
+        }
         let ids: Vec<InfoHash> = self.torrents.keys().copied().collect();
         for id in ids {
             self.drop_torrent(id).await;

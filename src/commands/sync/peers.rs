@@ -43,9 +43,11 @@ impl Run {
         match ev.event {
             Event::Completed if !seed => self.fetched(ev.info_hash, pack).await?,
             Event::Failed { error } => {
-                let torrent = ev.info_hash;
-                self.drop_torrent(torrent).await;
-                self.seeds.remove(&pack);
+                if seed {
+                    self.drop_seed(pack).await;
+                } else {
+                    self.drop_torrent(ev.info_hash).await;
+                }
                 if let Some(f) = self.fetches.remove(&pack) {
                     for r in &f.records {
                         self.failed(&r.path, &error.to_string());
