@@ -54,7 +54,7 @@ pub struct GlobalArgs {
         value_name = "FIRST-LAST"
     )]
     pub port_range: Option<String>,
-    /// DHT bootstrap nodes (other p2pfile hosts), comma-separated
+    /// Other p2pfile hosts, comma-separated: DHT bootstrap nodes, also tried as peers
     #[arg(long, global = true, env = "P2PFILE_PEERS", value_name = "IP:PORT,...")]
     pub peers: Option<String>,
     /// Upload limit for the process in MiB/s, decimals allowed; 0 = none
@@ -75,7 +75,7 @@ pub struct GlobalArgs {
         value_name = "MIB/S"
     )]
     pub download_limit: Option<String>,
-    /// SQLite state database (served torrents, downloads, DHT nodes) [default: ./.p2pfile.db]
+    /// SQLite state database (served torrents, downloads, DHT nodes, sync folders) [default: ./.p2pfile.db]
     #[arg(long, global = true, env = "P2PFILE_STATE", value_name = "FILE")]
     pub state: Option<String>,
     /// Print machine-readable JSON lines on stdout
@@ -172,7 +172,7 @@ pub struct SyncArgs {
     /// Converge with the peers found once, then exit: 0 in step, 3 not in step before --timeout
     #[arg(long, env = "P2PFILE_ONCE", value_parser = BoolishValueParser::new())]
     pub once: bool,
-    /// With --once: peers to wait for before converging counts [default: 1]
+    /// With --once: how many peers must be found before it can be in step [default: 1]
     #[arg(long, env = "P2PFILE_EXPECT", value_name = "N")]
     pub expect: Option<String>,
     /// With --once: give up (exit 3) after this many seconds [default: 60]
