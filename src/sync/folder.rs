@@ -115,22 +115,36 @@ impl Folder {
 
     /// Records from a local scan: signed when this device sends changes
     /// (the others cannot verify them otherwise), then stored. Returns the
-    /// records to announce.
+    /// records as stored, to be saved as they are: saving the unsigned
+    /// originals would leave a restarted folder with nothing to announce.
     pub fn local_changes(&mut self, records: Vec<FileRecord>, root: &Path) -> Vec<FileRecord> {
-        let mut announce = Vec::new();
+        let mut stored = Vec::with_capacity(records.len());
         let mut ignore_changed = false;
         for mut r in records {
             ignore_changed |= r.path.file_name() == IGNORE_FILE;
             if self.sends() {
                 r.sign(&self.key);
-                announce.push(r.clone());
             }
+            stored.push(r.clone());
             self.local.insert(r);
         }
         if ignore_changed {
             self.ignores = Ignores::load(root, &self.local);
         }
-        announce
+        stored
+    }
+
+    /// Of records just stored, those to announce: the signed ones, when
+    /// this device sends changes.
+    pub fn to_announce(&self, stored: &[FileRecord]) -> Vec<FileRecord> {
+        if !self.sends() {
+            return Vec::new();
+        }
+        stored
+            .iter()
+            .filter(|r| r.signature.is_some())
+            .cloned()
+            .collect()
     }
 
     /// What we announce: every signed record of our index.
@@ -502,9 +516,15 @@ mod tests {
             &key,
         );
         local.signature = None;
+        let stored = f.local_changes(vec![local.clone()], &std::env::temp_dir());
+        assert_eq!(
+            stored,
+            vec![local.clone()],
+            "kept, unsigned, as our view of the disk"
+        );
         assert!(
-            f.local_changes(vec![local.clone()], &std::env::temp_dir())
-                .is_empty()
+            f.to_announce(&stored).is_empty(),
+            "a read-only key announces nothing"
         );
         assert!(f.announced().is_empty());
         let r = rec("theirs", b"x", VersionVector::new().update(B, 1), B, &key);

@@ -730,3 +730,27 @@ fn peers_find_each_other_through_the_dht() {
     assert_eq!(code, Some(0), "{err}");
     assert_eq!(b.read("via-dht.txt").unwrap(), b"found through the DHT");
 }
+
+/// A change found by a scan while running is kept signed in the state
+/// database: after a restart the folder still announces it, and a new peer
+/// gets it.
+#[test]
+fn a_change_found_while_running_survives_a_restart() {
+    let env = Env::new();
+    let a = Peer::new(&env, "a");
+    let b = Peer::new(&env, "b");
+    let c = Peer::new(&env, "c");
+    let key = a.key();
+    let a_run = a.start(&["--peers", &b.addr()]);
+    let b_run = b.start(&["--key", &key, "--peers", &a.addr()]);
+    a.write("later.txt", b"written while running");
+    eventually("B has the file", || {
+        b.read("later.txt").as_deref() == Some(b"written while running".as_slice())
+    });
+    drop(b_run);
+    drop(a_run);
+    let _a_again = a.start(&[]);
+    let (code, _, err) = c.once(&["--key", &key, "--peers", &a.addr()]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(c.read("later.txt").unwrap(), b"written while running");
+}

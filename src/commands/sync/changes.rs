@@ -67,8 +67,9 @@ impl Run {
         for r in &changed {
             tracing::debug!(path = %r.path, deleted = r.deleted, "local change");
         }
-        let announce = self.folder.local_changes(changed.clone(), self.fs.root());
-        save_records(&self.state, &self.folder_id, &changed);
+        let stored = self.folder.local_changes(changed, self.fs.root());
+        save_records(&self.state, &self.folder_id, &stored);
+        let announce = self.folder.to_announce(&stored);
         self.announce(announce).await;
         self.replan = true;
         Ok(())
@@ -252,10 +253,9 @@ impl Run {
         moved.version = VersionVector::new().update(self.folder.device(), now_secs());
         moved.modified_by = self.folder.device();
         moved.signature = None;
-        let announce = self
-            .folder
-            .local_changes(vec![moved.clone()], self.fs.root());
-        save_records(&self.state, &self.folder_id, &[moved]);
+        let stored = self.folder.local_changes(vec![moved], self.fs.root());
+        save_records(&self.state, &self.folder_id, &stored);
+        let announce = self.folder.to_announce(&stored);
         self.announce(announce).await;
         Ok(None)
     }

@@ -192,8 +192,10 @@ pub async fn run(args: SyncArgs, file: &FileValues, settings: Settings) -> Resul
 
     // The first scan, before anything is announced.
     let changed = scan_folder(&fs, &folder, device).await?;
-    let announce = folder.local_changes(changed, &dir);
-    save_records(&state, &folder_id, &announce);
+    // Saved as stored (signed where we sign): read-only keys keep their own
+    // view of the disk too.
+    let stored = folder.local_changes(changed, &dir);
+    save_records(&state, &folder_id, &stored);
 
     let addr = session.local_addr();
     let name = dir.file_name().map_or_else(
