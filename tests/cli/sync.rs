@@ -754,3 +754,138 @@ fn a_change_found_while_running_survives_a_restart() {
     assert_eq!(code, Some(0), "{err}");
     assert_eq!(c.read("later.txt").unwrap(), b"written while running");
 }
+
+/// Writes `bytes` over the start of `path` through a shared memory map,
+/// which the kernel reports to file watchers only when the file is closed;
+/// the writer holds the file open for `hold` seconds first.
+fn write_through_mmap(path: &Path, bytes: &[u8], hold: f64) -> std::process::Child {
+    let script = format!(
+        "import mmap, sys, time\n\
+         f = open(sys.argv[1], 'r+b')\n\
+         m = mmap.mmap(f.fileno(), 0)\n\
+         m[0:{n}] = bytes.fromhex(sys.argv[2])\n\
+         m.flush()\n\
+         time.sleep({hold})\n",
+        n = bytes.len()
+    );
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(path)
+        .arg(hex)
+        .spawn()
+        .expect("python3")
+}
+
+/// Waits up to `limit` for `cond` (a hang guard, not a speed test).
+fn within(limit: Duration, cond: impl Fn() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    false
+}
+
+/// A change the file watcher cannot see (a writer that keeps the file
+/// open) is found by the periodic rescan, every `--rescan` seconds.
+#[test]
+fn rescan_finds_what_the_watcher_cannot_see() {
+    let env = Env::new();
+    let a = Peer::new(&env, "a");
+    let b = Peer::new(&env, "b");
+    a.write("mapped.bin", b"0123456789");
+    let key = a.key();
+    let _a_run = a.start(&["--peers", &b.addr(), "--rescan", "1"]);
+    let _b_run = b.start(&["--key", &key, "--peers", &a.addr()]);
+    eventually("B has the file", || b.read("mapped.bin").is_some());
+    let mut writer = write_through_mmap(&a.dir().join("mapped.bin"), b"ABCD", 30.0);
+    let seen = within(Duration::from_secs(20), || {
+        b.read("mapped.bin").as_deref() == Some(b"ABCD456789".as_slice())
+    });
+    let _ = writer.kill();
+    let _ = writer.wait();
+    assert!(seen, "the rescan of A did not find the change");
+}
+
+/// A file written and closed is a change even when no write was reported
+/// (a memory-mapped write): the watcher takes the close.
+#[test]
+fn a_file_closed_after_writing_is_a_change() {
+    let env = Env::new();
+    let a = Peer::new(&env, "a");
+    let b = Peer::new(&env, "b");
+    a.write("mapped.bin", b"0123456789");
+    let key = a.key();
+    let _a_run = a.start(&["--peers", &b.addr()]);
+    let _b_run = b.start(&["--key", &key, "--peers", &a.addr()]);
+    eventually("B has the file", || b.read("mapped.bin").is_some());
+    let mut writer = write_through_mmap(&a.dir().join("mapped.bin"), b"WXYZ", 0.0);
+    assert!(writer.wait().unwrap().success());
+    let seen = within(Duration::from_secs(20), || {
+        b.read("mapped.bin").as_deref() == Some(b"WXYZ456789".as_slice())
+    });
+    assert!(
+        seen,
+        "A's watcher missed a write reported only by the close"
+    );
+}
+
+/// `--expect N`: `--once` waits for N peers and is not in step with fewer.
+#[test]
+fn once_waits_for_the_expected_number_of_peers() {
+    let env = Env::new();
+    let a = Peer::new(&env, "a");
+    let b = Peer::new(&env, "b");
+    a.write("f.txt", b"x");
+    let key = a.key();
+    let _a_run = a.start(&[]);
+    let (code, evs, err) = b.once(&[
+        "--key",
+        &key,
+        "--peers",
+        &a.addr(),
+        "--expect",
+        "2",
+        "--timeout",
+        "3",
+    ]);
+    assert_eq!(code, Some(3), "{err}");
+    assert!(err.contains("found 1 of 2 expected peers"), "{err}");
+    assert_eq!(summary(&evs)["in_step"], false);
+    let (code, _, err) = b.once(&["--peers", &a.addr(), "--expect", "0"]);
+    assert_eq!(code, Some(2), "{err}");
+}
+
+/// `--trash-days`: replaced and deleted files stay in the trash that long;
+/// `0` empties it.
+#[test]
+fn trash_days_bounds_the_trash() {
+    let env = Env::new();
+    let a = Peer::new(&env, "a");
+    let b = Peer::new(&env, "b");
+    synced_pair(&a, &b, &[("old.txt", b"soon deleted")]);
+    fs::remove_file(a.dir().join("old.txt")).unwrap();
+    let _a_run = a.start(&[]);
+    let (code, _, err) = b.once(&["--peers", &a.addr()]);
+    assert_eq!(code, Some(0), "{err}");
+    let trash = b.dir().join(".p2pfile/trash");
+    assert_eq!(fs::read_dir(&trash).unwrap().count(), 1, "kept by default");
+    let (code, _, err) = b.once(&["--peers", &a.addr(), "--trash-days", "7"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(
+        fs::read_dir(&trash).unwrap().count(),
+        1,
+        "a day old at most: kept"
+    );
+    let (code, _, err) = b.once(&["--peers", &a.addr(), "--trash-days", "0"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(
+        fs::read_dir(&trash).unwrap().count(),
+        0,
+        "--trash-days 0 empties it"
+    );
+}

@@ -285,7 +285,7 @@ fn watch(dir: &Path, tx: mpsc::UnboundedSender<()>) -> Result<notify::Recommende
     let private = dir.join(crate::sync::index::PRIVATE_DIR);
     let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
         use notify::EventKind;
-        use notify::event::{MetadataKind, ModifyKind};
+        use notify::event::{AccessKind, AccessMode, MetadataKind, ModifyKind};
         let Ok(ev) = res else {
             // An overflowed queue and the like: say "changed", the scan
             // finds out what.
@@ -296,11 +296,14 @@ fn watch(dir: &Path, tx: mpsc::UnboundedSender<()>) -> Result<notify::Recommende
         // checksum run): without this filter, a reader kept postponing
         // the scan (measured: a file copied in while another process
         // polled the folder waited 5 s instead of 0.4 s).
-        let read_only = matches!(
-            ev.kind,
-            EventKind::Access(_)
-                | EventKind::Modify(ModifyKind::Metadata(MetadataKind::AccessTime))
-        );
+        // A file closed after being open for writing is a change, though:
+        // writes through a memory map are reported by nothing else.
+        let read_only = match ev.kind {
+            EventKind::Access(AccessKind::Close(AccessMode::Write)) => false,
+            EventKind::Access(_) => true,
+            EventKind::Modify(ModifyKind::Metadata(MetadataKind::AccessTime)) => true,
+            _ => false,
+        };
         if !read_only && ev.paths.iter().any(|p| !p.starts_with(&private)) {
             let _ = tx.send(());
         }
