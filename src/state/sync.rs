@@ -176,13 +176,8 @@ impl State {
         state: &str,
         detail: &str,
     ) -> anyhow::Result<()> {
-        self.conn.execute(
-            "INSERT INTO sync_status (folder_id, peer, path, state, detail, updated_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-             ON CONFLICT(folder_id, peer, path) DO UPDATE SET state = ?4, detail = ?5, updated_at = ?6",
-            params![folder_id, peer, path, state, detail, now()],
-        )?;
-        Ok(())
+        let row = (peer.into(), path.into(), state.into(), detail.into());
+        self.set_sync_statuses(folder_id, &[row])
     }
 
     /// Sets rows of the sync table (peer, path, state, detail) in one
