@@ -334,3 +334,53 @@ fn state_flag_moves_the_database() {
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("no state database at .p2pfile.db"));
 }
+
+/// A file of the old version edited while its new version downloads is
+/// left as the user made it and reported; the other files are replaced.
+#[test]
+fn a_local_edit_during_a_delta_download_is_kept() {
+    let env = Env::new();
+    let file_size = 2usize << 20;
+    for (v, seed) in [("v1", 0u64), ("v2", 50)] {
+        let root = env.path(&format!("{v}/tree"));
+        fs::create_dir_all(&root).unwrap();
+        for i in 0..3u64 {
+            fs::write(root.join(format!("f{i}.bin")), data(file_size, seed + i)).unwrap();
+        }
+    }
+    let seed1 = env.serve(&host(), &[], &[&env.path("v1/tree")]);
+    let (ok, _) = JsonProc::spawn(download_cmd(&env, "dl", seed1.magnet(), &[])).finish();
+    assert!(ok.success());
+    drop(seed1);
+    let seed2 = env.serve(&host(), &[], &[&env.path("v2/tree")]);
+    // Held to 1 MiB/s, so the edit lands while the download runs.
+    let mut dl = JsonProc::spawn(download_cmd(
+        &env,
+        "dl",
+        seed2.magnet(),
+        &["--download-limit", "1"],
+    ));
+    dl.wait_for("checked", |e| e["event"] == "checked");
+    fs::write(env.path("dl/tree/f1.bin"), b"edited by the user").unwrap();
+    let (ok, evs) = dl.finish();
+    assert!(ok.success(), "{evs:?}");
+    let kept = JsonProc::find(&evs, "local_edits_kept").expect("a local_edits_kept event");
+    let paths: Vec<String> = kept["paths"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(paths.len(), 1, "{paths:?}");
+    assert!(paths[0].ends_with("tree/f1.bin"), "{paths:?}");
+    assert_eq!(
+        fs::read(env.path("dl/tree/f1.bin")).unwrap(),
+        b"edited by the user"
+    );
+    for i in [0, 2] {
+        assert_eq!(
+            fs::read(env.path(&format!("dl/tree/f{i}.bin"))).unwrap(),
+            data(file_size, 50 + i)
+        );
+    }
+}
