@@ -60,7 +60,10 @@ fn tree_from_one_seed_to_one_downloader() {
     make_tree(&src);
     let seed = env.serve(&host(), &[], &[&src]);
     assert!(seed.magnet().starts_with("magnet:?xt=urn:btih:"));
-    assert!(seed.magnet().contains("&dn=tree&x.pe=127.0.0."));
+    assert!(
+        seed.magnet()
+            .contains(&format!("&dn=tree&x.pe=127.{}.0.", test_net()))
+    );
     let mut c = env.cmd();
     c.args(["--ip", &host(), "download", "--dir"])
         .arg(env.path("dl"))

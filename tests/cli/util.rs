@@ -12,11 +12,20 @@ use std::time::{Duration, Instant};
 /// tests can run in parallel without port clashes.
 static NEXT_HOST: AtomicU8 = AtomicU8::new(10);
 
-/// A fresh 127.0.0.x address.
+/// A fresh 127.N.0.x address. N is `P2PFILE_TEST_NET` (default 0), so
+/// two checkouts can run their suites at once without sharing addresses.
 pub fn host() -> String {
     let n = NEXT_HOST.fetch_add(1, Ordering::SeqCst);
     assert!(n < 250, "out of loopback hosts");
-    format!("127.0.0.{n}")
+    format!("127.{}.0.{n}", test_net())
+}
+
+/// The second octet of this run's loopback addresses.
+pub fn test_net() -> u8 {
+    std::env::var("P2PFILE_TEST_NET")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
 }
 
 /// A test's sandbox.
