@@ -9,7 +9,8 @@
 //!   [`builder`] makes a torrent from files on disk.
 //! - [`wire`]: the peer wire codec (BEP 3, 6, 9, 10, 11), bytes in and out.
 //! - [`bitfield`], [`picker`], [`choker`]: pure piece and upload decisions.
-//! - [`storage`]: piece ↔ file mapping, positioned I/O, hash checks.
+//! - [`storage`]: piece ↔ file mapping, positioned I/O, hash checks;
+//!   [`utc`]: timestamps for names people read.
 //! - `peer`: one connection's tasks; `torrent`: the coordinator that owns
 //!   picker, choker, peers and storage; `dht`: the private DHT;
 //!   [`session`]: listener, DHT, rate limits, and the public handle.
@@ -22,6 +23,7 @@ pub mod magnet;
 pub mod metainfo;
 pub mod picker;
 pub mod storage;
+pub mod utc;
 pub mod wire;
 
 mod dht;
