@@ -4,6 +4,11 @@
 //! of the total size, so the same content under the same name gives the
 //! same info-hash on any machine.
 //!
+//! A file with any execute bit set gets BEP 47 `attr` `x` (as libtorrent's
+//! `create_torrent` does), so the downloader can set it again. A file
+//! without one gets no `attr` key: its info-hash is the same as before
+//! p2pfile carried the bit.
+//!
 //! Symlinks: a link to a regular file is served as that file's content; a
 //! link to a directory, a dangling link and anything that is neither a file
 //! nor a directory (socket, fifo, device) is skipped and reported in
@@ -11,6 +16,7 @@
 
 use std::fs;
 use std::io;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use crate::metainfo::{FileEntry, Info, MetainfoError, piece_length_for};
@@ -60,6 +66,8 @@ pub struct ScannedFile {
     pub length: u64,
     /// Modification time, nanoseconds since the epoch (0 if unknown).
     pub mtime_ns: i128,
+    /// Any execute bit is set (of the file a symlink points to).
+    pub executable: bool,
 }
 
 /// What a path holds, before hashing: enough to tell whether content
@@ -131,7 +139,11 @@ pub fn hash(scan: Scan) -> Result<Built, BuildError> {
     let files = scan
         .files
         .iter()
-        .map(|f| FileEntry::new(f.path.clone(), f.length))
+        .map(|f| {
+            let mut entry = FileEntry::new(f.path.clone(), f.length);
+            entry.attr.executable = f.executable;
+            entry
+        })
         .collect();
     let info = Info::new(
         &scan.name,
@@ -165,6 +177,7 @@ fn scanned(path: Vec<String>, disk_path: PathBuf, meta: &fs::Metadata) -> Scanne
         disk_path,
         length: meta.len(),
         mtime_ns,
+        executable: meta.permissions().mode() & 0o111 != 0,
     }
 }
 
@@ -260,5 +273,39 @@ mod tests {
             build(&d.path().join("missing")),
             Err(BuildError::Io { .. })
         ));
+    }
+
+    /// Any execute bit makes `attr` `x`; a file without one encodes as it
+    /// always did, so its info-hash does not change.
+    #[test]
+    fn execute_bit_becomes_attr_x() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let t = d.path().join("t");
+        fs::create_dir_all(&t).unwrap();
+        fs::write(t.join("plain"), b"data").unwrap();
+        fs::write(t.join("run.sh"), b"#!/bin/sh\n").unwrap();
+        let mode = |p: &Path, m| fs::set_permissions(p, fs::Permissions::from_mode(m)).unwrap();
+        mode(&t.join("plain"), 0o644);
+        mode(&t.join("run.sh"), 0o744);
+        let built = build(&t).unwrap();
+        let exec: Vec<_> = built.info.files.iter().map(|f| f.executable()).collect();
+        assert_eq!(exec, vec![false, true]);
+        let raw = String::from_utf8_lossy(built.info.as_bytes()).into_owned();
+        assert!(raw.contains("d6:lengthi4e4:pathl5:plainee"), "{raw}");
+        assert!(
+            raw.contains("d4:attr1:x6:lengthi10e4:pathl6:run.shee"),
+            "{raw}"
+        );
+
+        // Group or other execute alone counts too; so does a single file.
+        mode(&t.join("run.sh"), 0o641);
+        let single = build(&t.join("run.sh")).unwrap();
+        assert!(single.info.files[0].executable());
+        mode(&t.join("run.sh"), 0o644);
+        let plain = build(&t.join("run.sh")).unwrap();
+        assert!(!plain.info.files[0].executable());
+        assert_ne!(plain.info.info_hash(), single.info.info_hash());
+        assert!(!String::from_utf8_lossy(plain.info.as_bytes()).contains("attr"));
     }
 }
