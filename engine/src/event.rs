@@ -66,6 +66,17 @@ pub enum Event {
         /// The final paths that were not replaced.
         paths: Vec<std::path::PathBuf>,
     },
+    /// An entry was in the way of the download (a file where the torrent
+    /// has a directory, a directory or symlink where it has a file) and was
+    /// moved, not deleted, to `DIR/.p2pfile-replaced/<YYYYMMDD-HHMMSS>/`
+    /// followed by its path below `DIR`. Comes before `Completed` (or
+    /// `Failed`, if moving into place failed afterwards).
+    Replaced {
+        /// Where the entry was.
+        from: std::path::PathBuf,
+        /// Where it is now.
+        to: std::path::PathBuf,
+    },
     /// Every piece is verified and the content is at its final path.
     Completed,
     /// The torrent stopped for good because of an error (disk full, say).

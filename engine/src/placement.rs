@@ -9,21 +9,33 @@
 //! caller knows to lie elsewhere on this machine ([`PieceSource`] hints,
 //! checked by hash).
 //!
-//! Completion commits file by file, never over a local edit: `prepare`
-//! records each target file's size, mtime and inode before reading it, and
-//! `finalize` replaces a target file only when it is absent both times or
-//! still as recorded. A file changed meanwhile (or a directory, or a file
-//! where a directory is needed) is left as it is and reported in
-//! [`Finalized::kept_local`], with our version kept in the part. Files of an
-//! older version that the new torrent does not have are kept too: nothing
-//! here knows whether they came from an earlier download or from the user,
-//! and a user's file is never deleted silently. BEP 47 pad files are
-//! neither created, checked nor committed.
+//! Completion commits file by file and deletes nothing of the user's:
+//! - `prepare` records each target file's size, mtime and inode before
+//!   reading it, and `finalize` replaces a target file only when it is
+//!   absent both times or still as recorded. A file changed meanwhile is
+//!   left as it is and reported in [`Finalized::kept_local`], with our
+//!   version kept in the part.
+//! - An entry in the way, recorded by `prepare` and unchanged since (a file
+//!   or a dangling symlink where the torrent has a directory, a directory,
+//!   symlink or special file where it has a file), is moved, not deleted,
+//!   to `DIR/.p2pfile-replaced/<YYYYMMDD-HHMMSS>/<its path below DIR>` and
+//!   reported in [`Finalized::replaced`]. One that appeared meanwhile is
+//!   kept like a local edit. A regular file where the torrent has a file
+//!   is the older version of that file and is replaced, as any update does.
+//! - Files under the target that the torrent does not have stay where
+//!   they are: nothing here knows whether they came from an earlier
+//!   download or from the user.
+//!
+//! A file the torrent marks executable (BEP 47 `x`) gets execute
+//! permission wherever it may be read, as `chmod +x` gives under the
+//! umask. BEP 47 pad files are neither created, checked nor committed.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+use std::ffi::CString;
 use std::fs;
 use std::io;
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::SystemTime;
@@ -31,6 +43,10 @@ use std::time::SystemTime;
 use crate::bitfield::Bitfield;
 use crate::metainfo::Info;
 use crate::storage::{PieceSource, Storage};
+use crate::utc::utc_stamp;
+
+/// The directory under `DIR` that entries in a download's way are moved to.
+const REPLACED_DIR: &str = ".p2pfile-replaced";
 
 /// The final and temporary paths of one download.
 #[derive(Debug)]
@@ -54,13 +70,25 @@ pub(crate) struct Prepared {
     pub already_complete: bool,
 }
 
-/// What [`Placement::finalize`] left alone.
+/// What [`Placement::finalize`] did besides moving files into place.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub(crate) struct Finalized {
     /// Paths under the target left untouched: a file changed since
-    /// `prepare` looked at it (a local edit made while downloading), or a
-    /// directory or file in the way. Our version stays in the part.
+    /// `prepare` looked at it (a local edit made while downloading), or an
+    /// entry in the way that appeared meanwhile. Our version stays in the
+    /// part.
     pub kept_local: Vec<PathBuf>,
+    /// Entries that were in the way, moved from the first path to the
+    /// second (under `DIR/.p2pfile-replaced/`).
+    pub replaced: Vec<(PathBuf, PathBuf)>,
+}
+
+/// [`Placement::finalize`] failed; `done` holds what it had done by then,
+/// so the entries it moved can still be reported.
+#[derive(Debug)]
+pub(crate) struct FinalizeError {
+    pub source: io::Error,
+    pub done: Finalized,
 }
 
 /// The files to commit and what their targets looked like at `prepare`.
@@ -68,6 +96,9 @@ pub(crate) struct Finalized {
 struct Plan {
     files: Vec<FilePlan>,
     empty_dirs: Vec<PathBuf>,
+    /// Entries in the way at `prepare`, as they were then: `finalize`
+    /// moves one aside only when it is still the same.
+    in_the_way: BTreeMap<PathBuf, Stamp>,
 }
 
 #[derive(Debug)]
@@ -75,9 +106,10 @@ struct FilePlan {
     part: PathBuf,
     target: PathBuf,
     seen: Option<Stamp>,
+    executable: bool,
 }
 
-/// Enough of a file's metadata to tell that it changed: an edit changes
+/// Enough of an entry's metadata to tell that it changed: an edit changes
 /// the mtime (and usually the size), an editor's save-by-rename the inode.
 /// Like rsync and Syncthing we trust it: an edit that keeps the size within
 /// one tick of the file system's clock goes unseen.
@@ -86,19 +118,41 @@ struct Stamp {
     len: u64,
     mtime: Option<SystemTime>,
     ino: u64,
-    dir: bool,
+    kind: Kind,
+}
+
+/// What an entry is, not following a symlink.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    File,
+    Dir,
+    /// A symlink, fifo, socket or device.
+    Other,
 }
 
 /// The stamp of whatever is at `path` (not following a symlink), or `None`
 /// when nothing is, or it cannot be looked at.
 fn stamp(path: &Path) -> Option<Stamp> {
     let m = fs::symlink_metadata(path).ok()?;
+    let kind = if m.is_file() {
+        Kind::File
+    } else if m.is_dir() {
+        Kind::Dir
+    } else {
+        Kind::Other
+    };
     Some(Stamp {
         len: m.len(),
         mtime: m.modified().ok(),
         ino: m.ino(),
-        dir: m.is_dir(),
+        kind,
     })
+}
+
+/// Whether `path` is a directory or a symlink to one (files are written
+/// through such a link, as before).
+fn is_dir(path: &Path) -> bool {
+    fs::metadata(path).is_ok_and(|m| m.is_dir())
 }
 
 impl Placement {
@@ -125,6 +179,7 @@ impl Placement {
             let target = Storage::new(info, &self.target, false);
             let have = target.verify(&info.pieces);
             if have.is_full() && layout_matches(info, &self.target) {
+                self.mark_executables(info);
                 return Ok(Prepared {
                     storage: target,
                     have,
@@ -167,36 +222,88 @@ impl Placement {
         })
     }
 
+    /// Complete content that came before p2pfile carried the execute bit
+    /// gets it now. Not being allowed to is worth a word, not a failure:
+    /// the bytes are all there.
+    fn mark_executables(&self, info: &Info) {
+        for f in info.files.iter().filter(|f| f.executable() && !f.is_pad()) {
+            let mut p = self.target.clone();
+            p.extend(&f.path);
+            if let Err(e) = add_execute(&p) {
+                tracing::warn!("cannot make {} executable: {e}", p.display());
+            }
+        }
+    }
+
     fn record_plan(&self, info: &Info) {
-        let files = info
-            .files
-            .iter()
-            .filter(|f| !f.is_pad())
-            .map(|f| {
-                let (mut part, mut target) = (self.part.clone(), self.target.clone());
-                part.extend(&f.path);
-                target.extend(&f.path);
-                let seen = stamp(&target);
-                FilePlan { part, target, seen }
-            })
-            .collect();
-        let empty_dirs = info
-            .empty_dirs
-            .iter()
-            .map(|d| {
-                let mut p = self.target.clone();
-                p.extend(d);
-                p
-            })
-            .collect();
-        *self.plan.lock().unwrap_or_else(|e| e.into_inner()) =
-            Some(Box::new(Plan { files, empty_dirs }));
+        let mut in_the_way = BTreeMap::new();
+        let mut dirs_seen = BTreeSet::new();
+        let mut files = Vec::new();
+        for f in info.files.iter().filter(|f| !f.is_pad()) {
+            let (mut part, mut target) = (self.part.clone(), self.target.clone());
+            part.extend(&f.path);
+            target.extend(&f.path);
+            let seen = stamp(&target);
+            if let Some(s) = seen.filter(|s| s.kind != Kind::File) {
+                in_the_way.insert(target.clone(), s);
+            }
+            let parent = target.parent().expect("target has a parent");
+            self.note_dirs_in_the_way(parent, &mut dirs_seen, &mut in_the_way);
+            files.push(FilePlan {
+                part,
+                target,
+                seen,
+                executable: f.executable(),
+            });
+        }
+        let mut empty_dirs = Vec::new();
+        for d in &info.empty_dirs {
+            let mut p = self.target.clone();
+            p.extend(d);
+            self.note_dirs_in_the_way(&p, &mut dirs_seen, &mut in_the_way);
+            empty_dirs.push(p);
+        }
+        *self.plan.lock().unwrap_or_else(|e| e.into_inner()) = Some(Box::new(Plan {
+            files,
+            empty_dirs,
+            in_the_way,
+        }));
+    }
+
+    /// Records each entry at or above `dir`, within the target, that is
+    /// there but not a directory, so `finalize` can move it aside.
+    fn note_dirs_in_the_way(
+        &self,
+        dir: &Path,
+        seen: &mut BTreeSet<PathBuf>,
+        in_the_way: &mut BTreeMap<PathBuf, Stamp>,
+    ) {
+        for a in dir.ancestors().take_while(|a| a.starts_with(&self.target)) {
+            if !seen.insert(a.to_path_buf()) {
+                // Checked already, and so was everything above it.
+                return;
+            }
+            if let Some(s) = stamp(a)
+                && !is_dir(a)
+            {
+                in_the_way.insert(a.to_path_buf(), s);
+            }
+        }
     }
 
     /// Flushes the part and moves each of its files over its target,
-    /// unless the target changed since [`Placement::prepare`] (see the
-    /// module doc). The part is removed when nothing was kept back.
-    pub(crate) fn finalize(&self, storage: &Storage) -> io::Result<Finalized> {
+    /// moving aside what is in the way, unless something changed since
+    /// [`Placement::prepare`] (see the module doc). The part is removed
+    /// when nothing was kept back.
+    pub(crate) fn finalize(&self, storage: &Storage) -> Result<Finalized, FinalizeError> {
+        let mut done = Finalized::default();
+        match self.commit(storage, &mut done) {
+            Ok(()) => Ok(done),
+            Err(source) => Err(FinalizeError { source, done }),
+        }
+    }
+
+    fn commit(&self, storage: &Storage, done: &mut Finalized) -> io::Result<()> {
         storage.sync_all()?;
         let plan = self
             .plan
@@ -204,43 +311,53 @@ impl Placement {
             .unwrap_or_else(|e| e.into_inner())
             .take()
             .ok_or_else(|| io::Error::other("bug: finalize before prepare"))?;
-        let mut kept = Vec::new();
+        let mut aside = Aside::default();
         let mut touched = BTreeSet::new();
+        let keep = |done: &mut Finalized, p: PathBuf| {
+            if !done.kept_local.contains(&p) {
+                done.kept_local.push(p);
+            }
+        };
         for f in &plan.files {
             let now = stamp(&f.target);
-            let blocker = if now != f.seen || now.is_some_and(|s| s.dir) {
-                Some(f.target.clone())
-            } else {
-                f.target.parent().and_then(|p| self.blocker(p))
-            };
-            if let Some(b) = blocker {
-                if !kept.contains(&b) {
-                    kept.push(b);
-                }
+            if now != f.seen {
+                keep(done, f.target.clone());
                 continue;
             }
             let parent = f.target.parent().expect("target has a parent");
+            if let Some(b) = self.clear_dirs(parent, &plan, &mut aside, done)? {
+                keep(done, b);
+                continue;
+            }
+            if now.is_some_and(|s| s.kind != Kind::File) {
+                // Unchanged since `prepare`, so recorded as in the way.
+                self.move_aside(&f.target, &mut aside, done)?;
+            }
+            if f.executable {
+                add_execute(&f.part)?;
+            }
             fs::create_dir_all(parent)?;
             fs::rename(&f.part, &f.target)?;
             touched.insert(parent.to_path_buf());
         }
         for d in &plan.empty_dirs {
-            if let Some(b) = self.blocker(d) {
-                if !kept.contains(&b) {
-                    kept.push(b);
-                }
+            if let Some(b) = self.clear_dirs(d, &plan, &mut aside, done)? {
+                keep(done, b);
                 continue;
             }
             fs::create_dir_all(d)?;
             touched.extend(d.parent().map(Path::to_path_buf));
         }
-        if kept.is_empty() {
+        for (_, to) in &done.replaced {
+            touched.extend(to.parent().map(Path::to_path_buf));
+        }
+        if done.kept_local.is_empty() {
             // Only empty directories, or leftovers of other content that
             // was once downloaded here, remain in the part.
             remove_any(&self.part)?;
         } else {
             remove_empty_dirs(&self.part)?;
-            for k in &kept {
+            for k in &done.kept_local {
                 tracing::debug!(
                     "{} changed while downloading: kept it; the new version is in {}",
                     k.display(),
@@ -249,20 +366,80 @@ impl Placement {
             }
         }
         self.sync_dirs(&touched);
-        Ok(Finalized { kept_local: kept })
+        Ok(())
     }
 
-    /// The path at or above `dir`, within the target, that is not a
-    /// directory and so keeps us from creating `dir`.
-    fn blocker(&self, dir: &Path) -> Option<PathBuf> {
-        for a in dir.ancestors().take_while(|a| a.starts_with(&self.target)) {
-            match fs::metadata(a) {
-                Ok(m) if m.is_dir() => return None,
-                Ok(_) => return Some(a.to_path_buf()),
-                Err(_) => continue,
+    /// Makes room for the directory `dir`: from the target down, an entry
+    /// that is not a directory is moved aside when `prepare` recorded it as
+    /// it is now. Returns the first one that appeared or changed since,
+    /// which keeps `dir` from being made.
+    fn clear_dirs(
+        &self,
+        dir: &Path,
+        plan: &Plan,
+        aside: &mut Aside,
+        done: &mut Finalized,
+    ) -> io::Result<Option<PathBuf>> {
+        let chain: Vec<&Path> = dir
+            .ancestors()
+            .take_while(|a| a.starts_with(&self.target))
+            .collect();
+        for a in chain.into_iter().rev() {
+            let Some(now) = stamp(a) else {
+                // Nothing here, so nothing below: `create_dir_all` makes it.
+                return Ok(None);
+            };
+            if is_dir(a) {
+                continue;
+            }
+            if plan.in_the_way.get(a) != Some(&now) {
+                return Ok(Some(a.to_path_buf()));
+            }
+            self.move_aside(a, aside, done)?;
+            return Ok(None);
+        }
+        Ok(None)
+    }
+
+    /// Moves `from` to `DIR/.p2pfile-replaced/<stamp>/<its path below
+    /// DIR>`, never over anything already there (a run in the same second
+    /// takes `<stamp>-2`, and so on).
+    fn move_aside(&self, from: &Path, aside: &mut Aside, done: &mut Finalized) -> io::Result<()> {
+        let top = self.target.parent().expect("target has a parent");
+        let rel = from
+            .strip_prefix(top)
+            .expect("bug: moving aside outside DIR");
+        let stamp = aside.stamp.get_or_insert_with(|| {
+            let secs = SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs() as i64);
+            utc_stamp(secs)
+        });
+        for n in 1..=MAX_ASIDE_TRIES {
+            let run = if n == 1 {
+                stamp.clone()
+            } else {
+                format!("{stamp}-{n}")
+            };
+            let to = top.join(REPLACED_DIR).join(run).join(rel);
+            fs::create_dir_all(to.parent().expect("a path below DIR"))?;
+            match rename_noreplace(from, &to) {
+                Ok(()) => {
+                    tracing::debug!("moved {} aside to {}", from.display(), to.display());
+                    done.replaced.push((from.to_path_buf(), to));
+                    return Ok(());
+                }
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(e),
             }
         }
-        None
+        Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            format!(
+                "cannot move {} aside: {MAX_ASIDE_TRIES} runs this second already did",
+                from.display()
+            ),
+        ))
     }
 
     /// Makes renames and new directories durable: each directory that got
@@ -286,6 +463,62 @@ impl Placement {
             }
         }
     }
+}
+
+/// How many `<stamp>-N` directories [`Placement::move_aside`] tries.
+const MAX_ASIDE_TRIES: u32 = 100;
+
+/// One finalize's moves share one timestamp, taken at the first move.
+#[derive(Default)]
+struct Aside {
+    stamp: Option<String>,
+}
+
+/// `rename` that fails with `AlreadyExists` instead of replacing `to`
+/// (Linux `renameat2(RENAME_NOREPLACE)`), so moving an entry aside can
+/// never overwrite one moved there before.
+fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
+    let c = |p: &Path| {
+        CString::new(p.as_os_str().as_bytes())
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path holds a NUL byte"))
+    };
+    let (from_c, to_c) = (c(from)?, c(to)?);
+    // SAFETY: both are valid NUL-terminated paths that outlive the call.
+    let rc = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            from_c.as_ptr(),
+            libc::AT_FDCWD,
+            to_c.as_ptr(),
+            libc::RENAME_NOREPLACE,
+        )
+    };
+    if rc == 0 {
+        return Ok(());
+    }
+    let e = io::Error::last_os_error();
+    if e.raw_os_error() != Some(libc::EINVAL) {
+        return Err(e);
+    }
+    // A file system without RENAME_NOREPLACE: check, then rename (a race
+    // with another process moving the same path in the same second is
+    // left open there).
+    if fs::symlink_metadata(to).is_ok() {
+        return Err(io::ErrorKind::AlreadyExists.into());
+    }
+    fs::rename(from, to)
+}
+
+/// Adds execute permission wherever read is allowed. The part was created
+/// with 0o666 less the umask, so this gives what `chmod +x` gives under the
+/// same umask: 0644 becomes 0755, 0600 becomes 0700.
+fn add_execute(path: &Path) -> io::Result<()> {
+    let mode = fs::metadata(path)?.permissions().mode() & 0o7777;
+    let want = mode | (mode & 0o444) >> 2;
+    if want != mode {
+        fs::set_permissions(path, fs::Permissions::from_mode(want))?;
+    }
+    Ok(())
 }
 
 /// True when a complete target holds exactly the torrent's files (no
@@ -530,22 +763,285 @@ mod tests {
         assert_eq!(done.kept_local, vec![pl.target.clone()]);
     }
 
+    /// A tree built from `root` and its content stream.
+    fn built(root: &Path) -> (Info, Vec<u8>) {
+        let built = build(root).unwrap();
+        let mut stream = Vec::new();
+        for f in &built.scan.files {
+            stream.extend(fs::read(&f.disk_path).unwrap());
+        }
+        (built.info, stream)
+    }
+
+    /// Prepares, writes every byte, finalizes.
+    fn download(dir: &Path, info: &Info, stream: &[u8]) -> (Placement, Finalized) {
+        let pl = Placement::new(dir, info);
+        let prep = pl.prepare(info, &[]).unwrap();
+        prep.storage.write_at(0, stream).unwrap();
+        let done = pl.finalize(&prep.storage).unwrap();
+        (pl, done)
+    }
+
+    /// The one run directory under `DIR/.p2pfile-replaced`.
+    fn replaced_run(dir: &Path) -> PathBuf {
+        let runs: Vec<_> = fs::read_dir(dir.join(REPLACED_DIR))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        assert_eq!(runs.len(), 1, "{runs:?}");
+        let name = runs[0].file_name().unwrap().to_str().unwrap().to_string();
+        assert!(
+            name.len() == 15 && name.as_bytes()[8] == b'-',
+            "YYYYMMDD-HHMMSS: {name}"
+        );
+        runs[0].clone()
+    }
+
     #[test]
-    fn a_file_where_the_tree_goes_is_kept() {
+    fn a_file_where_the_tree_goes_is_moved_aside() {
         let src = tempfile::tempdir().unwrap();
         let dst = tempfile::tempdir().unwrap();
         let tree = src.path().join("tree");
         fs::create_dir_all(&tree).unwrap();
         fs::write(tree.join("a"), b"a").unwrap();
         fs::write(tree.join("b"), b"b").unwrap();
-        let info = build(&tree).unwrap().info;
+        let (info, stream) = built(&tree);
         fs::write(dst.path().join("tree"), b"a file, not a tree").unwrap();
+        let (pl, done) = download(dst.path(), &info, &stream);
+        let moved = replaced_run(dst.path()).join("tree");
+        assert_eq!(done.replaced, vec![(pl.target.clone(), moved.clone())]);
+        assert!(done.kept_local.is_empty());
+        assert_eq!(fs::read(&moved).unwrap(), b"a file, not a tree");
+        assert_eq!(fs::read(pl.target.join("b")).unwrap(), b"b");
+        assert!(!pl.part.exists());
+    }
+
+    #[test]
+    fn a_tree_where_the_file_goes_is_moved_aside() {
+        let src = tempfile::tempdir().unwrap();
+        let dst = tempfile::tempdir().unwrap();
+        let info = seed(src.path(), &bytes(50_000, 9));
+        let mine = dst.path().join("f.bin");
+        fs::create_dir_all(mine.join("deep")).unwrap();
+        fs::write(mine.join("deep/notes.txt"), b"mine").unwrap();
+        let (pl, done) = download(dst.path(), &info, &bytes(50_000, 9));
+        let moved = replaced_run(dst.path()).join("f.bin");
+        assert_eq!(done.replaced, vec![(mine.clone(), moved.clone())]);
+        assert_eq!(fs::read(moved.join("deep/notes.txt")).unwrap(), b"mine");
+        assert_eq!(fs::read(&pl.target).unwrap(), bytes(50_000, 9));
+        assert!(!pl.part.exists());
+    }
+
+    /// Inside an existing tree: a directory where a file goes, a file where
+    /// a directory goes, a symlink where a file goes and a file where an
+    /// empty directory goes all move aside, into one run directory with
+    /// their paths below DIR; a file the torrent lacks stays untouched.
+    #[test]
+    fn conflicts_inside_a_tree_move_aside_and_extra_files_stay() {
+        let src = tempfile::tempdir().unwrap();
+        let dst = tempfile::tempdir().unwrap();
+        let tree = src.path().join("tree");
+        fs::create_dir_all(tree.join("d")).unwrap();
+        fs::create_dir_all(tree.join("e/empty")).unwrap();
+        fs::write(tree.join("x"), bytes(1_000, 1)).unwrap();
+        fs::write(tree.join("d/y"), bytes(2_000, 2)).unwrap();
+        fs::write(tree.join("link"), bytes(3_000, 3)).unwrap();
+        fs::write(tree.join("same"), bytes(4_000, 4)).unwrap();
+        let (info, stream) = built(&tree);
+
+        let target = dst.path().join("tree");
+        fs::create_dir_all(target.join("x/inner")).unwrap();
+        fs::write(target.join("x/inner/keep.txt"), b"in a dir where x goes").unwrap();
+        fs::write(target.join("d"), b"a file where d/ goes").unwrap();
+        std::os::unix::fs::symlink("/nonexistent", target.join("link")).unwrap();
+        fs::create_dir_all(target.join("e")).unwrap();
+        fs::write(target.join("e/empty"), b"a file where e/empty/ goes").unwrap();
+        fs::write(target.join("same"), b"old version").unwrap();
+        fs::write(target.join("extra.txt"), b"not in the torrent").unwrap();
+        let extra_mtime = fs::metadata(target.join("extra.txt"))
+            .unwrap()
+            .modified()
+            .unwrap();
+
+        let (pl, done) = download(dst.path(), &info, &stream);
+        assert!(done.kept_local.is_empty(), "{:?}", done.kept_local);
+        let run = replaced_run(dst.path());
+        let mut moved: Vec<_> = done
+            .replaced
+            .iter()
+            .map(|(from, to)| {
+                let rel = from.strip_prefix(dst.path()).unwrap();
+                assert_eq!(to, &run.join(rel));
+                rel.to_str().unwrap().to_string()
+            })
+            .collect();
+        moved.sort();
+        assert_eq!(moved, ["tree/d", "tree/e/empty", "tree/link", "tree/x"]);
+        assert_eq!(
+            fs::read(run.join("tree/x/inner/keep.txt")).unwrap(),
+            b"in a dir where x goes"
+        );
+        assert_eq!(
+            fs::read(run.join("tree/d")).unwrap(),
+            b"a file where d/ goes"
+        );
+        assert_eq!(
+            fs::read_link(run.join("tree/link")).unwrap(),
+            Path::new("/nonexistent")
+        );
+        assert_eq!(
+            fs::read(run.join("tree/e/empty")).unwrap(),
+            b"a file where e/empty/ goes"
+        );
+        // The old version of a file the torrent has is replaced, as any
+        // update does; nothing else of it is kept.
+        assert!(!run.join("tree/same").exists());
+        assert_eq!(fs::read(target.join("same")).unwrap(), bytes(4_000, 4));
+        assert_eq!(
+            fs::read(target.join("extra.txt")).unwrap(),
+            b"not in the torrent"
+        );
+        let after = fs::metadata(target.join("extra.txt")).unwrap();
+        assert_eq!(after.modified().unwrap(), extra_mtime);
+        for (p, want) in [("x", 1), ("d/y", 2), ("link", 3)] {
+            let n = [1_000, 2_000, 3_000][want - 1];
+            assert_eq!(fs::read(target.join(p)).unwrap(), bytes(n, want as u8));
+        }
+        assert!(target.join("e/empty").is_dir());
+        assert!(!pl.part.exists());
+        assert!(pl.prepare(&info, &[]).unwrap().already_complete);
+    }
+
+    /// Only what `prepare` saw moves: an entry in the way that appeared or
+    /// changed during the download is kept like a local edit.
+    #[test]
+    fn an_entry_in_the_way_that_changed_meanwhile_is_kept() {
+        let src = tempfile::tempdir().unwrap();
+        let tree = src.path().join("tree");
+        fs::create_dir_all(tree.join("d")).unwrap();
+        fs::write(tree.join("d/y"), b"y").unwrap();
+        let (info, stream) = built(&tree);
+
+        // Appeared meanwhile.
+        let dst = tempfile::tempdir().unwrap();
         let pl = Placement::new(dst.path(), &info);
         let prep = pl.prepare(&info, &[]).unwrap();
-        prep.storage.write_at(0, b"ab").unwrap();
+        prep.storage.write_at(0, &stream).unwrap();
+        fs::write(&pl.target, b"made while downloading").unwrap();
         let done = pl.finalize(&prep.storage).unwrap();
         assert_eq!(done.kept_local, vec![pl.target.clone()]);
-        assert_eq!(fs::read(&pl.target).unwrap(), b"a file, not a tree");
-        assert_eq!(fs::read(pl.part.join("b")).unwrap(), b"b");
+        assert!(done.replaced.is_empty());
+        assert_eq!(fs::read(&pl.target).unwrap(), b"made while downloading");
+        assert_eq!(fs::read(pl.part.join("d/y")).unwrap(), b"y");
+        assert!(!dst.path().join(REPLACED_DIR).exists());
+
+        // In the way at prepare, then replaced by another file meanwhile.
+        let dst = tempfile::tempdir().unwrap();
+        fs::create_dir_all(dst.path().join("tree")).unwrap();
+        fs::write(dst.path().join("tree/d"), b"first").unwrap();
+        let pl = Placement::new(dst.path(), &info);
+        let prep = pl.prepare(&info, &[]).unwrap();
+        prep.storage.write_at(0, &stream).unwrap();
+        fs::remove_file(dst.path().join("tree/d")).unwrap();
+        fs::write(dst.path().join("tree/d"), b"second, longer").unwrap();
+        let done = pl.finalize(&prep.storage).unwrap();
+        assert_eq!(done.kept_local, vec![dst.path().join("tree/d")]);
+        assert!(done.replaced.is_empty());
+        assert_eq!(
+            fs::read(dst.path().join("tree/d")).unwrap(),
+            b"second, longer"
+        );
+    }
+
+    /// A second run in the same second takes `<stamp>-2`; nothing moved
+    /// aside before is ever overwritten.
+    #[test]
+    fn moving_aside_never_overwrites() {
+        let dst = tempfile::tempdir().unwrap();
+        let info = seed(&dst.path().join("src"), b"new");
+        let pl = Placement::new(dst.path(), &info);
+        let earlier = dst.path().join(REPLACED_DIR).join("20260101-000000/f.bin");
+        fs::create_dir_all(&earlier).unwrap();
+        fs::create_dir_all(&pl.target).unwrap();
+        let mut aside = Aside {
+            stamp: Some("20260101-000000".into()),
+        };
+        let mut done = Finalized::default();
+        pl.move_aside(&pl.target, &mut aside, &mut done).unwrap();
+        let second = dst
+            .path()
+            .join(REPLACED_DIR)
+            .join("20260101-000000-2/f.bin");
+        assert_eq!(done.replaced, vec![(pl.target.clone(), second.clone())]);
+        assert!(earlier.is_dir() && second.is_dir() && !pl.target.exists());
+
+        let (a, b) = (dst.path().join("a"), dst.path().join("b"));
+        fs::write(&a, b"a").unwrap();
+        fs::write(&b, b"b").unwrap();
+        let e = rename_noreplace(&a, &b).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::AlreadyExists);
+        assert_eq!(fs::read(&b).unwrap(), b"b");
+        rename_noreplace(&a, &dst.path().join("c")).unwrap();
+        assert!(!a.exists());
+    }
+
+    fn mode(p: &Path) -> u32 {
+        fs::metadata(p).unwrap().permissions().mode() & 0o7777
+    }
+
+    fn set_mode(p: &Path, m: u32) {
+        fs::set_permissions(p, fs::Permissions::from_mode(m)).unwrap();
+    }
+
+    #[test]
+    fn add_execute_follows_read_bits() {
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("f");
+        fs::write(&f, b"").unwrap();
+        for (before, after) in [
+            (0o644, 0o755),
+            (0o600, 0o700),
+            (0o640, 0o750),
+            (0o664, 0o775),
+            (0o755, 0o755),
+            (0o200, 0o200),
+        ] {
+            set_mode(&f, before);
+            add_execute(&f).unwrap();
+            assert_eq!(mode(&f), after, "{before:o}");
+        }
+    }
+
+    /// BEP 47 `x` sets execute bits on the committed file, and on complete
+    /// content already in place; files without it get none.
+    #[test]
+    fn executable_files_arrive_executable() {
+        let src = tempfile::tempdir().unwrap();
+        let tree = src.path().join("tree");
+        fs::create_dir_all(&tree).unwrap();
+        fs::write(tree.join("run.sh"), b"#!/bin/sh\necho hi\n").unwrap();
+        fs::write(tree.join("data"), b"plain").unwrap();
+        set_mode(&tree.join("run.sh"), 0o755);
+        set_mode(&tree.join("data"), 0o644);
+        let (info, stream) = built(&tree);
+        assert!(info.files.iter().any(|f| f.executable()));
+
+        let dst = tempfile::tempdir().unwrap();
+        let pl = Placement::new(dst.path(), &info);
+        let prep = pl.prepare(&info, &[]).unwrap();
+        prep.storage.write_at(0, &stream).unwrap();
+        // As a umask of 027 would have created them.
+        set_mode(&pl.part.join("run.sh"), 0o640);
+        set_mode(&pl.part.join("data"), 0o640);
+        pl.finalize(&prep.storage).unwrap();
+        assert_eq!(mode(&pl.target.join("run.sh")), 0o750);
+        assert_eq!(mode(&pl.target.join("data")), 0o640);
+
+        // Complete content from before the bit was carried gets it on the
+        // next run, without a transfer.
+        set_mode(&pl.target.join("run.sh"), 0o644);
+        assert!(pl.prepare(&info, &[]).unwrap().already_complete);
+        assert_eq!(mode(&pl.target.join("run.sh")), 0o755);
+        assert_eq!(mode(&pl.target.join("data")), 0o640);
     }
 }

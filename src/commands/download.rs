@@ -405,6 +405,18 @@ fn on_event(
                 json!({"info_hash": hash, "paths": paths, "part": part.display().to_string()}),
             );
         }
+        Event::Replaced { from, to } => {
+            tracing::warn!(
+                "{} was in the way of the download, so it was moved to {}",
+                from.display(),
+                to.display()
+            );
+            out.event(
+                "replaced",
+                json!({"info_hash": hash, "path": from.display().to_string(),
+                       "moved_to": to.display().to_string()}),
+            );
+        }
         Event::HashFailed { .. }
         | Event::PeerConnected { .. }
         | Event::PeerDisconnected { .. }

@@ -221,22 +221,42 @@ impl Torrent {
             return;
         }
         let Some(placement) = l.placement.take() else {
-            return self.on_finalized(Ok(Vec::new()));
+            return self.on_finalized(Vec::new(), Ok(Vec::new()));
         };
         let storage = l.storage.clone();
         let jobs = self.job_tx.clone();
         tokio::task::spawn_blocking(move || {
-            let result = placement
-                .finalize(&storage)
-                .map(|f| f.kept_local)
-                .map_err(|e| TorrentError::io("move into place", &placement.target, &e));
-            let _ = jobs.send(Job::Finalized(result));
+            let job = match placement.finalize(&storage) {
+                Ok(done) => Job::Finalized {
+                    replaced: done.replaced,
+                    result: Ok(done.kept_local),
+                },
+                Err(e) => Job::Finalized {
+                    replaced: e.done.replaced,
+                    result: Err(TorrentError::io(
+                        "move into place",
+                        &placement.target,
+                        &e.source,
+                    )),
+                },
+            };
+            let _ = jobs.send(job);
         });
     }
 
-    /// The files are in place; `result` lists targets that were kept
-    /// because they changed while we downloaded.
-    pub(super) fn on_finalized(&mut self, result: Result<Vec<PathBuf>, TorrentError>) {
+    /// The files are in place; `replaced` lists the entries moved out of
+    /// their way, `result` the targets that were kept because they changed
+    /// while we downloaded.
+    pub(super) fn on_finalized(
+        &mut self,
+        replaced: Vec<(PathBuf, PathBuf)>,
+        result: Result<Vec<PathBuf>, TorrentError>,
+    ) {
+        // Reported even when finalizing failed later: the user must learn
+        // where their entries went.
+        for (from, to) in replaced {
+            self.emit(Event::Replaced { from, to });
+        }
         let kept = match result {
             Ok(kept) => kept,
             Err(error) => return self.fail(error),

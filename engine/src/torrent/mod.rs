@@ -139,8 +139,13 @@ enum Job {
         index: u32,
         result: Result<bool, TorrentError>,
     },
-    /// Done moving files into place; the targets kept because they changed.
-    Finalized(Result<Vec<PathBuf>, TorrentError>),
+    /// Done moving files into place (or failed doing it).
+    Finalized {
+        /// Entries that were in the way, moved from → to, even on failure.
+        replaced: Vec<(PathBuf, PathBuf)>,
+        /// The targets kept because they changed.
+        result: Result<Vec<PathBuf>, TorrentError>,
+    },
 }
 
 /// A known address and what we know of it.
@@ -468,7 +473,7 @@ impl Torrent {
         match job {
             Job::Checked(result) => self.on_checked(result),
             Job::Verified { index, result } => self.on_verified(index, result),
-            Job::Finalized(result) => self.on_finalized(result),
+            Job::Finalized { replaced, result } => self.on_finalized(replaced, result),
         }
     }
 
@@ -548,7 +553,7 @@ impl Torrent {
         self.verify_empty_pieces();
         self.peers_went_live();
         if complete {
-            self.on_finalized(Ok(Vec::new()));
+            self.on_finalized(Vec::new(), Ok(Vec::new()));
         } else {
             self.maybe_finish();
         }
