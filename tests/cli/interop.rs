@@ -124,6 +124,60 @@ fn p2pfile_downloads_from_a_libtorrent_seed() {
     assert_same_tree(&root, &env.path("dl/sample"));
 }
 
+/// libtorrent's `create_torrent` marks a file with an execute bit `attr`
+/// `x` (BEP 47); p2pfile downloads it executable, the other file not.
+#[test]
+fn an_executable_from_a_libtorrent_seed_arrives_executable() {
+    use std::os::unix::fs::PermissionsExt;
+    if !have_libtorrent() {
+        return;
+    }
+    let env = Env::new();
+    let root = env.path("src/tools");
+    fs::create_dir_all(&root).unwrap();
+    fs::write(root.join("build.sh"), b"#!/bin/sh\necho built\n").unwrap();
+    fs::write(root.join("notes.txt"), data(40_000, 23)).unwrap();
+    for (name, m) in [("build.sh", 0o755), ("notes.txt", 0o644)] {
+        fs::set_permissions(root.join(name), fs::Permissions::from_mode(m)).unwrap();
+    }
+    let ip = host();
+    let mut seed = lt_client()
+        .args(["seed", "--ip", &ip, "--port"])
+        .arg(free_port(&ip).to_string())
+        .arg("--path")
+        .arg(&root)
+        .args(["--timeout", "150"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(seed.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(
+        line.starts_with("magnet:?"),
+        "libtorrent seed printed {line:?}"
+    );
+    let mut c = env.cmd();
+    c.args(["--ip", &host(), "download", "--dir"])
+        .arg(env.path("dl"))
+        .arg(line.trim());
+    let out = run(c, LIMIT);
+    let _ = seed.kill();
+    let _ = seed.wait();
+    assert!(out.status.success(), "p2pfile failed: {}", stderr(&out));
+    assert_same_tree(&root, &env.path("dl/tools"));
+    let mode = |n: &str| {
+        fs::metadata(env.path("dl/tools").join(n))
+            .unwrap()
+            .permissions()
+            .mode()
+    };
+    assert_eq!(mode("build.sh") & 0o100, 0o100, "{:o}", mode("build.sh"));
+    assert_eq!(mode("notes.txt") & 0o111, 0, "{:o}", mode("notes.txt"));
+}
+
 #[test]
 fn aria2_finds_a_p2pfile_seed_through_its_dht() {
     if !have("aria2", Command::new("aria2c").arg("--version")) {
