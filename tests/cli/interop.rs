@@ -87,19 +87,15 @@ fn libtorrent_downloads_from_p2pfile_serve() {
     assert_same_tree(&root, &env.path("lt/sample"));
 }
 
-#[test]
-fn p2pfile_downloads_from_a_libtorrent_seed() {
-    if !have_libtorrent() {
-        return;
-    }
-    let env = Env::new();
-    let root = sample(&env);
+/// libtorrent builds a torrent of `root` and seeds it; p2pfile downloads
+/// it into `dl/` and must succeed.
+fn download_from_a_libtorrent_seed(env: &Env, root: &Path) {
     let ip = host();
     let mut seed = lt_client()
         .args(["seed", "--ip", &ip, "--port"])
         .arg(free_port(&ip).to_string())
         .arg("--path")
-        .arg(&root)
+        .arg(root)
         .args(["--timeout", "150"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -121,6 +117,16 @@ fn p2pfile_downloads_from_a_libtorrent_seed() {
     let _ = seed.kill();
     let _ = seed.wait();
     assert!(out.status.success(), "p2pfile failed: {}", stderr(&out));
+}
+
+#[test]
+fn p2pfile_downloads_from_a_libtorrent_seed() {
+    if !have_libtorrent() {
+        return;
+    }
+    let env = Env::new();
+    let root = sample(&env);
+    download_from_a_libtorrent_seed(&env, &root);
     assert_same_tree(&root, &env.path("dl/sample"));
 }
 
@@ -140,33 +146,7 @@ fn an_executable_from_a_libtorrent_seed_arrives_executable() {
     for (name, m) in [("build.sh", 0o755), ("notes.txt", 0o644)] {
         fs::set_permissions(root.join(name), fs::Permissions::from_mode(m)).unwrap();
     }
-    let ip = host();
-    let mut seed = lt_client()
-        .args(["seed", "--ip", &ip, "--port"])
-        .arg(free_port(&ip).to_string())
-        .arg("--path")
-        .arg(&root)
-        .args(["--timeout", "150"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(seed.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert!(
-        line.starts_with("magnet:?"),
-        "libtorrent seed printed {line:?}"
-    );
-    let mut c = env.cmd();
-    c.args(["--ip", &host(), "download", "--dir"])
-        .arg(env.path("dl"))
-        .arg(line.trim());
-    let out = run(c, LIMIT);
-    let _ = seed.kill();
-    let _ = seed.wait();
-    assert!(out.status.success(), "p2pfile failed: {}", stderr(&out));
+    download_from_a_libtorrent_seed(&env, &root);
     assert_same_tree(&root, &env.path("dl/tools"));
     let mode = |n: &str| {
         fs::metadata(env.path("dl/tools").join(n))
