@@ -3,6 +3,7 @@
 
 mod errors;
 mod interop;
+mod metrics;
 mod seeding;
 mod state;
 mod sync;
