@@ -248,61 +248,62 @@ struct PerTorrent {
 
 /// Every per-torrent metric; the README's Metrics section lists the same.
 const PER_TORRENT: &[PerTorrent] = &[
-    PerTorrent {
-        name: "p2pfile_uploaded_bytes",
-        help: "Payload bytes sent to peers by this process",
-        kind: MetricType::Counter,
-        value: |s| s.uploaded,
-    },
-    PerTorrent {
-        name: "p2pfile_downloaded_bytes",
-        help: "Payload bytes received from peers by this process, including discarded ones",
-        kind: MetricType::Counter,
-        value: |s| s.downloaded,
-    },
-    PerTorrent {
-        name: "p2pfile_size_bytes",
-        help: "Content length (0 until the metadata is known)",
-        kind: MetricType::Gauge,
-        value: |s| s.total,
-    },
-    PerTorrent {
-        name: "p2pfile_have_bytes",
-        help: "Verified bytes held",
-        kind: MetricType::Gauge,
-        value: |s| s.have,
-    },
-    PerTorrent {
-        name: "p2pfile_peers",
-        help: "Connected peers",
-        kind: MetricType::Gauge,
-        value: |s| s.peers as u64,
-    },
-    PerTorrent {
-        name: "p2pfile_seeds",
-        help: "Connected peers that hold every piece",
-        kind: MetricType::Gauge,
-        value: |s| s.seeds as u64,
-    },
-    PerTorrent {
-        name: "p2pfile_completed_peers",
-        help: "Distinct peers seen to finish the torrent (first seen incomplete, later holding every piece)",
-        kind: MetricType::Counter,
-        value: |s| s.completed_peers as u64,
-    },
-    PerTorrent {
-        name: "p2pfile_pieces_verified",
-        help: "Downloaded pieces that passed their hash check",
-        kind: MetricType::Counter,
-        value: |s| s.pieces_verified,
-    },
-    PerTorrent {
-        name: "p2pfile_hash_failures",
-        help: "Downloaded pieces whose hash did not match (fetched again)",
-        kind: MetricType::Counter,
-        value: |s| s.hash_failures,
-    },
+    counter(
+        "p2pfile_uploaded_bytes",
+        "Payload bytes sent to peers by this process",
+        |s| s.uploaded,
+    ),
+    counter(
+        "p2pfile_downloaded_bytes",
+        "Payload bytes received from peers by this process, including discarded ones",
+        |s| s.downloaded,
+    ),
+    gauge(
+        "p2pfile_size_bytes",
+        "Content length (0 until the metadata is known)",
+        |s| s.total,
+    ),
+    gauge("p2pfile_have_bytes", "Verified bytes held", |s| s.have),
+    gauge("p2pfile_peers", "Connected peers", |s| s.peers as u64),
+    gauge(
+        "p2pfile_seeds",
+        "Connected peers that hold every piece",
+        |s| s.seeds as u64,
+    ),
+    counter(
+        "p2pfile_completed_peers",
+        "Distinct peers seen to finish the torrent (first seen incomplete, later holding every piece)",
+        |s| s.completed_peers as u64,
+    ),
+    counter(
+        "p2pfile_pieces_verified",
+        "Downloaded pieces that passed their hash check",
+        |s| s.pieces_verified,
+    ),
+    counter(
+        "p2pfile_hash_failures",
+        "Downloaded pieces whose hash did not match (fetched again)",
+        |s| s.hash_failures,
+    ),
 ];
+
+const fn counter(name: &'static str, help: &'static str, value: fn(&Stats) -> u64) -> PerTorrent {
+    PerTorrent {
+        name,
+        help,
+        kind: MetricType::Counter,
+        value,
+    }
+}
+
+const fn gauge(name: &'static str, help: &'static str, value: fn(&Stats) -> u64) -> PerTorrent {
+    PerTorrent {
+        name,
+        help,
+        kind: MetricType::Gauge,
+        value,
+    }
+}
 
 /// Reads the tracked torrents' stats at each scrape.
 #[derive(Debug)]

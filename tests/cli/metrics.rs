@@ -206,11 +206,7 @@ fn bad_metrics_address_is_a_usage_error() {
             }
         }
         c.arg(&src);
-        let out = run(c, Duration::from_secs(30));
-        let err = stderr(&out);
-        assert_eq!(out.status.code(), Some(2), "{from} {value}: {err}");
-        assert!(err.contains("is not IP:PORT"), "{err}");
-        assert!(err.contains("hint: write it like"), "{err}");
+        fails(&env, c, 2, &["is not IP:PORT", "hint: write it like"]);
     }
     let mut c = env.cmd();
     c.args([
@@ -223,17 +219,8 @@ fn bad_metrics_address_is_a_usage_error() {
         "192.0.2.1:9920",
     ])
     .arg(format!("magnet:?xt=urn:btih:{}", "ab".repeat(20)));
-    let out = run(c, Duration::from_secs(30));
-    let err = stderr(&out);
-    assert_eq!(out.status.code(), Some(2), "{err}");
-    assert!(
-        err.contains("hint: --metrics must name an address of this host"),
-        "{err}"
-    );
-    assert!(
-        !env.path(".p2pfile.db").exists(),
-        "no state database left behind"
-    );
+    let hint = "hint: --metrics must name an address of this host";
+    fails(&env, c, 2, &[hint]);
     assert!(
         !env.path("dl").exists(),
         "no download directory left behind"
@@ -251,14 +238,19 @@ fn taken_metrics_port_exits_4() {
     let mut c = env.cmd();
     c.args(["--ip", &ip, "serve", "--metrics", &addr])
         .arg(payload(&env, 1000));
+    let error = format!("error: cannot listen for --metrics on {addr}");
+    fails(&env, c, 4, &[&error, "hint: choose another --metrics port"]);
+}
+
+/// Runs a command that must fail with `code`, name each of `needles` on
+/// stderr, and leave no state database behind.
+fn fails(env: &Env, c: std::process::Command, code: i32, needles: &[&str]) {
     let out = run(c, Duration::from_secs(30));
     let err = stderr(&out);
-    assert_eq!(out.status.code(), Some(4), "{err}");
-    assert!(
-        err.contains(&format!("cannot listen for --metrics on {addr}")),
-        "{err}"
-    );
-    assert!(err.contains("hint: choose another --metrics port"), "{err}");
+    assert_eq!(out.status.code(), Some(code), "{err}");
+    for needle in needles {
+        assert!(err.contains(needle), "{needle} in: {err}");
+    }
     assert!(
         !env.path(".p2pfile.db").exists(),
         "no state database left behind"
