@@ -256,3 +256,120 @@ fn fails(env: &Env, c: std::process::Command, code: i32, needles: &[&str]) {
         "no state database left behind"
     );
 }
+
+/// Whether Prometheus (`prometheus` and `promtool`, Debian package
+/// `prometheus`) is here. Missing, the test is skipped with a message,
+/// unless `P2PFILE_REQUIRE_INTEROP` is set (scripts/test sets it once it
+/// has installed the tools), where it fails.
+fn have_prometheus() -> bool {
+    let ok = ["prometheus", "promtool"].iter().all(|tool| {
+        std::process::Command::new(tool)
+            .arg("--version")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    });
+    if !ok {
+        if std::env::var_os("P2PFILE_REQUIRE_INTEROP").is_some() {
+            panic!("prometheus is required (P2PFILE_REQUIRE_INTEROP) but missing");
+        }
+        eprintln!("skipped: prometheus is not installed (apt-get install prometheus)");
+    }
+    ok
+}
+
+/// The real thing: `promtool check metrics` finds nothing wrong with a
+/// scrape, and a Prometheus server scraping the seed answers a query for
+/// the peer that completed.
+#[test]
+fn prometheus_scrapes_a_seed() {
+    if !have_prometheus() {
+        return;
+    }
+    let env = Env::new();
+    let ip = host();
+    let addr = format!("{ip}:{PORT}");
+    let seed = env.serve(&ip, &["--metrics", &addr], &[&payload(&env, 1 << 20)]);
+    let hash = hash_of(seed.magnet());
+    let mut c = env.cmd();
+    c.args(["--ip", &host(), "download", "--dir", "dl", seed.magnet()]);
+    let out = run(c, Duration::from_secs(120));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = scrape_until(&addr, "saw the peer complete", |t| {
+        sample(t, "p2pfile_completed_peers_total", &hash) == Some(1.0)
+    });
+
+    let mut check = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    check
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let checked = check.wait_with_output().unwrap();
+    assert!(
+        checked.status.success() && checked.stdout.is_empty() && checked.stderr.is_empty(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr)
+    );
+
+    let config = env.path("prometheus.yml");
+    fs::write(
+        &config,
+        format!(
+            "scrape_configs:\n  - job_name: p2pfile\n    scrape_interval: 1s\n    \
+             static_configs:\n      - targets: [\"{addr}\"]\n"
+        ),
+    )
+    .unwrap();
+    let web = format!("{}:9090", host());
+    let prometheus = std::process::Command::new("prometheus")
+        .arg(format!("--config.file={}", config.display()))
+        .arg(format!(
+            "--storage.tsdb.path={}",
+            env.path("tsdb").display()
+        ))
+        .arg(format!("--web.listen-address={web}"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let _prometheus = Killed(prometheus);
+    let query =
+        format!("/api/v1/query?query=p2pfile_completed_peers_total%7Binfo_hash%3D%22{hash}%22%7D");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let answer = loop {
+        let body = TcpStream::connect(&web)
+            .ok()
+            .map(|_| get(&web, &query))
+            .filter(|(status, _)| *status == 200)
+            .map(|(_, body)| serde_json::from_str::<serde_json::Value>(&body).unwrap());
+        if let Some(v) = body.filter(|v| !v["data"]["result"][0].is_null()) {
+            break v;
+        }
+        assert!(Instant::now() < deadline, "Prometheus never had the metric");
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    let sample = &answer["data"]["result"][0];
+    assert_eq!(sample["metric"]["name"], "payload.bin", "{answer}");
+    assert_eq!(sample["metric"]["job"], "p2pfile", "{answer}");
+    assert_eq!(sample["value"][1], "1", "{answer}");
+}
+
+/// A child process killed when the test ends, also by a failed assertion.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
