@@ -14,7 +14,8 @@ Exit codes:
   2    usage or input error (bad flag, config, magnet, .torrent, missing path)
   3    incomplete: a download found no peer or made no progress before --timeout;
        sync --once did not converge before --timeout
-  4    port unavailable: --port taken, or every port of --port-range taken
+  4    port unavailable: --port taken, every port of --port-range taken,
+       or the --metrics port taken
   130  interrupted (SIGINT/SIGTERM during a download), after a clean shutdown";
 
 /// Move files across a private fleet with BitTorrent and a private DHT.
@@ -111,6 +112,9 @@ pub struct ServeArgs {
     /// Exit 0 once N distinct peers have completed every PATH
     #[arg(long, env = "P2PFILE_EXIT_AFTER", value_name = "N")]
     pub exit_after: Option<String>,
+    /// Serve Prometheus metrics (GET /metrics) and GET /health on this address
+    #[arg(long, env = "P2PFILE_METRICS", value_name = "IP:PORT")]
+    pub metrics: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -156,6 +160,9 @@ pub struct DownloadArgs {
         value_name = "SECS"
     )]
     pub seeding_until_idle: Option<String>,
+    /// Serve Prometheus metrics (GET /metrics) and GET /health on this address, while downloading and seeding
+    #[arg(long, env = "P2PFILE_METRICS", value_name = "IP:PORT")]
+    pub metrics: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -6,6 +6,7 @@ mod cli;
 mod commands;
 mod config;
 mod error;
+mod metrics;
 mod output;
 mod state;
 mod sync;

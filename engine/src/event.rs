@@ -159,10 +159,17 @@ pub struct Stats {
     pub known_addrs: usize,
     /// Connection attempts that failed.
     pub failed_connects: u64,
+    /// Pieces downloaded this run that passed their hash check (pieces
+    /// found valid on disk by the check before downloading are not counted).
+    pub pieces_verified: u64,
+    /// Pieces downloaded this run whose hash did not match (each one is
+    /// downloaded again).
+    pub hash_failures: u64,
 }
 
 impl Stats {
-    pub(crate) fn new(info_hash: InfoHash, phase: Phase) -> Self {
+    /// Zeroed counters of a torrent in `phase`.
+    pub fn new(info_hash: InfoHash, phase: Phase) -> Self {
         Self {
             info_hash,
             phase,
@@ -180,6 +187,8 @@ impl Stats {
             seeds_seen: 0,
             known_addrs: 0,
             failed_connects: 0,
+            pieces_verified: 0,
+            hash_failures: 0,
         }
     }
 }

@@ -19,6 +19,7 @@ use super::{Signals, open_state, save_dht_nodes, start_session};
 use crate::cli::DownloadArgs;
 use crate::config::{FileValues, Settings, parse_number};
 use crate::error::{Code, Failure, from_engine};
+use crate::metrics::Metrics;
 use crate::output::{Output, progress_text, stats_json};
 use crate::state::{Download, State};
 
@@ -126,6 +127,7 @@ pub async fn run(args: DownloadArgs, file: &FileValues, settings: Settings) -> R
         .iter()
         .map(|s| parse_source(s))
         .collect::<Result<Vec<_>, _>>()?;
+    let metrics = Metrics::start(file.pick(&args.metrics, "metrics")).await?;
     std::fs::create_dir_all(&dir).map_err(|e| {
         Failure::usage(
             anyhow!(e).context(format!(
@@ -166,6 +168,7 @@ pub async fn run(args: DownloadArgs, file: &FileValues, settings: Settings) -> R
                 settings.peers.clone(),
             )
             .map_err(from_engine)?;
+        metrics.track(&session, id, name.as_deref().unwrap_or_default());
         let info_hash = id.to_string();
         let before = state
             .download(&info_hash, &dir.display().to_string())?

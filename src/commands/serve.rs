@@ -18,6 +18,7 @@ use super::{Signals, open_state, save_dht_nodes, start_session};
 use crate::cli::ServeArgs;
 use crate::config::{FileValues, Settings, parse_number};
 use crate::error::{Failure, from_engine};
+use crate::metrics::Metrics;
 use crate::output::Output;
 use crate::state::Served;
 
@@ -55,6 +56,7 @@ pub async fn run(
                 )
             })?,
     };
+    let metrics = Metrics::start(file.pick(&args.metrics, "metrics")).await?;
     let mut scans = Vec::new();
     for path in &args.paths {
         let p = path.clone();
@@ -142,6 +144,7 @@ pub async fn run(
                 settings.peers.clone(),
             )
             .map_err(from_engine)?;
+        metrics.track(&session, id, &info.name);
         let magnet = Magnet {
             info_hash: info.info_hash(),
             name: Some(info.name.clone()),

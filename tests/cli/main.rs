@@ -3,6 +3,7 @@
 
 mod errors;
 mod interop;
+mod metrics;
 mod placement;
 mod seeding;
 mod state;

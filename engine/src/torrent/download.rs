@@ -145,6 +145,7 @@ impl Torrent {
             Err(error) => return self.fail(error),
             Ok(true) => {
                 l.picker.piece_verified(index);
+                self.pieces_verified += 1;
                 self.emit(Event::PieceVerified { index });
                 for p in self.peers.values() {
                     p.send(Message::Have(index));
@@ -160,6 +161,7 @@ impl Torrent {
             }
             Ok(false) => {
                 l.picker.piece_failed(index);
+                self.hash_failures += 1;
                 self.emit(Event::HashFailed { index });
                 for k in contributors {
                     let Some(p) = self.peers.get_mut(&k) else {

@@ -216,6 +216,9 @@ struct Torrent {
     /// Peers complete when first seen.
     seeds_seen: HashSet<[u8; 20]>,
     failed_connects: u64,
+    /// Downloaded pieces that passed, and failed, their hash check.
+    pieces_verified: u64,
+    hash_failures: u64,
     last_choke: Instant,
 }
 
@@ -268,6 +271,8 @@ pub(crate) fn spawn(shared: Arc<Shared>, p: Params) -> Spawned {
         completed_peers: HashSet::new(),
         seeds_seen: HashSet::new(),
         failed_connects: 0,
+        pieces_verified: 0,
+        hash_failures: 0,
         last_choke: Instant::now(),
     };
     let _ = t.add_addrs(p.peers);
@@ -614,6 +619,8 @@ impl Torrent {
             seeds_seen: self.seeds_seen.len(),
             known_addrs: self.addrs.len(),
             failed_connects: self.failed_connects,
+            pieces_verified: self.pieces_verified,
+            hash_failures: self.hash_failures,
         });
     }
 }
