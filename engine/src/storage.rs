@@ -36,7 +36,37 @@ struct Span {
     length: u64,
     /// A BEP 47 pad file: zeros, never on disk.
     pad: bool,
+    /// The modification time (ns since the epoch) the file had when it was
+    /// hashed, for a seed that must not serve content changed since; see
+    /// [`Storage::expect_unchanged`].
+    hashed_mtime_ns: Option<i128>,
     handle: OnceLock<File>,
+}
+
+/// A seed's file no longer has the length or modification time it had when
+/// it was hashed (or is gone): its bytes may not match the piece hashes any
+/// more. Carried inside the `io::Error` of a read (see
+/// [`source_changed`]).
+#[derive(Debug, thiserror::Error)]
+#[error("{} changed since it was hashed", path.display())]
+pub struct SourceChanged {
+    /// The file.
+    pub path: PathBuf,
+}
+
+/// The file named by a [`SourceChanged`] read error, if `e` is one.
+pub fn source_changed(e: &io::Error) -> Option<&Path> {
+    e.get_ref()
+        .and_then(|inner| inner.downcast_ref::<SourceChanged>())
+        .map(|c| c.path.as_path())
+}
+
+/// A file's modification time in ns since the epoch (0 if unknown).
+pub(crate) fn mtime_ns(meta: &fs::Metadata) -> i128 {
+    meta.modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos() as i128)
 }
 
 /// Where piece `piece` of a torrent may already lie on this machine: at
@@ -100,6 +130,36 @@ impl Storage {
         Self::from_info(info, files.iter().cloned(), writable)
     }
 
+    /// Makes this a seed's storage that serves only what was hashed: each
+    /// file that is not a pad file, in order, must keep its length and the
+    /// modification time given here (ns since the epoch, as
+    /// [`crate::builder::ScannedFile::mtime_ns`]). A read that touches a
+    /// file that lost them fails with a [`SourceChanged`] error, checked
+    /// after the bytes are read: a write begins by updating the file's
+    /// mtime, so bytes read before an unchanged mtime are the hashed ones.
+    /// `None` when `mtimes_ns` has another count than the files.
+    pub fn expect_unchanged(mut self, mtimes_ns: &[i128]) -> Option<Self> {
+        let mut mtimes = mtimes_ns.iter();
+        for span in self.spans.iter_mut().filter(|s| !s.pad) {
+            span.hashed_mtime_ns = Some(*mtimes.next()?);
+        }
+        mtimes.next().is_none().then_some(self)
+    }
+
+    /// The first file (see [`Storage::expect_unchanged`]) whose length or
+    /// modification time on disk is no longer the hashed one, or that is
+    /// gone; `None` when all are as hashed (or none is checked).
+    pub fn changed_file(&self) -> Option<PathBuf> {
+        self.spans
+            .iter()
+            .filter(|s| s.hashed_mtime_ns.is_some())
+            .find(|s| {
+                !fs::metadata(&s.path)
+                    .is_ok_and(|m| m.len() == s.length && Some(mtime_ns(&m)) == s.hashed_mtime_ns)
+            })
+            .map(|s| s.path.clone())
+    }
+
     /// `info`'s files, the non-pad ones at `paths` in order; `None` unless
     /// there is exactly one path for each.
     fn from_info(
@@ -148,6 +208,7 @@ impl Storage {
                     offset,
                     length,
                     pad,
+                    hashed_mtime_ns: None,
                     handle: OnceLock::new(),
                 };
                 offset += length;
@@ -262,7 +323,28 @@ impl Storage {
                 buf[range].fill(0);
                 return Ok(());
             }
-            self.handle(span)?.read_exact_at(&mut buf[range], at)
+            let Some(hashed) = span.hashed_mtime_ns else {
+                return self.handle(span)?.read_exact_at(&mut buf[range], at);
+            };
+            let changed = || {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    SourceChanged {
+                        path: span.path.clone(),
+                    },
+                )
+            };
+            let file = match self.handle(span) {
+                Ok(f) => f,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(changed()),
+                Err(e) => return Err(e),
+            };
+            let read = file.read_exact_at(&mut buf[range], at);
+            let meta = file.metadata()?;
+            if meta.len() != span.length || mtime_ns(&meta) != hashed {
+                return Err(changed());
+            }
+            read
         })
     }
 
@@ -861,5 +943,54 @@ mod tests {
         assert!(s.verify(&info.pieces).is_full());
         assert!(Storage::with_paths(&info, std::slice::from_ref(&pa), false).is_none());
         assert!(Storage::with_paths(&info, &[pa.clone(), pa.clone(), pa], false).is_none());
+    }
+
+    #[test]
+    fn a_seed_reads_nothing_of_a_file_changed_since_it_was_hashed() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = layout(dir.path(), &[100, 50], 64);
+        s.prepare().unwrap();
+        s.write_at(0, &[1u8; 150]).unwrap();
+        let mtimes: Vec<i128> = (0..2)
+            .map(|i| mtime_ns(&fs::metadata(dir.path().join(format!("f{i}"))).unwrap()))
+            .collect();
+        let files = (0..2).map(|i| (dir.path().join(format!("f{i}")), [100, 50][i]));
+        let seed = Storage::from_files(files.clone(), 64, false);
+        assert!(
+            seed.expect_unchanged(&mtimes[..1]).is_none(),
+            "one mtime per file"
+        );
+        let seed = Storage::from_files(files, 64, false)
+            .expect_unchanged(&mtimes)
+            .unwrap();
+        let mut buf = [0u8; 150];
+        seed.read_at(0, &mut buf).unwrap();
+        assert_eq!(seed.changed_file(), None);
+        // Same length, new bytes, later mtime: what an in-place edit does.
+        let f1 = dir.path().join("f1");
+        let later = std::time::SystemTime::now() + std::time::Duration::from_secs(5);
+        fs::write(&f1, [2u8; 50]).unwrap();
+        File::options()
+            .write(true)
+            .open(&f1)
+            .unwrap()
+            .set_modified(later)
+            .unwrap();
+        assert_eq!(seed.changed_file().as_deref(), Some(f1.as_path()));
+        let mut first = [0u8; 64];
+        seed.read_at(0, &mut first).unwrap();
+        let e = seed.read_at(100, &mut [0u8; 50]).unwrap_err();
+        assert_eq!(source_changed(&e), Some(f1.as_path()), "{e}");
+        // A piece across both files fails too, though f0 is as hashed.
+        assert!(seed.read_at(64, &mut [0u8; 64]).is_err());
+        fs::remove_file(dir.path().join("f0")).unwrap();
+        let fresh = Storage::from_files([(dir.path().join("f0"), 100)], 64, false)
+            .expect_unchanged(&mtimes[..1])
+            .unwrap();
+        let e = fresh.read_at(0, &mut [0u8; 10]).unwrap_err();
+        assert!(
+            source_changed(&e).is_some(),
+            "a removed file has changed: {e}"
+        );
     }
 }
