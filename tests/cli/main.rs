@@ -3,6 +3,7 @@
 
 mod errors;
 mod interop;
+mod rollout;
 mod seeding;
 mod state;
 mod sync;
