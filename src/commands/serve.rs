@@ -314,7 +314,7 @@ async fn serve(
                 if report.seeded.iter().all(|s| s.stopped) {
                     break Err(Failure::new(
                         Code::Runtime,
-                        anyhow!("every PATH stopped serving"),
+                        anyhow!("nothing left to serve: every PATH stopped serving"),
                     )
                     .hint("run serve again to rehash changed files"));
                 }
@@ -373,10 +373,14 @@ fn on_event(ev: p2pfile_engine::TorrentEvent, out: &Output, report: &mut Report)
         }
         Event::SourceChanged { path } => {
             s.stopped = true;
+            let what = if path.display().to_string() == s.path {
+                "it".to_string()
+            } else {
+                s.path.clone()
+            };
             tracing::warn!(
-                "{} changed since it was hashed, so {} ({}) is no longer served; run serve again to rehash",
+                "{} changed since it was hashed, so {what} is no longer served (info-hash {}); run serve again to rehash",
                 path.display(),
-                s.path,
                 s.info_hash
             );
             out.event(
@@ -432,11 +436,16 @@ fn deadline_failure(rules: &StopRules, report: &Report) -> Failure {
             names.join(", ")
         ));
     }
+    let hint = if missing.is_empty() {
+        "check that the hosts ran download with this magnet and can reach this one, or raise --deadline"
+    } else {
+        "check that the missing hosts ran download with this magnet and can reach this one, or raise --deadline"
+    };
     Failure::new(
         Code::Incomplete,
         anyhow!("deadline of {secs} s passed: {}", parts.join("; ")),
     )
-    .hint("check that the missing hosts ran download with this magnet, or raise --deadline")
+    .hint(hint)
 }
 
 fn save_uploads(state: &crate::state::State, seeded: &[Seeded]) {
