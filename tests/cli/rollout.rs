@@ -4,24 +4,23 @@
 //! it, and failed runs that leave nothing behind.
 
 use std::fs;
-use std::process::Command;
 use std::time::Duration;
 
+use crate::seeding::{download, source};
 use crate::util::*;
 
-fn source(env: &Env, size: usize) -> std::path::PathBuf {
-    fs::create_dir_all(env.path("src")).unwrap();
-    let p = env.path("src/payload.bin");
-    fs::write(&p, data(size, 9)).unwrap();
-    p
-}
-
-fn download(env: &Env, ip: &str, dir: &str, magnet: &str, extra: &[&str]) -> Command {
-    let mut c = env.cmd();
-    c.args(["--ip", ip, "download", "--json", "--dir", dir])
-        .args(extra)
-        .arg(magnet);
-    c
+/// Downloads `magnet` on each host at once, each into its own directory;
+/// every download must succeed.
+fn download_on(env: &Env, hosts: &[&str], magnet: &str) {
+    let downloads: Vec<_> = hosts
+        .iter()
+        .enumerate()
+        .map(|(i, h)| JsonProc::spawn(download(env, h, &format!("d{i}"), magnet, &[])))
+        .collect();
+    for d in downloads {
+        let (status, evs) = d.finish();
+        assert!(status.success(), "{evs:?}");
+    }
 }
 
 fn serve_json(env: &Env, ip: &str, extra: &[&str], path: &std::path::Path) -> (JsonProc, String) {
@@ -119,15 +118,7 @@ fn serve_reports_each_completed_peer_once_and_sums_up() {
     let src = source(&env, 2 << 20);
     let (serve, magnet) = serve_json(&env, &host(), &["--exit-after", "2"], &src);
     let ips = [host(), host()];
-    let downloads: Vec<_> = ips
-        .iter()
-        .enumerate()
-        .map(|(i, ip)| JsonProc::spawn(download(&env, ip, &format!("d{i}"), &magnet, &[])))
-        .collect();
-    for d in downloads {
-        let (status, evs) = d.finish();
-        assert!(status.success(), "{evs:?}");
-    }
+    download_on(&env, &[&ips[0], &ips[1]], &magnet);
     let (status, evs) = serve.finish();
     assert!(status.success(), "{evs:?}");
     let hash = evs[0]["info_hash"].clone();
@@ -218,15 +209,7 @@ fn expect_exits_0_when_every_host_completed_and_3_naming_the_missing() {
     let ip = host();
     let list = format!("{a},{b}");
     let (serve, magnet) = serve_json(&env, &ip, &["--expect", &list, "--deadline", "60"], &src);
-    let downloads: Vec<_> = [&a, &b]
-        .iter()
-        .enumerate()
-        .map(|(i, h)| JsonProc::spawn(download(&env, h, &format!("d{i}"), &magnet, &[])))
-        .collect();
-    for d in downloads {
-        let (status, evs) = d.finish();
-        assert!(status.success(), "{evs:?}");
-    }
+    download_on(&env, &[&a, &b], &magnet);
     let (status, evs) = serve.finish();
     assert!(status.success(), "{evs:?}");
     let stopped = JsonProc::find(&evs, "stopped").expect("stopped");

@@ -586,23 +586,22 @@ impl Torrent {
             return;
         }
         tracing::debug!(info_hash = %self.info_hash, "{} changed since it was hashed", path.display());
-        self.state = State::Failed;
-        let keys: Vec<_> = self.peers.keys().copied().collect();
-        for key in keys {
-            self.drop_peer(key, "seeded file changed");
-        }
-        self.emit(Event::SourceChanged { path });
-        self.publish_stats();
+        self.stop_for_good("seeded file changed", Event::SourceChanged { path });
     }
 
     fn fail(&mut self, error: TorrentError) {
         tracing::debug!(info_hash = %self.info_hash, "failed: {error}");
+        self.stop_for_good("torrent failed", Event::Failed { error });
+    }
+
+    /// Drops every peer, refuses new ones (the `Failed` state) and reports why.
+    fn stop_for_good(&mut self, reason: &str, event: Event) {
         self.state = State::Failed;
         let keys: Vec<_> = self.peers.keys().copied().collect();
         for key in keys {
-            self.drop_peer(key, "torrent failed");
+            self.drop_peer(key, reason);
         }
-        self.emit(Event::Failed { error });
+        self.emit(event);
         self.publish_stats();
     }
 
