@@ -601,8 +601,9 @@ impl Torrent {
         for key in keys {
             self.drop_peer(key, reason);
         }
-        self.emit(event);
+        // Counters first: whoever sees the event sees the `Failed` phase.
         self.publish_stats();
+        self.emit(event);
     }
 
     fn publish_stats(&self) {
