@@ -718,11 +718,12 @@ async fn padding_is_served_to_peers_that_ask() {
         let mut theirs = [0u8; wire::HANDSHAKE_LEN];
         conn.read_exact(&mut theirs).await.unwrap();
         // Ask once the seed says what it has: before it is live (checking)
-        // it refuses requests.
+        // it refuses requests. A connection that came while it was checking
+        // hears HAVE-NONE, then one HAVE per piece when it goes live.
         let mut buf = BytesMut::new();
         loop {
             match wire::decode(&mut buf).unwrap() {
-                Some(Message::HaveAll | Message::Bitfield(_)) => break,
+                Some(Message::HaveAll | Message::Bitfield(_) | Message::Have(_)) => break,
                 Some(_) => {}
                 None => assert!(conn.read_buf(&mut buf).await.unwrap() > 0, "closed"),
             }
