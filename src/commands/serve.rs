@@ -35,6 +35,13 @@ struct Seeded {
     stopped: bool,
 }
 
+impl Seeded {
+    /// Bytes uploaded this run.
+    fn uploaded(&self) -> u64 {
+        self.stats.borrow().uploaded
+    }
+}
+
 /// A host of `--expect`: an IP, or an IP and port.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Expected {
@@ -180,18 +187,19 @@ impl Report {
             .collect()
     }
 
-    fn uploaded(&self, s: &Seeded) -> u64 {
-        s.stats.borrow().uploaded
+    /// Bytes uploaded this run, over every path.
+    fn uploaded(&self) -> u64 {
+        self.seeded.iter().map(Seeded::uploaded).sum()
     }
 
     fn summary(&self, out: &Output, code: u8) {
-        let uploaded: u64 = self.seeded.iter().map(|s| self.uploaded(s)).sum();
+        let uploaded = self.uploaded();
         let torrents: Vec<_> = self
             .seeded
             .iter()
             .map(|s| {
                 json!({"info_hash": s.info_hash.to_string(), "name": s.name, "path": s.path,
-                       "hashed": s.hashed, "uploaded": self.uploaded(s)})
+                       "hashed": s.hashed, "uploaded": s.uploaded()})
             })
             .collect();
         let completed: Vec<_> = self
@@ -213,19 +221,14 @@ impl Report {
 
     /// The one line human mode prints on stderr when serve ends well.
     fn line(&self) -> String {
-        let uploaded: u64 = self.seeded.iter().map(|s| self.uploaded(s)).sum();
-        let paths = self.seeded.len();
+        let plural = |n: usize| if n == 1 { "" } else { "s" };
+        let (paths, peers) = (self.seeded.len(), self.peers_done().len());
         format!(
-            "served {paths} path{} for {:.1} s: {} peer{} completed every path, {:.1} MiB uploaded",
-            if paths == 1 { "" } else { "s" },
+            "served {paths} path{} for {:.1} s: {peers} peer{} completed every path, {:.1} MiB uploaded",
+            plural(paths),
             self.start.elapsed().as_secs_f64(),
-            self.peers_done().len(),
-            if self.peers_done().len() == 1 {
-                ""
-            } else {
-                "s"
-            },
-            uploaded as f64 / 1048576.0
+            plural(peers),
+            self.uploaded() as f64 / 1048576.0
         )
     }
 }
@@ -450,12 +453,32 @@ fn deadline_failure(rules: &StopRules, report: &Report) -> Failure {
 
 fn save_uploads(state: &crate::state::State, seeded: &[Seeded]) {
     for s in seeded {
-        let total = s.uploaded_before + s.stats.borrow().uploaded;
+        let total = s.uploaded_before + s.uploaded();
         if let Err(e) = state.set_served_uploaded(&s.path, total) {
             tracing::warn!(
                 "cannot record upload totals in {}: {e:#}",
                 state.path().display()
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expected_hosts_match_by_ip_or_by_ip_and_port() {
+        let hosts = parse_expect(" 10.0.0.6, 10.0.0.7:42070,").unwrap();
+        assert_eq!(hosts.len(), 2);
+        let peer = |s: &str| s.parse::<SocketAddr>().unwrap();
+        assert!(hosts[0].matches(peer("10.0.0.6:42099")));
+        assert!(!hosts[0].matches(peer("10.0.0.60:42099")));
+        assert!(hosts[1].matches(peer("10.0.0.7:42070")));
+        assert!(!hosts[1].matches(peer("10.0.0.7:42071")));
+        assert_eq!(hosts[1].to_string(), "10.0.0.7:42070");
+        assert_eq!(hosts[0].to_string(), "10.0.0.6");
+        assert!(parse_expect("host-a").is_err());
+        assert!(parse_expect(" , ").is_err());
     }
 }
