@@ -339,8 +339,7 @@ fn read_blocks(
         wire::encode_piece_header(req.index, req.begin, req.length, &mut out);
         let start = out.len();
         out.resize(start + req.length as usize, 0);
-        let offset = storage.piece_offset(req.index) + req.begin as u64;
-        storage.read_at(offset, &mut out[start..])?;
+        storage.read_block(req.index, req.begin, &mut out[start..])?;
     }
     Ok(out)
 }

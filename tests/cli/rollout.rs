@@ -350,3 +350,28 @@ fn failed_serve_and_magnet_leave_nothing_behind() {
         stderr(&out)
     );
 }
+
+#[test]
+fn a_file_replaced_keeping_size_and_mtime_is_caught_by_its_hash() {
+    let env = Env::new();
+    let src = source(&env, 1 << 20);
+    let (mut serve, magnet) = serve_json(&env, &host(), &[], &src);
+    // What `cp -p` or `rsync -t` of other bytes leaves: a new file, same
+    // length, same modification time.
+    let mtime = fs::metadata(&src).unwrap().modified().unwrap();
+    let tmp = env.path("src/.payload.tmp");
+    fs::write(&tmp, data(1 << 20, 11)).unwrap();
+    fs::File::options()
+        .write(true)
+        .open(&tmp)
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
+    fs::rename(&tmp, &src).unwrap();
+    let mut d = JsonProc::spawn(download(&env, &host(), "d", &magnet, &["--timeout", "5"]));
+    serve.wait_for("source_changed", |e| e["event"] == "source_changed");
+    let status = wait_timeout(&mut d.child, Duration::from_secs(60)).expect("download exits");
+    let (_, devs) = d.finish();
+    assert_eq!(status.code(), Some(3), "{devs:?}");
+    assert!(JsonProc::find(&devs, "first_piece").is_none(), "{devs:?}");
+}

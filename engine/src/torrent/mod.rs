@@ -96,9 +96,11 @@ pub enum Target {
     /// Seed the files of a scan that the torrent's info was hashed from
     /// (one per file entry that is not a pad file, in info order), serving
     /// only what was hashed: a file whose length or modification time is
-    /// no longer the scanned one stops the torrent with
-    /// [`crate::Event::SourceChanged`], checked when the torrent starts and
-    /// after every read for a peer, so no changed byte is sent.
+    /// no longer the scanned one, or a piece that no longer matches its
+    /// hash, stops the torrent with [`crate::Event::SourceChanged`]. Files
+    /// are checked when the torrent starts and after every read for a
+    /// peer, each piece against its hash the first time a peer asks for
+    /// it; so no changed byte is sent.
     SeedScanned {
         /// The files as scanned before hashing.
         files: Vec<ScannedFile>,
@@ -511,7 +513,8 @@ impl Torrent {
                     let mtimes: Vec<i128> = files.iter().map(|f| f.mtime_ns).collect();
                     let storage = Storage::with_paths(&info, &paths, false)
                         .and_then(|s| s.expect_unchanged(&mtimes))
-                        .expect("bug: path count not checked by Session::add_torrent");
+                        .expect("bug: path count not checked by Session::add_torrent")
+                        .verify_before_serving(info.pieces.clone());
                     if let Some(path) = storage.changed_file() {
                         let _ = jobs.send(Job::SourceChanged(path));
                     }
