@@ -850,7 +850,10 @@ async fn scanned_seed_reports_completions_and_stops_on_a_changed_file() {
         let id = seed
             .add(
                 Source::Info(info.clone()),
-                Target::SeedScanned { files },
+                Target::SeedScanned {
+                    files,
+                    check_pieces: false,
+                },
                 vec![],
             )
             .unwrap();

@@ -290,6 +290,8 @@ async fn serve(
                 Source::Info(p.info.clone()),
                 Target::SeedScanned {
                     files: p.scan.files.clone(),
+                    // A reused hash was trusted on sizes and mtimes alone.
+                    check_pieces: !p.hashed,
                 },
                 settings.peers.clone(),
             )

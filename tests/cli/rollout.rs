@@ -352,12 +352,15 @@ fn failed_serve_and_magnet_leave_nothing_behind() {
 }
 
 #[test]
-fn a_file_replaced_keeping_size_and_mtime_is_caught_by_its_hash() {
+fn a_file_replaced_keeping_size_and_mtime_between_runs_is_caught_by_its_hash() {
     let env = Env::new();
     let src = source(&env, 1 << 20);
-    let (mut serve, magnet) = serve_json(&env, &host(), &[], &src);
-    // What `cp -p` or `rsync -t` of other bytes leaves: a new file, same
-    // length, same modification time.
+    let ip = host();
+    let mut c = env.cmd();
+    c.args(["--ip", &ip, "magnet"]).arg(&src);
+    assert!(run(c, Duration::from_secs(60)).status.success());
+    // What `cp -p` of other bytes leaves: a new file, same length, same
+    // modification time; the recorded hash is reused on those alone.
     let mtime = fs::metadata(&src).unwrap().modified().unwrap();
     let tmp = env.path("src/.payload.tmp");
     fs::write(&tmp, data(1 << 20, 11)).unwrap();
@@ -368,6 +371,8 @@ fn a_file_replaced_keeping_size_and_mtime_is_caught_by_its_hash() {
         .set_modified(mtime)
         .unwrap();
     fs::rename(&tmp, &src).unwrap();
+    let (mut serve, magnet) = serve_json(&env, &ip, &[], &src);
+    assert_eq!(serve.seen[0]["hashed"], false);
     let mut d = JsonProc::spawn(download(&env, &host(), "d", &magnet, &["--timeout", "5"]));
     serve.wait_for("source_changed", |e| e["event"] == "source_changed");
     let status = wait_timeout(&mut d.child, Duration::from_secs(60)).expect("download exits");

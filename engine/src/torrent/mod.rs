@@ -96,14 +96,19 @@ pub enum Target {
     /// Seed the files of a scan that the torrent's info was hashed from
     /// (one per file entry that is not a pad file, in info order), serving
     /// only what was hashed: a file whose length or modification time is
-    /// no longer the scanned one, or a piece that no longer matches its
-    /// hash, stops the torrent with [`crate::Event::SourceChanged`]. Files
-    /// are checked when the torrent starts and after every read for a
-    /// peer, each piece against its hash the first time a peer asks for
-    /// it; so no changed byte is sent.
+    /// no longer the scanned one (checked when the torrent starts and after
+    /// every read for a peer), or with `check_pieces` a piece that does not
+    /// match its hash, stops the torrent with
+    /// [`crate::Event::SourceChanged`] before any changed byte is sent.
     SeedScanned {
         /// The files as scanned before hashing.
         files: Vec<ScannedFile>,
+        /// Check each piece against its hash the first time a peer asks for
+        /// it (see [`Storage::verify_before_serving`]): for an info taken
+        /// from an earlier hash because sizes and mtimes matched, which a
+        /// replacement keeping both would fool. Content hashed from these
+        /// very files needs no such check.
+        check_pieces: bool,
     },
     /// Download into `dir`, as `dir/<name>`.
     Download {
@@ -132,7 +137,7 @@ impl Target {
     pub(crate) fn check(&self, info: Option<&Info>) -> Result<(), Error> {
         let given = match self {
             Target::SeedFiles { files } => files.len(),
-            Target::SeedScanned { files } => files.len(),
+            Target::SeedScanned { files, .. } => files.len(),
             Target::Seed { .. } | Target::Download { .. } => return Ok(()),
         };
         let info = info.ok_or(Error::SeedFilesNeedInfo)?;
@@ -508,13 +513,18 @@ impl Torrent {
                         .expect("bug: path count not checked by Session::add_torrent");
                     Ok((storage, Bitfield::full(info.piece_count()), None, true))
                 }
-                Target::SeedScanned { files } => {
+                Target::SeedScanned {
+                    files,
+                    check_pieces,
+                } => {
                     let paths: Vec<PathBuf> = files.iter().map(|f| f.disk_path.clone()).collect();
                     let mtimes: Vec<i128> = files.iter().map(|f| f.mtime_ns).collect();
-                    let storage = Storage::with_paths(&info, &paths, false)
+                    let mut storage = Storage::with_paths(&info, &paths, false)
                         .and_then(|s| s.expect_unchanged(&mtimes))
-                        .expect("bug: path count not checked by Session::add_torrent")
-                        .verify_before_serving(info.pieces.clone());
+                        .expect("bug: path count not checked by Session::add_torrent");
+                    if check_pieces {
+                        storage = storage.verify_before_serving(info.pieces.clone());
+                    }
                     if let Some(path) = storage.changed_file() {
                         let _ = jobs.send(Job::SourceChanged(path));
                     }
