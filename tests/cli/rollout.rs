@@ -6,6 +6,7 @@
 use std::fs;
 use std::time::Duration;
 
+use crate::errors::fails;
 use crate::seeding::{download, source};
 use crate::util::*;
 
@@ -193,12 +194,9 @@ fn exit_after_with_a_deadline_exits_3_naming_the_count() {
     assert_eq!(out.status.code(), Some(3));
     assert!(stderr(&out).contains("error: deadline of 1 s passed: 0 of 1 peers completed"));
     // A deadline with nothing to wait for is a usage error.
-    let mut c = env.cmd();
-    c.args(["--ip", &host(), "serve", "--deadline", "5"])
-        .arg(&src);
-    let out = run(c, Duration::from_secs(60));
-    assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("hint:"), "{}", stderr(&out));
+    let args = ["--ip", &host(), "serve", "--deadline", "5", path(&src)];
+    let err = fails(&env, &args, 2, "--deadline needs --exit-after or --expect");
+    assert!(err.contains("hint:"), "{err}");
 }
 
 #[test]
@@ -240,16 +238,8 @@ fn expect_exits_0_when_every_host_completed_and_3_naming_the_missing() {
     assert_eq!(s["missing"], serde_json::json!([absent]));
     assert_eq!(s["exit_code"], 3);
 
-    let mut c = env.cmd();
-    c.args(["--ip", &ip, "serve", "--expect", "host-a"])
-        .arg(&src);
-    let out = run(c, Duration::from_secs(60));
-    assert_eq!(out.status.code(), Some(2));
-    assert!(
-        stderr(&out).contains("not an IP or IP:PORT"),
-        "{}",
-        stderr(&out)
-    );
+    let args = ["--ip", &ip, "serve", "--expect", "host-a", path(&src)];
+    fails(&env, &args, 2, "not an IP or IP:PORT");
 }
 
 #[test]
@@ -312,43 +302,39 @@ fn failed_serve_and_magnet_leave_nothing_behind() {
     let env = Env::new();
     let src = source(&env, 1 << 10);
     // 192.0.2.1 (TEST-NET-1) is no address of this host: binding fails.
-    let mut c = env.cmd();
-    c.args(["--ip", "192.0.2.1", "serve", "--torrent-out", "t"])
-        .arg(&src);
-    let out = run(c, Duration::from_secs(60));
-    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let args = [
+        "--ip",
+        "192.0.2.1",
+        "serve",
+        "--torrent-out",
+        "t",
+        path(&src),
+    ];
+    fails(&env, &args, 2, "cannot listen on 192.0.2.1");
     assert!(!env.path(".p2pfile.db").exists(), "no state database");
     assert!(!env.path("t").exists(), "no --torrent-out directory");
     // A missing path: nothing either, for both commands.
     for cmd in ["serve", "magnet"] {
-        let mut c = env.cmd();
-        c.args(["--ip", &host(), cmd, "missing"]);
-        let out = run(c, Duration::from_secs(60));
-        assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+        fails(&env, &["--ip", &host(), cmd, "missing"], 2, "no such file");
         assert!(!env.path(".p2pfile.db").exists());
     }
     // --state and --torrent-out problems come with a hint.
     fs::write(env.path("file"), b"x").unwrap();
-    let mut c = env.cmd();
-    c.args(["--ip", &host(), "--state", "file/db", "magnet"])
-        .arg(&src);
-    let out = run(c, Duration::from_secs(60));
-    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("hint: pass --state"),
-        "{}",
-        stderr(&out)
-    );
-    let mut c = env.cmd();
-    c.args(["--ip", &host(), "magnet", "--torrent-out", "file/t"])
-        .arg(&src);
-    let out = run(c, Duration::from_secs(60));
-    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("hint: pass --torrent-out"),
-        "{}",
-        stderr(&out)
-    );
+    let args = ["--ip", &host(), "--state", "file/db", "magnet", path(&src)];
+    fails(&env, &args, 1, "hint: pass --state");
+    let args = [
+        "--ip",
+        &host(),
+        "magnet",
+        "--torrent-out",
+        "file/t",
+        path(&src),
+    ];
+    fails(&env, &args, 2, "hint: pass --torrent-out");
+}
+
+fn path(p: &std::path::Path) -> &str {
+    p.to_str().expect("UTF-8 temp path")
 }
 
 #[test]
