@@ -13,7 +13,8 @@ Exit codes:
   1    runtime failure (disk full, I/O error, torrent failed)
   2    usage or input error (bad flag, config, magnet, .torrent, missing path)
   3    incomplete: a download found no peer or made no progress before --timeout;
-       sync --once did not converge before --timeout
+       sync --once did not converge before --timeout; serve --deadline passed
+       before --exit-after / --expect were met
   4    port unavailable: --port taken, every port of --port-range taken,
        or the --metrics port taken
   130  interrupted (SIGINT/SIGTERM during a download), after a clean shutdown";
@@ -91,6 +92,8 @@ pub struct GlobalArgs {
 pub enum Command {
     /// Seed files or directories and print one magnet per PATH
     Serve(ServeArgs),
+    /// Print the magnets serve would print for PATHs, without serving or any network
+    Magnet(MagnetArgs),
     /// Download magnets or .torrent files
     Download(DownloadArgs),
     /// Keep a directory in step with peers, both ways
@@ -115,6 +118,22 @@ pub struct ServeArgs {
     /// Serve Prometheus metrics (GET /metrics) and GET /health on this address
     #[arg(long, env = "P2PFILE_METRICS", value_name = "IP:PORT")]
     pub metrics: Option<String>,
+    /// Exit 0 once every listed host has completed every PATH (an IP matches any port) [config key: expect-hosts]
+    #[arg(long, env = "P2PFILE_EXPECT_HOSTS", value_name = "IP[:PORT],...")]
+    pub expect: Option<String>,
+    /// With --exit-after or --expect: exit 3 after SECS if they are not met yet
+    #[arg(long, env = "P2PFILE_DEADLINE", value_name = "SECS")]
+    pub deadline: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct MagnetArgs {
+    /// Files or directories, one magnet each (hashed, or the recorded hash when unchanged)
+    #[arg(required = true, value_name = "PATH")]
+    pub paths: Vec<PathBuf>,
+    /// Also write DIR/<info-hash>.torrent for each PATH
+    #[arg(long, env = "P2PFILE_TORRENT_OUT", value_name = "DIR")]
+    pub torrent_out: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -30,6 +30,8 @@ const KEYS: &[&str] = &[
     "torrent-out",
     "state",
     "exit-after",
+    "expect-hosts",
+    "deadline",
     "seeding-until-idle",
     "key",
     "once",

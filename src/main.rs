@@ -77,6 +77,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
     runtime.block_on(async {
         match cli.command {
             Command::Serve(args) => commands::serve::run(args, &file, settings).await,
+            Command::Magnet(args) => commands::magnet::run(args, &file, settings).await,
             Command::Download(args) => commands::download::run(args, &file, settings).await,
             Command::Sync(args) => commands::sync::run(args, &file, settings).await,
             Command::Completion(_) | Command::Status => unreachable!("handled above"),

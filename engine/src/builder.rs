@@ -167,16 +167,11 @@ pub fn build(path: &Path) -> Result<Built, BuildError> {
 }
 
 fn scanned(path: Vec<String>, disk_path: PathBuf, meta: &fs::Metadata) -> ScannedFile {
-    let mtime_ns = meta
-        .modified()
-        .ok()
-        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-        .map_or(0, |d| d.as_nanos() as i128);
     ScannedFile {
         path,
         disk_path,
         length: meta.len(),
-        mtime_ns,
+        mtime_ns: crate::storage::mtime_ns(meta),
         executable: meta.permissions().mode() & 0o111 != 0,
     }
 }

@@ -77,6 +77,23 @@ pub enum Event {
         /// Where it is now.
         to: std::path::PathBuf,
     },
+    /// A peer that lacked pieces when it first announced now holds every
+    /// piece: it finished this torrent. Once per peer (by peer id) and run.
+    PeerCompleted {
+        /// Where the peer accepts connections: its IP with the listen port
+        /// from its extension handshake (or the port we dialed), else the
+        /// connection's remote address.
+        addr: SocketAddr,
+    },
+    /// A seeded file no longer has the length or modification time it had
+    /// when it was hashed (see [`crate::Target::SeedScanned`]), or is gone:
+    /// the torrent stopped serving (its phase is `Failed`) rather than send
+    /// bytes that may not match their hashes. Serving again needs a new
+    /// hash.
+    SourceChanged {
+        /// The changed file.
+        path: std::path::PathBuf,
+    },
     /// Every piece is verified and the content is at its final path.
     Completed,
     /// The torrent stopped for good because of an error (disk full, say).

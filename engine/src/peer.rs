@@ -72,6 +72,9 @@ pub(crate) enum PeerEvent {
     Message(Message),
     /// Payload bytes of blocks written to the socket.
     Uploaded(u64),
+    /// A block could not be served: its file changed since it was hashed
+    /// (see [`crate::storage::SourceChanged`]). Nothing of it was sent.
+    SourceChanged(std::path::PathBuf),
     /// The connection ended.
     Closed(String),
 }
@@ -144,6 +147,10 @@ pub(crate) fn spawn(
     tokio::spawn(async move {
         let result = write_loop(key, write, rx, greeting, fast, &writer_events, upload).await;
         if let Err(e) = result {
+            if let Some(path) = crate::storage::source_changed(&e) {
+                let changed = PeerEvent::SourceChanged(path.to_path_buf());
+                let _ = writer_events.send((key, changed)).await;
+            }
             let _ = writer_events
                 .send((key, PeerEvent::Closed(format!("write: {e}"))))
                 .await;
@@ -332,8 +339,7 @@ fn read_blocks(
         wire::encode_piece_header(req.index, req.begin, req.length, &mut out);
         let start = out.len();
         out.resize(start + req.length as usize, 0);
-        let offset = storage.piece_offset(req.index) + req.begin as u64;
-        storage.read_at(offset, &mut out[start..])?;
+        storage.read_block(req.index, req.begin, &mut out[start..])?;
     }
     Ok(out)
 }

@@ -718,11 +718,12 @@ async fn padding_is_served_to_peers_that_ask() {
         let mut theirs = [0u8; wire::HANDSHAKE_LEN];
         conn.read_exact(&mut theirs).await.unwrap();
         // Ask once the seed says what it has: before it is live (checking)
-        // it refuses requests.
+        // it refuses requests. A connection that came while it was checking
+        // hears HAVE-NONE, then one HAVE per piece when it goes live.
         let mut buf = BytesMut::new();
         loop {
             match wire::decode(&mut buf).unwrap() {
-                Some(Message::HaveAll | Message::Bitfield(_)) => break,
+                Some(Message::HaveAll | Message::Bitfield(_) | Message::Have(_)) => break,
                 Some(_) => {}
                 None => assert!(conn.read_buf(&mut buf).await.unwrap() > 0, "closed"),
             }
@@ -919,4 +920,98 @@ async fn stats_count_verified_pieces_and_hash_failures() {
     })
     .await
     .expect("the lying peer's pieces were counted in time");
+}
+
+/// A seed of scanned files reports the downloader that completed (by its
+/// listen address), and stops serving, sending nothing, once a file changed
+/// since it was hashed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scanned_seed_reports_completions_and_stops_on_a_changed_file() {
+    tokio::time::timeout(Duration::from_secs(60), async {
+        let src = tempfile::tempdir().unwrap();
+        let root = src.path().join("tree");
+        make_tree(&root);
+        let built = build(&root).unwrap();
+        let info = Arc::new(built.info);
+        let seed = Session::start(config([127, 0, 0, 1], false, vec![]))
+            .await
+            .unwrap();
+        let mut seed_events = seed.events().unwrap();
+        let files = built.scan.files.clone();
+        let id = seed
+            .add(
+                Source::Info(info.clone()),
+                Target::SeedScanned {
+                    files,
+                    check_pieces: false,
+                },
+                vec![],
+            )
+            .unwrap();
+        let fetch = |dir: std::path::PathBuf| {
+            let magnet = Magnet {
+                info_hash: info.info_hash(),
+                name: Some(info.name.clone()),
+                peers: vec![seed.local_addr()],
+            };
+            async move {
+                let s = Session::start(config([127, 0, 0, 1], false, vec![]))
+                    .await
+                    .unwrap();
+                let events = s.events().unwrap();
+                let did = s
+                    .add(Source::Magnet(magnet), Target::download(dir), vec![])
+                    .unwrap();
+                (s, events, did)
+            }
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let (d, mut events, did) = fetch(dir.path().to_path_buf()).await;
+        wait_completed(&mut events, did).await;
+        let completed = loop {
+            let ev = seed_events.recv().await.unwrap();
+            if let Event::PeerCompleted { addr } = ev.event {
+                break addr;
+            }
+        };
+        assert_eq!(completed, d.local_addr(), "the peer's listen address");
+        d.shutdown().await;
+
+        // Same length, new bytes, a later mtime.
+        let big = root.join("big.bin");
+        std::fs::write(&big, vec![1u8; 3_000_000]).unwrap();
+        let later = std::time::SystemTime::now() + Duration::from_secs(5);
+        std::fs::File::options()
+            .write(true)
+            .open(&big)
+            .unwrap()
+            .set_modified(later)
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let (d, mut events, _) = fetch(dir.path().to_path_buf()).await;
+        let changed = loop {
+            let ev = seed_events.recv().await.unwrap();
+            assert_ne!(ev.event, Event::Removed);
+            if let Event::SourceChanged { path } = ev.event {
+                break path;
+            }
+        };
+        assert_eq!(changed, big);
+        assert_eq!(seed.stats(id).unwrap().phase, p2pfile_engine::Phase::Failed);
+        // Nothing of it reaches the downloader.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        while let Ok(ev) = events.try_recv() {
+            assert!(
+                !matches!(
+                    ev.event,
+                    Event::PieceVerified { .. } | Event::HashFailed { .. }
+                ),
+                "{ev:?}"
+            );
+        }
+        d.shutdown().await;
+        seed.shutdown().await;
+    })
+    .await
+    .expect("swarm finished in time");
 }

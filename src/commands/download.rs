@@ -425,6 +425,8 @@ fn on_event(
         | Event::PeerDisconnected { .. }
         | Event::ExtensionsReady { .. }
         | Event::ExtensionMessage { .. }
+        | Event::PeerCompleted { .. }
+        | Event::SourceChanged { .. }
         | Event::Removed => {}
     }
     Ok(())

@@ -3,6 +3,7 @@
 
 pub mod completion;
 pub mod download;
+pub mod magnet;
 pub mod serve;
 pub mod status;
 pub mod sync;

@@ -1,211 +1,466 @@
 //! `p2pfile serve PATH...`: hash each path (or reuse the hash recorded for
-//! unchanged files), seed it, print its magnet; serve until a signal or
-//! until `--exit-after N` peers have completed.
+//! unchanged files), seed it, print its magnet; serve until a signal, or
+//! until the peers `--exit-after` / `--expect` ask for have completed
+//! (exit 3 at `--deadline` if they have not). Reports each peer that
+//! completes, and ends a `--json` stream with a `summary`.
 
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use anyhow::{Context, anyhow};
-use p2pfile_engine::builder::{self, BuildError, Scan};
-use p2pfile_engine::magnet::Magnet;
-use p2pfile_engine::metainfo::{Info, InfoHash};
-use p2pfile_engine::{Event, PortChoice, Source, Stats, Target};
+use anyhow::anyhow;
+use p2pfile_engine::metainfo::InfoHash;
+use p2pfile_engine::{Event, Source, Stats, Target};
 use serde_json::json;
 use tokio::sync::watch;
 
-use super::{Signals, open_state, save_dht_nodes, start_session};
+use super::magnet::{self, Prepared};
+use super::{Signals, save_dht_nodes, start_session};
 use crate::cli::ServeArgs;
 use crate::config::{FileValues, Settings, parse_number};
-use crate::error::{Failure, from_engine};
+use crate::error::{Code, Failure, from_engine};
 use crate::metrics::Metrics;
 use crate::output::Output;
-use crate::state::Served;
 
 /// One served path.
 struct Seeded {
     path: String,
+    name: String,
     info_hash: InfoHash,
+    hashed: bool,
     stats: watch::Receiver<Stats>,
     /// Uploaded by earlier runs.
     uploaded_before: u64,
+    /// Stopped serving (a changed file, or an error).
+    stopped: bool,
 }
 
-pub async fn run(
+impl Seeded {
+    /// Bytes uploaded this run.
+    fn uploaded(&self) -> u64 {
+        self.stats.borrow().uploaded
+    }
+}
+
+/// A host of `--expect`: an IP, or an IP and port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Expected {
+    ip: IpAddr,
+    port: Option<u16>,
+}
+
+impl Expected {
+    fn matches(&self, peer: SocketAddr) -> bool {
+        self.ip == peer.ip() && self.port.is_none_or(|p| p == peer.port())
+    }
+}
+
+impl std::fmt::Display for Expected {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.port {
+            Some(p) => write!(f, "{}", SocketAddr::new(self.ip, p)),
+            None => write!(f, "{}", self.ip),
+        }
+    }
+}
+
+/// When serve stops by itself.
+struct StopRules {
+    exit_after: Option<usize>,
+    expect: Vec<Expected>,
+    deadline: Option<Duration>,
+}
+
+impl StopRules {
+    fn resolve(args: &ServeArgs, file: &FileValues) -> Result<Self, Failure> {
+        let exit_after = match file.pick(&args.exit_after, "exit-after") {
+            None => None,
+            Some(s) => Some(
+                Some(parse_number(Some(s.clone()), "--exit-after", 0.0)?)
+                    .filter(|n| *n >= 1.0 && n.fract() == 0.0)
+                    .ok_or_else(|| {
+                        Failure::usage(
+                            anyhow!("--exit-after {s} is not a positive number of peers"),
+                            "use a number such as 20",
+                        )
+                    })? as usize,
+            ),
+        };
+        let expect = match file.pick(&args.expect, "expect-hosts") {
+            None => Vec::new(),
+            Some(s) => parse_expect(&s)?,
+        };
+        let deadline = match file.pick(&args.deadline, "deadline") {
+            None => None,
+            Some(s) => {
+                let secs = parse_number(Some(s.clone()), "--deadline", 0.0)?;
+                if secs <= 0.0 {
+                    return Err(Failure::usage(
+                        anyhow!("--deadline {s} is not a positive number of seconds"),
+                        "use a number such as 600",
+                    ));
+                }
+                Some(Duration::from_secs_f64(secs))
+            }
+        };
+        if deadline.is_some() && exit_after.is_none() && expect.is_empty() {
+            return Err(Failure::usage(
+                anyhow!("--deadline needs --exit-after or --expect"),
+                "add --exit-after N or --expect HOST,... to say what must happen before the deadline",
+            ));
+        }
+        Ok(Self {
+            exit_after,
+            expect,
+            deadline,
+        })
+    }
+}
+
+fn parse_expect(s: &str) -> Result<Vec<Expected>, Failure> {
+    let hosts: Vec<Expected> = s
+        .split(',')
+        .map(str::trim)
+        .filter(|h| !h.is_empty())
+        .map(|h| {
+            if let Ok(a) = h.parse::<SocketAddr>() {
+                return Ok(Expected {
+                    ip: a.ip(),
+                    port: Some(a.port()),
+                });
+            }
+            h.parse::<IpAddr>()
+                .map(|ip| Expected { ip, port: None })
+                .map_err(|_| {
+                    Failure::usage(
+                        anyhow!("--expect entry {h:?} is not an IP or IP:PORT"),
+                        "list the hosts that must complete, like 10.0.0.6,10.0.0.7:42070",
+                    )
+                })
+        })
+        .collect::<Result<_, _>>()?;
+    if hosts.is_empty() {
+        return Err(Failure::usage(
+            anyhow!("--expect {s:?} names no host"),
+            "list the hosts that must complete, like 10.0.0.6,10.0.0.7:42070",
+        ));
+    }
+    Ok(hosts)
+}
+
+/// A peer that finished one torrent.
+struct Completion {
+    peer: SocketAddr,
+    info_hash: InfoHash,
+    seconds: f64,
+}
+
+/// What the run did, for the `summary` event and the closing report.
+struct Report {
+    start: Instant,
+    seeded: Vec<Seeded>,
+    completions: Vec<Completion>,
+    expect: Vec<Expected>,
+}
+
+impl Report {
+    /// Peers (by listen address) that completed every served path.
+    fn peers_done(&self) -> BTreeSet<SocketAddr> {
+        let mut by_peer: BTreeMap<SocketAddr, BTreeSet<InfoHash>> = BTreeMap::new();
+        for c in &self.completions {
+            by_peer.entry(c.peer).or_default().insert(c.info_hash);
+        }
+        by_peer
+            .into_iter()
+            .filter(|(_, done)| !self.seeded.is_empty() && done.len() == self.seeded.len())
+            .map(|(peer, _)| peer)
+            .collect()
+    }
+
+    /// Hosts of `--expect` that have not completed every path.
+    fn missing(&self) -> Vec<Expected> {
+        let done = self.peers_done();
+        self.expect
+            .iter()
+            .filter(|e| !done.iter().any(|p| e.matches(*p)))
+            .copied()
+            .collect()
+    }
+
+    /// Bytes uploaded this run, over every path.
+    fn uploaded(&self) -> u64 {
+        self.seeded.iter().map(Seeded::uploaded).sum()
+    }
+
+    fn summary(&self, out: &Output, code: u8) {
+        let uploaded = self.uploaded();
+        let torrents: Vec<_> = self
+            .seeded
+            .iter()
+            .map(|s| {
+                json!({"info_hash": s.info_hash.to_string(), "name": s.name, "path": s.path,
+                       "hashed": s.hashed, "uploaded": s.uploaded()})
+            })
+            .collect();
+        let completed: Vec<_> = self
+            .completions
+            .iter()
+            .map(|c| {
+                json!({"peer": c.peer.to_string(), "info_hash": c.info_hash.to_string(),
+                       "seconds": round_ms(c.seconds)})
+            })
+            .collect();
+        let missing: Vec<String> = self.missing().iter().map(ToString::to_string).collect();
+        out.event(
+            "summary",
+            json!({"changed": uploaded > 0, "exit_code": code,
+                   "seconds": round_ms(self.start.elapsed().as_secs_f64()), "uploaded": uploaded,
+                   "torrents": torrents, "completed_peers": completed, "missing": missing}),
+        );
+    }
+
+    /// The one line human mode prints on stderr when serve ends well.
+    fn line(&self) -> String {
+        let plural = |n: usize| if n == 1 { "" } else { "s" };
+        let (paths, peers) = (self.seeded.len(), self.peers_done().len());
+        format!(
+            "served {paths} path{} for {:.1} s: {peers} peer{} completed every path, {:.1} MiB uploaded",
+            plural(paths),
+            self.start.elapsed().as_secs_f64(),
+            plural(peers),
+            self.uploaded() as f64 / 1048576.0
+        )
+    }
+}
+
+fn round_ms(secs: f64) -> f64 {
+    (secs * 1000.0).round() / 1000.0
+}
+
+pub async fn run(args: ServeArgs, file: &FileValues, settings: Settings) -> Result<(), Failure> {
+    let out = Output::new(settings.json);
+    let mut report = Report {
+        start: Instant::now(),
+        seeded: Vec::new(),
+        completions: Vec::new(),
+        expect: Vec::new(),
+    };
+    let result = serve(args, file, settings, &out, &mut report).await;
+    let code = match &result {
+        Ok(()) => 0,
+        Err(f) => f.code as u8,
+    };
+    report.summary(&out, code);
+    if result.is_ok() && !out.is_json() {
+        eprintln!("{}", report.line());
+    }
+    result
+}
+
+async fn serve(
     args: ServeArgs,
     file: &FileValues,
     mut settings: Settings,
+    out: &Output,
+    report: &mut Report,
 ) -> Result<(), Failure> {
     let mut signals = Signals::install()?;
-    let out = Output::new(settings.json);
-    let torrent_out: Option<PathBuf> = file
-        .pick(
-            &args.torrent_out.as_ref().map(|p| p.display().to_string()),
-            "torrent-out",
-        )
-        .map(Into::into);
-    let exit_after = match file.pick(&args.exit_after, "exit-after") {
-        None => None,
-        Some(s) => Some(parse_number(Some(s.clone()), "--exit-after", 0.0)? as usize)
-            .filter(|n| *n > 0)
-            .map(Some)
-            .ok_or_else(|| {
-                Failure::usage(
-                    anyhow!("--exit-after {s} is not a positive number of peers"),
-                    "use a number such as 20",
-                )
-            })?,
-    };
+    let rules = StopRules::resolve(&args, file)?;
+    report.expect = rules.expect.clone();
+    let torrent_out: Option<PathBuf> = magnet::torrent_out(&args.torrent_out, file);
+    // Bound first, like the session below: a bad or taken address fails
+    // before any hashing or writing.
     let metrics = Metrics::start(file.pick(&args.metrics, "metrics")).await?;
-    let mut scans = Vec::new();
-    for path in &args.paths {
-        let p = path.clone();
-        let scan = tokio::task::spawn_blocking(move || builder::scan(&p))
-            .await
-            .expect("scan task panicked")
-            .map_err(|e| match e {
-                BuildError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
-                    Failure::usage(
-                        anyhow!("cannot serve {}: no such file or directory", path.display()),
-                        "check the path; serve takes existing files or directories",
-                    )
-                }
-                e => build_failure(e),
-            })?;
-        scans.push(scan);
-    }
-    if let Some(dir) = &torrent_out {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("cannot create --torrent-out directory {}", dir.display()))?;
-    }
-    let state = open_state(&settings)?;
-    let mut records = Vec::new();
-    for scan in &scans {
-        records.push(state.served(&scan.root.display().to_string())?);
-    }
-    // Same port as last time, when it is free and none was asked for.
-    if let PortChoice::Range(range) = &settings.port
-        && let Some(port) = records.iter().flatten().map(|r| r.port).next()
-    {
-        settings.port = PortChoice::Preferred(port, range.clone());
-    }
-    let mut bootstrap = state
-        .dht_nodes()?
+    let scanned = magnet::scan_paths(&args.paths, &settings).await?;
+    settings.port = magnet::port_choice(&settings, &scanned);
+    let mut bootstrap = magnet::remembered_dht_nodes(&settings)?
         .iter()
         .filter_map(|n| n.parse().ok())
         .collect::<Vec<_>>();
     bootstrap.retain(|a| !settings.peers.contains(a));
+    // Bind before hashing or writing anything: a taken port fails at once
+    // and leaves no state database or --torrent-out directory behind.
     let session = start_session(&settings, &bootstrap).await?;
     let mut events = session.events().expect("a new session's events");
-    let mut seeded = Vec::new();
-    for (scan, record) in scans.into_iter().zip(records) {
-        let signature = file_signature(&scan);
-        let (info, hashed) = match record.as_ref().filter(|r| r.files == signature) {
-            Some(r) => match Info::from_bytes(&r.info) {
-                Ok(info) => (info, false),
-                Err(_) => (hash(scan.clone()).await?, true),
-            },
-            None => (hash(scan.clone()).await?, true),
-        };
-        for skipped in &scan.skipped {
-            tracing::warn!(
-                "skipped {} (symlink to a directory, dangling, or not a regular file)",
-                skipped.display()
-            );
-        }
-        let info = Arc::new(info);
-        let path = scan.root.display().to_string();
-        let uploaded_before = record
-            .as_ref()
-            .filter(|r| r.info_hash == info.info_hash().to_string())
-            .map_or(0, |r| r.uploaded);
-        state.save_served(&Served {
-            path: path.clone(),
-            info_hash: info.info_hash().to_string(),
-            name: info.name.clone(),
-            piece_length: info.piece_length,
-            ip: settings.ip.to_string(),
-            port: session.local_addr().port(),
-            info: info.as_bytes().to_vec(),
-            files: signature,
-            uploaded: uploaded_before,
-        })?;
-        if let Some(dir) = &torrent_out {
-            let file = dir.join(format!("{}.torrent", info.info_hash()));
-            std::fs::write(&file, info.to_torrent_file())
-                .with_context(|| format!("cannot write {}", file.display()))?;
-        }
+    let prepared = magnet::prepare(scanned).await?;
+    let state = magnet::record(&settings, &prepared, session.local_addr().port())?;
+    if let Some(dir) = &torrent_out {
+        magnet::write_torrents(dir, &prepared)?;
+    }
+    for p in prepared {
         let id = session
             .add(
-                Source::Info(info.clone()),
-                Target::Seed {
-                    root: scan.root.clone(),
+                Source::Info(p.info.clone()),
+                Target::SeedScanned {
+                    files: p.scan.files.clone(),
+                    // A reused hash was trusted on sizes and mtimes alone.
+                    check_pieces: !p.hashed,
                 },
                 settings.peers.clone(),
             )
             .map_err(from_engine)?;
-        metrics.track(&session, id, &info.name);
-        let magnet = Magnet {
-            info_hash: info.info_hash(),
-            name: Some(info.name.clone()),
-            peers: vec![session.local_addr()],
-        };
+        metrics.track(&session, id, &p.info.name);
+        let magnet = p.magnet(session.local_addr());
         if out.is_json() {
-            out.event(
-                "serving",
-                json!({
-                    "magnet": magnet.to_string(),
-                    "info_hash": info.info_hash().to_string(),
-                    "name": info.name,
-                    "path": path,
-                    "bytes": info.total_length(),
-                    "hashed": hashed,
-                }),
-            );
+            out.event("serving", p.event(&magnet));
         } else {
             out.line(&magnet.to_string());
         }
-        seeded.push(Seeded {
-            path,
-            info_hash: id,
-            stats: session.watch_stats(id).expect("just added"),
-            uploaded_before,
-        });
+        report.seeded.push(seeded(&p, id, &session));
     }
+    let deadline = rules.deadline.map(|d| tokio::time::Instant::now() + d);
     let mut tick = tokio::time::interval(Duration::from_secs(2));
-    loop {
+    let result = loop {
         tokio::select! {
-            _ = signals.recv() => break,
+            _ = signals.recv() => break Ok(()),
+            _ = sleep_until(deadline) => break Err(deadline_failure(&rules, report)),
             Some(ev) = events.recv() => {
-                // A torrent whose files vanished is reported; the others keep serving.
-                if let Event::Failed { error } = ev.event
-                    && let Some(s) = seeded.iter().find(|s| s.info_hash == ev.info_hash)
-                {
-                    tracing::error!("{}: {error}", s.path);
+                on_event(ev, out, report);
+                if let Some(done) = stop_rule_met(&rules, report) {
+                    out.event("stopped", done);
+                    break Ok(());
+                }
+                if report.seeded.iter().all(|s| s.stopped) {
+                    break Err(Failure::new(
+                        Code::Runtime,
+                        anyhow!("nothing left to serve: every PATH stopped serving"),
+                    )
+                    .hint("run serve again to rehash changed files"));
                 }
             }
-            _ = tick.tick() => {
-                save_uploads(&state, &seeded);
-                if let Some(n) = exit_after {
-                    let done = seeded.iter().all(|s| s.stats.borrow().completed_peers >= n);
-                    if done {
-                        out.event("stopped", json!({"rule": "exit-after", "peers": n}));
-                        break;
-                    }
-                }
-            }
+            _ = tick.tick() => save_uploads(&state, &report.seeded),
         }
-    }
+    };
     save_dht_nodes(&state, &session).await;
     // Stopping the torrents publishes their final counters; save after it.
     session.shutdown().await;
-    save_uploads(&state, &seeded);
-    Ok(())
+    save_uploads(&state, &report.seeded);
+    result
+}
+
+fn seeded(p: &Prepared, id: InfoHash, session: &p2pfile_engine::Session) -> Seeded {
+    Seeded {
+        path: p.path(),
+        name: p.info.name.clone(),
+        info_hash: id,
+        hashed: p.hashed,
+        stats: session.watch_stats(id).expect("just added"),
+        uploaded_before: p.uploaded_before,
+        stopped: false,
+    }
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn on_event(ev: p2pfile_engine::TorrentEvent, out: &Output, report: &mut Report) {
+    let Some(s) = report
+        .seeded
+        .iter_mut()
+        .find(|s| s.info_hash == ev.info_hash)
+    else {
+        return;
+    };
+    match ev.event {
+        Event::PeerCompleted { addr } => {
+            let seconds = report.start.elapsed().as_secs_f64();
+            tracing::info!("{addr} completed {}", s.path);
+            out.event(
+                "peer_completed",
+                json!({"peer": addr.to_string(), "info_hash": ev.info_hash.to_string(),
+                       "seconds": round_ms(seconds)}),
+            );
+            report.completions.push(Completion {
+                peer: addr,
+                info_hash: ev.info_hash,
+                seconds,
+            });
+        }
+        Event::SourceChanged { path } => {
+            s.stopped = true;
+            let what = if path.display().to_string() == s.path {
+                "it".to_string()
+            } else {
+                s.path.clone()
+            };
+            tracing::warn!(
+                "{} changed since it was hashed, so {what} is no longer served (info-hash {}); run serve again to rehash",
+                path.display(),
+                s.info_hash
+            );
+            out.event(
+                "source_changed",
+                json!({"path": s.path, "file": path.display().to_string(),
+                       "info_hash": s.info_hash.to_string()}),
+            );
+        }
+        // A torrent whose files vanished is reported; the others keep serving.
+        Event::Failed { error } => {
+            s.stopped = true;
+            tracing::error!("{}: {error}", s.path);
+        }
+        _ => {}
+    }
+}
+
+/// The `stopped` event's fields once `--exit-after` and `--expect` (those
+/// given) are met; `None` while they are not, or when neither is given.
+fn stop_rule_met(rules: &StopRules, report: &Report) -> Option<serde_json::Value> {
+    if rules.exit_after.is_none() && rules.expect.is_empty() {
+        return None;
+    }
+    let done = report.peers_done().len();
+    if rules.exit_after.is_some_and(|n| done < n) || !report.missing().is_empty() {
+        return None;
+    }
+    Some(match rules.exit_after {
+        Some(n) if rules.expect.is_empty() => json!({"rule": "exit-after", "peers": n}),
+        _ => {
+            let hosts: Vec<String> = rules.expect.iter().map(ToString::to_string).collect();
+            json!({"rule": "expect", "hosts": hosts, "peers": done})
+        }
+    })
+}
+
+/// Exit 3 at `--deadline`, naming how many peers completed and which
+/// expected hosts did not.
+fn deadline_failure(rules: &StopRules, report: &Report) -> Failure {
+    let secs = rules.deadline.map_or(0.0, |d| d.as_secs_f64());
+    let done = report.peers_done().len();
+    let mut parts = Vec::new();
+    if let Some(n) = rules.exit_after {
+        parts.push(format!("{done} of {n} peers completed every path"));
+    }
+    let missing = report.missing();
+    if !missing.is_empty() {
+        let names: Vec<String> = missing.iter().map(ToString::to_string).collect();
+        parts.push(format!(
+            "{} of {} expected hosts did not complete every path: {}",
+            missing.len(),
+            rules.expect.len(),
+            names.join(", ")
+        ));
+    }
+    let hint = if missing.is_empty() {
+        "check that the hosts ran download with this magnet and can reach this one, or raise --deadline"
+    } else {
+        "check that the missing hosts ran download with this magnet and can reach this one, or raise --deadline"
+    };
+    Failure::new(
+        Code::Incomplete,
+        anyhow!("deadline of {secs} s passed: {}", parts.join("; ")),
+    )
+    .hint(hint)
 }
 
 fn save_uploads(state: &crate::state::State, seeded: &[Seeded]) {
     for s in seeded {
-        let total = s.uploaded_before + s.stats.borrow().uploaded;
+        let total = s.uploaded_before + s.uploaded();
         if let Err(e) = state.set_served_uploaded(&s.path, total) {
             tracing::warn!(
                 "cannot record upload totals in {}: {e:#}",
@@ -215,39 +470,22 @@ fn save_uploads(state: &crate::state::State, seeded: &[Seeded]) {
     }
 }
 
-async fn hash(scan: Scan) -> Result<Info, Failure> {
-    tokio::task::spawn_blocking(move || builder::hash(scan))
-        .await
-        .expect("hashing task panicked")
-        .map(|b| b.info)
-        .map_err(build_failure)
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-fn build_failure(e: BuildError) -> Failure {
-    match e {
-        BuildError::Io { .. } | BuildError::BadName(_) => {
-            Failure::usage(e, "check that every file under the path is readable")
-        }
-        BuildError::Metainfo(_) => Failure::usage(e, "serve needs at least one file"),
+    #[test]
+    fn expected_hosts_match_by_ip_or_by_ip_and_port() {
+        let hosts = parse_expect(" 10.0.0.6, 10.0.0.7:42070,").unwrap();
+        assert_eq!(hosts.len(), 2);
+        let peer = |s: &str| s.parse::<SocketAddr>().unwrap();
+        assert!(hosts[0].matches(peer("10.0.0.6:42099")));
+        assert!(!hosts[0].matches(peer("10.0.0.60:42099")));
+        assert!(hosts[1].matches(peer("10.0.0.7:42070")));
+        assert!(!hosts[1].matches(peer("10.0.0.7:42071")));
+        assert_eq!(hosts[1].to_string(), "10.0.0.7:42070");
+        assert_eq!(hosts[0].to_string(), "10.0.0.6");
+        assert!(parse_expect("host-a").is_err());
+        assert!(parse_expect(" , ").is_err());
     }
-}
-
-/// Files, sizes, modification times and execute bits: when these match the
-/// record, the content is taken as unchanged and is not hashed again. The
-/// bit is in the torrent (BEP 47 `x`) and a `chmod` leaves the mtime alone.
-/// Only executables carry it, so a record made before p2pfile carried the
-/// bit still matches a tree without executables, whose info-hash is the same.
-fn file_signature(scan: &Scan) -> String {
-    let files: Vec<_> = scan
-        .files
-        .iter()
-        .map(|f| {
-            let mut sig = json!([f.path.join("/"), f.length, f.mtime_ns.to_string()]);
-            if f.executable {
-                sig.as_array_mut().expect("an array").push(json!("x"));
-            }
-            sig
-        })
-        .collect();
-    json!({"name": scan.name, "single": scan.single_file, "files": files, "empty_dirs": scan.empty_dirs}).to_string()
 }

@@ -12,7 +12,7 @@ const LIMIT: Duration = Duration::from_secs(60);
 
 /// Runs p2pfile with `args` and checks the exit code and that stderr
 /// starts with `error:`, mentions `needle`, gives a hint, and never panics.
-fn fails(env: &Env, args: &[&str], code: i32, needle: &str) -> String {
+pub(crate) fn fails(env: &Env, args: &[&str], code: i32, needle: &str) -> String {
     let mut c = env.cmd();
     c.args(args);
     let out = run(c, LIMIT);

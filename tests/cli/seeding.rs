@@ -5,14 +5,14 @@ use std::process::Command;
 
 use crate::util::*;
 
-fn source(env: &Env, size: usize) -> std::path::PathBuf {
+pub(crate) fn source(env: &Env, size: usize) -> std::path::PathBuf {
     fs::create_dir_all(env.path("src")).unwrap();
     let p = env.path("src/payload.bin");
     fs::write(&p, data(size, 42)).unwrap();
     p
 }
 
-fn download(env: &Env, ip: &str, dir: &str, magnet: &str, extra: &[&str]) -> Command {
+pub(crate) fn download(env: &Env, ip: &str, dir: &str, magnet: &str, extra: &[&str]) -> Command {
     let mut c = env.cmd();
     c.args(["--ip", ip, "download", "--json", "--dir", dir])
         .args(extra)

@@ -24,6 +24,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::bitfield::Bitfield;
+use crate::builder::ScannedFile;
 use crate::choker::FirstUpload;
 use crate::error::{Error, TorrentError};
 use crate::event::{Event, Phase, Stats, TorrentEvent};
@@ -92,6 +93,23 @@ pub enum Target {
         /// The files, in the info's order, pad entries left out.
         files: Vec<PathBuf>,
     },
+    /// Seed the files of a scan that the torrent's info was hashed from
+    /// (one per file entry that is not a pad file, in info order), serving
+    /// only what was hashed: a file whose length or modification time is
+    /// no longer the scanned one (checked when the torrent starts and after
+    /// every read for a peer), or with `check_pieces` a piece that does not
+    /// match its hash, stops the torrent with
+    /// [`crate::Event::SourceChanged`] before any changed byte is sent.
+    SeedScanned {
+        /// The files as scanned before hashing.
+        files: Vec<ScannedFile>,
+        /// Check each piece against its hash the first time a peer asks for
+        /// it (see [`Storage::verify_before_serving`]): for an info taken
+        /// from an earlier hash because sizes and mtimes matched, which a
+        /// replacement keeping both would fool. Content hashed from these
+        /// very files needs no such check.
+        check_pieces: bool,
+    },
     /// Download into `dir`, as `dir/<name>`.
     Download {
         /// The directory.
@@ -117,16 +135,15 @@ impl Target {
     /// magnet): [`Target::SeedFiles`] needs the info, and one path per
     /// file of it.
     pub(crate) fn check(&self, info: Option<&Info>) -> Result<(), Error> {
-        let Target::SeedFiles { files } = self else {
-            return Ok(());
+        let given = match self {
+            Target::SeedFiles { files } => files.len(),
+            Target::SeedScanned { files, .. } => files.len(),
+            Target::Seed { .. } | Target::Download { .. } => return Ok(()),
         };
         let info = info.ok_or(Error::SeedFilesNeedInfo)?;
         let expected = info.files.iter().filter(|f| !f.is_pad()).count();
-        if files.len() != expected {
-            return Err(Error::SeedFilesCount {
-                expected,
-                given: files.len(),
-            });
+        if given != expected {
+            return Err(Error::SeedFilesCount { expected, given });
         }
         Ok(())
     }
@@ -146,6 +163,8 @@ enum Job {
         /// The targets kept because they changed.
         result: Result<Vec<PathBuf>, TorrentError>,
     },
+    /// A seeded file changed since it was hashed (see [`Target::SeedScanned`]).
+    SourceChanged(PathBuf),
 }
 
 /// A known address and what we know of it.
@@ -479,6 +498,7 @@ impl Torrent {
             Job::Checked(result) => self.on_checked(result),
             Job::Verified { index, result } => self.on_verified(index, result),
             Job::Finalized { replaced, result } => self.on_finalized(replaced, result),
+            Job::SourceChanged(path) => self.source_changed(path),
         }
     }
 
@@ -501,6 +521,23 @@ impl Torrent {
                 Target::SeedFiles { files } => {
                     let storage = Storage::with_paths(&info, &files, false)
                         .expect("bug: path count not checked by Session::add_torrent");
+                    Ok((storage, Bitfield::full(info.piece_count()), None, true))
+                }
+                Target::SeedScanned {
+                    files,
+                    check_pieces,
+                } => {
+                    let paths: Vec<PathBuf> = files.iter().map(|f| f.disk_path.clone()).collect();
+                    let mtimes: Vec<i128> = files.iter().map(|f| f.mtime_ns).collect();
+                    let mut storage = Storage::with_paths(&info, &paths, false)
+                        .and_then(|s| s.expect_unchanged(&mtimes))
+                        .expect("bug: path count not checked by Session::add_torrent");
+                    if check_pieces {
+                        storage = storage.verify_before_serving(info.pieces.clone());
+                    }
+                    if let Some(path) = storage.changed_file() {
+                        let _ = jobs.send(Job::SourceChanged(path));
+                    }
                     Ok((storage, Bitfield::full(info.piece_count()), None, true))
                 }
                 Target::Download { dir, hints } => {
@@ -565,15 +602,31 @@ impl Torrent {
         self.publish_stats();
     }
 
+    /// A seeded file changed since it was hashed: stop serving for good
+    /// (its pieces may not match their hashes any more), once.
+    pub(super) fn source_changed(&mut self, path: PathBuf) {
+        if matches!(self.state, State::Failed) {
+            return;
+        }
+        tracing::debug!(info_hash = %self.info_hash, "{} changed since it was hashed", path.display());
+        self.stop_for_good("seeded file changed", Event::SourceChanged { path });
+    }
+
     fn fail(&mut self, error: TorrentError) {
         tracing::debug!(info_hash = %self.info_hash, "failed: {error}");
+        self.stop_for_good("torrent failed", Event::Failed { error });
+    }
+
+    /// Drops every peer, refuses new ones (the `Failed` state) and reports why.
+    fn stop_for_good(&mut self, reason: &str, event: Event) {
         self.state = State::Failed;
         let keys: Vec<_> = self.peers.keys().copied().collect();
         for key in keys {
-            self.drop_peer(key, "torrent failed");
+            self.drop_peer(key, reason);
         }
-        self.emit(Event::Failed { error });
+        // Counters first: whoever sees the event sees the `Failed` phase.
         self.publish_stats();
+        self.emit(event);
     }
 
     fn publish_stats(&self) {

@@ -261,6 +261,7 @@ impl Torrent {
     pub(super) fn on_peer_event(&mut self, key: PeerKey, ev: PeerEvent) {
         match ev {
             PeerEvent::Closed(reason) => self.drop_peer(key, &reason),
+            PeerEvent::SourceChanged(path) => self.source_changed(path),
             PeerEvent::Uploaded(n) => {
                 self.uploaded += n;
                 self.up_rate.add(n);
@@ -439,7 +440,10 @@ impl Torrent {
         }
         if peer.is_seed() {
             if peer.seen_incomplete {
-                self.completed_peers.insert(peer.peer_id);
+                if self.completed_peers.insert(peer.peer_id) {
+                    let addr = peer.listen.unwrap_or(peer.addr);
+                    self.emit(Event::PeerCompleted { addr });
+                }
             } else {
                 self.seeds_seen.insert(peer.peer_id);
             }
