@@ -156,6 +156,9 @@ pub struct DownloadArgs {
         value_name = "SECS"
     )]
     pub seeding_until_idle: Option<String>,
+    /// Only check the disk, with no network and writing nothing: exit 0 when every SOURCE is complete in DIR, 3 when not
+    #[arg(long, env = "P2PFILE_CHECK", value_parser = BoolishValueParser::new())]
+    pub check: bool,
 }
 
 #[derive(Debug, Args)]

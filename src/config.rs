@@ -39,6 +39,7 @@ const KEYS: &[&str] = &[
     "trash-days",
     "rescan",
     "discovery-port",
+    "check",
 ];
 
 const DEFAULT_PORT_RANGE: (u16, u16) = (42070, 42099);

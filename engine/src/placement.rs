@@ -145,6 +145,18 @@ impl Placement {
         } else {
             Bitfield::new(info.piece_count())
         };
+        // Before the first write: a download that cannot fit fails now,
+        // not with a full disk halfway through.
+        let need = to_write(&storage, &have);
+        let dir = self.part.parent().unwrap_or(Path::new("."));
+        if let Some(free) = crate::storage::free_space(dir)
+            && need > free
+        {
+            return Err(io::Error::new(
+                io::ErrorKind::StorageFull,
+                NotEnoughSpace { need, free },
+            ));
+        }
         storage.prepare()?;
         if let Some((target, target_have)) = target_have {
             let mut buf = Vec::new();
@@ -286,6 +298,78 @@ impl Placement {
             }
         }
     }
+}
+
+/// Why [`Placement::prepare`] refused to start: the bytes still to be
+/// written exceed the space free. Carried inside the `io::Error` it returns.
+#[derive(Debug)]
+pub(crate) struct NotEnoughSpace {
+    pub need: u64,
+    pub free: u64,
+}
+
+impl std::fmt::Display for NotEnoughSpace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "needs {} bytes, {} free", self.need, self.free)
+    }
+}
+
+impl std::error::Error for NotEnoughSpace {}
+
+/// Bytes of the pieces not in `have`, padding left out: what a part
+/// still needs on disk.
+fn to_write(storage: &Storage, have: &Bitfield) -> u64 {
+    (0..storage.piece_count())
+        .filter(|&i| !have.get(i))
+        .map(|i| storage.data_size(i as u32) as u64)
+        .sum()
+}
+
+/// What a download of `info` into `dir` finds at `DIR/<name>`, read
+/// without writing anything.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TargetCheck {
+    /// Pieces of the torrent.
+    pub pieces: usize,
+    /// Pieces whose bytes at the target match their hash (0 when the
+    /// files' sizes already show the target is not this content).
+    pub valid_pieces: usize,
+    /// The target holds exactly this content: every piece, right layout.
+    pub complete: bool,
+}
+
+/// Checks `DIR/<name>` against `info`, hashing only when every file is
+/// there with its size (otherwise it cannot be complete, and the download
+/// that follows checks the pieces anyway).
+pub fn verify_target(dir: &Path, info: &Info) -> TargetCheck {
+    let target = dir.join(&info.name);
+    let pieces = info.piece_count();
+    if !layout_matches(info, &target) {
+        return TargetCheck {
+            pieces,
+            valid_pieces: 0,
+            complete: false,
+        };
+    }
+    let have = Storage::new(info, &target, false).verify(&info.pieces);
+    TargetCheck {
+        pieces,
+        valid_pieces: have.count(),
+        complete: have.is_full(),
+    }
+}
+
+/// Bytes a download of `info` into `dir` still has to write: the content
+/// less the pieces already verified in its part (a resumed download).
+pub fn bytes_to_write(dir: &Path, info: &Info) -> u64 {
+    let part = Placement::new(dir, info).part;
+    let storage = Storage::new(info, &part, false);
+    let have = if fs::symlink_metadata(&part).is_ok() {
+        storage.verify(&info.pieces)
+    } else {
+        Bitfield::new(info.piece_count())
+    };
+    to_write(&storage, &have)
 }
 
 /// True when a complete target holds exactly the torrent's files (no

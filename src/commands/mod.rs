@@ -82,3 +82,15 @@ pub async fn save_dht_nodes(state: &State, session: &Session) {
         );
     }
 }
+
+/// Files, sizes and modification times: when these match the record, the
+/// content is taken as unchanged: `serve` does not hash it again, and a
+/// `download` whose recorded signature matches needs no check at all.
+pub fn file_signature(scan: &p2pfile_engine::builder::Scan) -> String {
+    let files: Vec<_> = scan
+        .files
+        .iter()
+        .map(|f| serde_json::json!([f.path.join("/"), f.length, f.mtime_ns.to_string()]))
+        .collect();
+    serde_json::json!({"name": scan.name, "single": scan.single_file, "files": files, "empty_dirs": scan.empty_dirs}).to_string()
+}

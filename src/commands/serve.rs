@@ -14,7 +14,7 @@ use p2pfile_engine::{Event, PortChoice, Source, Stats, Target};
 use serde_json::json;
 use tokio::sync::watch;
 
-use super::{Signals, open_state, save_dht_nodes, start_session};
+use super::{Signals, file_signature, open_state, save_dht_nodes, start_session};
 use crate::cli::ServeArgs;
 use crate::config::{FileValues, Settings, parse_number};
 use crate::error::{Failure, from_engine};
@@ -227,15 +227,4 @@ fn build_failure(e: BuildError) -> Failure {
         }
         BuildError::Metainfo(_) => Failure::usage(e, "serve needs at least one file"),
     }
-}
-
-/// Files, sizes and modification times: when these match the record, the
-/// content is taken as unchanged and is not hashed again.
-fn file_signature(scan: &Scan) -> String {
-    let files: Vec<_> = scan
-        .files
-        .iter()
-        .map(|f| json!([f.path.join("/"), f.length, f.mtime_ns.to_string()]))
-        .collect();
-    json!({"name": scan.name, "single": scan.single_file, "files": files, "empty_dirs": scan.empty_dirs}).to_string()
 }

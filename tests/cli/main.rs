@@ -3,6 +3,7 @@
 
 mod errors;
 mod interop;
+mod rerun;
 mod seeding;
 mod state;
 mod sync;
