@@ -10,9 +10,10 @@ use clap::{Args, Parser, Subcommand};
 pub const EXIT_CODES: &str = "\
 Exit codes:
   0    success
-  1    runtime failure (disk full, I/O error, torrent failed)
+  1    runtime failure (disk full or too little free space, I/O error, torrent failed)
   2    usage or input error (bad flag, config, magnet, .torrent, missing path)
   3    incomplete: a download found no peer or made no progress before --timeout;
+       download --check found a source not complete;
        sync --once did not converge before --timeout
   4    port unavailable: --port taken, or every port of --port-range taken
   130  interrupted (SIGINT/SIGTERM during a download), after a clean shutdown";

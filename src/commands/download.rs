@@ -370,8 +370,8 @@ async fn download(
     check_space(&dir, &pending, &locals, out)
         .await
         .inspect_err(|f| {
-            for &i in &pending {
-                if let Some(l) = &locals[i] {
+            for l in pending.iter().filter_map(|&i| locals[i].as_ref()) {
+                if l.complete.is_none() {
                     fail_record(&state, &dir_text, l, &f.error.to_string());
                 }
             }
@@ -419,17 +419,13 @@ async fn download(
             )
             .map_err(from_engine)?;
         let info_hash = id.to_string();
-        let before = state.download(&info_hash, &dir_text)?.unwrap_or(Download {
-            info_hash: info_hash.clone(),
-            dir: dir_text.clone(),
-            name: name.clone().unwrap_or_default(),
-            state: "downloading".into(),
-            total: 0,
-            have: 0,
-            uploaded: 0,
-            downloaded: 0,
-            seeding_secs: 0.0,
-            reason: String::new(),
+        let before = state.download(&info_hash, &dir_text)?.unwrap_or_else(|| {
+            Download::new(
+                &info_hash,
+                &dir_text,
+                name.as_deref().unwrap_or_default(),
+                "downloading",
+            )
         });
         out.event(
             "started",
@@ -687,18 +683,9 @@ async fn inspect(state: Option<&State>, dir: &Path, info: Arc<Info>) -> Result<L
 /// signature of its files now, so the next run needs no network.
 fn record_complete(state: &State, dir: &str, info: &Info) -> Result<(), Failure> {
     let hash = info.info_hash().to_string();
-    let mut d = state.download(&hash, dir)?.unwrap_or(Download {
-        info_hash: hash.clone(),
-        dir: dir.into(),
-        name: info.name.clone(),
-        state: String::new(),
-        total: 0,
-        have: 0,
-        uploaded: 0,
-        downloaded: 0,
-        seeding_secs: 0.0,
-        reason: String::new(),
-    });
+    let mut d = state
+        .download(&hash, dir)?
+        .unwrap_or_else(|| Download::new(&hash, dir, &info.name, "complete"));
     if d.state != "seeding" {
         d.state = "complete".into();
     }
@@ -718,25 +705,16 @@ fn record_complete(state: &State, dir: &str, info: &Info) -> Result<(), Failure>
 /// Records a source that failed before it reached the network.
 fn fail_record(state: &State, dir: &str, local: &Local, reason: &str) {
     let hash = local.info.info_hash().to_string();
-    let d = match state.download(&hash, dir) {
-        Ok(Some(d)) => Download {
-            state: "failed".into(),
-            reason: reason.into(),
-            ..d
-        },
-        _ => Download {
-            info_hash: hash,
-            dir: dir.into(),
-            name: local.info.name.clone(),
-            state: "failed".into(),
+    let mut d = state
+        .download(&hash, dir)
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| Download {
             total: local.info.total_length(),
-            have: 0,
-            uploaded: 0,
-            downloaded: 0,
-            seeding_secs: 0.0,
-            reason: reason.into(),
-        },
-    };
+            ..Download::new(&hash, dir, &local.info.name, "")
+        });
+    d.state = "failed".into();
+    d.reason = reason.into();
     if let Err(e) = state.save_download(&d) {
         tracing::warn!("cannot record {} as failed: {e:#}", d.name);
     }

@@ -127,6 +127,24 @@ pub struct Download {
     pub reason: String,
 }
 
+impl Download {
+    /// A download with no counters yet.
+    pub fn new(info_hash: &str, dir: &str, name: &str, state: &str) -> Self {
+        Self {
+            info_hash: info_hash.into(),
+            dir: dir.into(),
+            name: name.into(),
+            state: state.into(),
+            total: 0,
+            have: 0,
+            uploaded: 0,
+            downloaded: 0,
+            seeding_secs: 0.0,
+            reason: String::new(),
+        }
+    }
+}
+
 /// An open state database.
 pub struct State {
     conn: Connection,

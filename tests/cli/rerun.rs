@@ -48,12 +48,25 @@ fn status_downloads(env: &Env) -> Vec<serde_json::Value> {
         .collect()
 }
 
-/// A tree of a few files over several pieces.
-fn make_tree(root: &Path) {
+/// A tree of a few files over several pieces at `src/tree`, served.
+fn serve_tree(env: &Env, extra: &[&str]) -> (std::path::PathBuf, Server) {
+    let root = env.path("src/tree");
     fs::create_dir_all(root.join("sub")).unwrap();
     fs::write(root.join("a.bin"), data(700_000, 1)).unwrap();
     fs::write(root.join("sub/b.bin"), data(300_000, 2)).unwrap();
     fs::write(root.join("sub/c.txt"), b"hello").unwrap();
+    let seed = env.serve(&host(), extra, &[&root]);
+    (root, seed)
+}
+
+/// The one file `serve --torrent-out torrents` wrote.
+fn only_torrent(env: &Env) -> std::path::PathBuf {
+    let mut files: Vec<_> = fs::read_dir(env.path("torrents"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    files.pop().unwrap()
 }
 
 /// Holds `ip:port` so that any session the command starts would fail with
@@ -67,10 +80,8 @@ fn taken_port(ip: &str) -> (TcpListener, String) {
 #[test]
 fn rerun_after_success_needs_no_network_and_rechecks_changed_files() {
     let env = Env::new();
-    let src = env.path("src/tree");
-    make_tree(&src);
+    let (_, seed) = serve_tree(&env, &[]);
     let ip = host();
-    let seed = env.serve(&host(), &[], &[&src]);
     let magnet = seed.magnet().to_string();
     let out = run(download(&env, &ip, "dl", &[], &[&magnet]), LIMIT);
     assert!(out.status.success(), "{}", stderr(&out));
@@ -164,9 +175,7 @@ fn rerun_after_success_needs_no_network_and_rechecks_changed_files() {
 #[test]
 fn prefilled_host_fetches_metadata_verifies_and_moves_nothing() {
     let env = Env::new();
-    let src = env.path("src/tree");
-    make_tree(&src);
-    let seed = env.serve(&host(), &[], &[&src]);
+    let (src, seed) = serve_tree(&env, &[]);
     // Copied by hand to two hosts; neither has a state database.
     for d in ["h1", "h2"] {
         fs::create_dir_all(env.path(d)).unwrap();
@@ -216,17 +225,10 @@ fn prefilled_host_fetches_metadata_verifies_and_moves_nothing() {
 #[test]
 fn check_needs_no_network_writes_nothing_and_says_0_or_3() {
     let env = Env::new();
-    let src = env.path("src/tree");
-    make_tree(&src);
-    let seed = env.serve(&host(), &["--torrent-out", "torrents"], &[&src]);
+    let (src, seed) = serve_tree(&env, &["--torrent-out", "torrents"]);
     let magnet = seed.magnet().to_string();
     assert!(seed.terminate().success());
-    let torrent = fs::read_dir(env.path("torrents"))
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
+    let torrent = only_torrent(&env);
     let torrent = torrent.display().to_string();
     let ip = host();
     let (_held, port) = taken_port(&ip);
@@ -283,9 +285,7 @@ fn check_needs_no_network_writes_nothing_and_says_0_or_3() {
 #[test]
 fn check_uses_the_recorded_signature_after_a_download() {
     let env = Env::new();
-    let src = env.path("src/tree");
-    make_tree(&src);
-    let seed = env.serve(&host(), &[], &[&src]);
+    let (_, seed) = serve_tree(&env, &[]);
     let magnet = seed.magnet().to_string();
     let out = run(download(&env, &host(), "dl", &[], &[&magnet]), LIMIT);
     assert!(out.status.success(), "{}", stderr(&out));
@@ -510,12 +510,7 @@ fn not_enough_space_fails_before_any_network_or_write() {
         &["--torrent-out", "torrents"],
         &[&env.path("src/big.bin")],
     );
-    let torrent = fs::read_dir(env.path("torrents"))
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
+    let torrent = only_torrent(&env);
     // Info known (.torrent): refused before the session, so a taken port
     // does not matter.
     let ip = host();
