@@ -454,6 +454,42 @@ mod tests {
         assert_eq!(prep.have.count(), info.piece_count() - 1);
     }
 
+    #[test]
+    fn offline_checks_count_what_is_on_disk_and_write_nothing() {
+        let src = tempfile::tempdir().unwrap();
+        let dst = tempfile::tempdir().unwrap();
+        let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        let info = seed(src.path(), &data);
+        let pieces = info.piece_count();
+        let nothing = verify_target(dst.path(), &info);
+        assert_eq!((nothing.valid_pieces, nothing.complete), (0, false));
+        assert_eq!(bytes_to_write(dst.path(), &info), 200_000);
+        // A part holding every piece but the last.
+        let pl = Placement::new(dst.path(), &info);
+        let prep = pl.prepare(&info, &[]).unwrap();
+        let last = info.piece_count() as u32 - 1;
+        let upto = prep.storage.piece_offset(last) as usize;
+        prep.storage.write_at(0, &data[..upto]).unwrap();
+        assert_eq!(
+            bytes_to_write(dst.path(), &info),
+            info.piece_size(last) as u64
+        );
+        // The target: complete, then one byte off.
+        fs::write(dst.path().join("f.bin"), &data).unwrap();
+        let full = verify_target(dst.path(), &info);
+        assert_eq!((full.valid_pieces, full.complete), (pieces, true));
+        let mut bad = data.clone();
+        bad[10] ^= 1;
+        fs::write(dst.path().join("f.bin"), &bad).unwrap();
+        let off = verify_target(dst.path(), &info);
+        assert_eq!((off.valid_pieces, off.complete), (pieces - 1, false));
+        // A longer file cannot be the content: not even hashed.
+        bad.push(0);
+        fs::write(dst.path().join("f.bin"), &bad).unwrap();
+        assert_eq!(verify_target(dst.path(), &info).valid_pieces, 0);
+        assert_eq!(fs::read(dst.path().join("f.bin")).unwrap(), bad);
+    }
+
     /// A torrent of `files` with each file piece-aligned by pad files, as
     /// sync builds them, and its content stream.
     fn aligned(name: &str, files: &[(&str, &[u8])]) -> (Info, Vec<u8>) {

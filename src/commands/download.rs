@@ -408,15 +408,17 @@ async fn download(
     let mut tracks = Vec::new();
     let mut sources: Vec<Option<Source>> = sources.into_iter().map(Some).collect();
     for i in pending {
-        let source = sources[i].take().expect("each source once");
+        let mut source = sources[i].take().expect("each source once");
+        let mut peers = settings.peers.clone();
+        if let (Source::Magnet(m), Some(local)) = (&source, &locals[i]) {
+            // The recorded info dictionary: no metadata to wait for.
+            peers.extend(&m.peers);
+            source = Source::Info(local.info.clone());
+        }
         let text = &report.entries[i].source;
         let name = report.entries[i].name.clone();
         let id = session
-            .add(
-                source,
-                Target::download(dir.clone()),
-                settings.peers.clone(),
-            )
+            .add(source, Target::download(dir.clone()), peers)
             .map_err(from_engine)?;
         let info_hash = id.to_string();
         let before = state.download(&info_hash, &dir_text)?.unwrap_or_else(|| {
@@ -531,7 +533,11 @@ async fn download(
         }
         save(&state, t, &dir);
         let s = t.stats.borrow().clone();
+        let started = report.started;
         let e = &mut report.entries[t.entry];
+        e.seconds = t
+            .completed_at
+            .map(|c| round_ms(c.duration_since(started).as_secs_f64()));
         e.name = t.name.clone().or(e.name.take());
         e.path = e.name.as_ref().map(|n| dir.join(n));
         e.bytes = if s.total > 0 { s.total } else { e.bytes };

@@ -80,7 +80,7 @@ fn taken_port(ip: &str) -> (TcpListener, String) {
 #[test]
 fn rerun_after_success_needs_no_network_and_rechecks_changed_files() {
     let env = Env::new();
-    let (_, seed) = serve_tree(&env, &[]);
+    let (src, seed) = serve_tree(&env, &[]);
     let ip = host();
     let magnet = seed.magnet().to_string();
     let out = run(download(&env, &ip, "dl", &[], &[&magnet]), LIMIT);
@@ -170,6 +170,22 @@ fn rerun_after_success_needs_no_network_and_rechecks_changed_files() {
         table.contains("failed") && table.contains("no progress on tree"),
         "{table}"
     );
+
+    // A seed again (the bare magnet: the recorded info needs no metadata):
+    // only the changed piece moves, and the record is `complete` again.
+    let seed = env.serve(&host(), &[], &[&src]);
+    let bare = format!("{}&x.pe={}", without_peers(&magnet), peer_of(seed.magnet()));
+    let out = run(download(&env, &ip, "dl", &[], &[&bare]), LIMIT);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let s = summary(&out);
+    assert_eq!(s["sources"][0]["result"], "downloaded");
+    assert_eq!(s["changed"], true);
+    let moved = s["downloaded"].as_u64().unwrap();
+    assert!(moved > 0 && moved < 1_000_005 / 2, "moved {moved}");
+    assert_same_tree(&src, &env.path("dl/tree"));
+    let rows = status_downloads(&env);
+    assert_eq!(rows[0]["state"], "complete", "{rows:?}");
+    assert!(rows[0]["reason"].is_null(), "{rows:?}");
 }
 
 #[test]
