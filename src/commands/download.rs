@@ -337,6 +337,20 @@ async fn download(
             }
             if let (Some(state), false) = (&state, check) {
                 record_complete(state, &dir_text, &info)?;
+                // As a download that finished: scripts waiting for
+                // `completed` work the same on a rerun.
+                out.event(
+                    "completed",
+                    json!({
+                        "info_hash": info.info_hash().to_string(),
+                        "name": info.name,
+                        "path": path.display().to_string(),
+                        "bytes": info.total_length(),
+                        "downloaded": 0,
+                        "seconds": seconds,
+                        "result": result,
+                    }),
+                );
             }
             if !out.is_json() {
                 out.line(&path.display().to_string());
@@ -861,7 +875,7 @@ fn on_event(
         } => {
             t.already_complete = already_complete;
             t.valid_pieces = valid_pieces;
-            out.event("checked", json!({"info_hash": hash, "valid_pieces": valid_pieces, "valid_bytes": valid_bytes}));
+            out.event("checked", json!({"info_hash": hash, "valid_pieces": valid_pieces, "valid_bytes": valid_bytes, "already_complete": already_complete}));
         }
         Event::Completed => {
             let s = t.stats.borrow().clone();

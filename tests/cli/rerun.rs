@@ -121,9 +121,15 @@ fn rerun_after_success_needs_no_network_and_rechecks_changed_files() {
             .display()
             .to_string()
     );
+    let evs = events(&out);
     assert!(
-        !events(&out).iter().any(|e| e["event"] == "started"),
+        !evs.iter().any(|e| e["event"] == "started"),
         "no torrent started"
+    );
+    let done = JsonProc::find(&evs, "completed").expect("a completed event");
+    assert_eq!(
+        (done["downloaded"].as_u64(), done["result"].as_str()),
+        (Some(0), Some("already-complete"))
     );
 
     // A newer mtime: pieces are verified on disk, still offline.
@@ -234,6 +240,8 @@ fn prefilled_host_fetches_metadata_verifies_and_moves_nothing() {
     assert_eq!(s["sources"][0]["result"], "verified");
     assert_eq!(s["sources"][0]["changed"], false);
     assert_eq!(s["sources"][0]["downloaded"], 0);
+    let checked = JsonProc::find(&events(&out), "checked").expect("checked");
+    assert_eq!(checked["already_complete"], true, "{checked}");
     assert_eq!(s["changed"], false);
     assert_same_tree(&src, &env.path("h2/tree"));
 }
