@@ -300,64 +300,7 @@ async fn download(
     let dir_text = dir.display().to_string();
 
     // Local first: what the disk already holds needs no network.
-    let mut locals: Vec<Option<Local>> = Vec::new();
-    for (i, source) in sources.iter().enumerate() {
-        let (hash, _) = source_identity(source);
-        let info = match source {
-            Source::Info(info) => Some(info.clone()),
-            Source::Magnet(_) => state
-                .as_ref()
-                .map(|s| s.known_info(&hash.to_string()))
-                .transpose()?
-                .flatten()
-                .and_then(|raw| Info::from_bytes(&raw).ok())
-                .filter(|info| info.info_hash() == hash)
-                .map(Arc::new),
-        };
-        let Some(info) = info else {
-            locals.push(None);
-            continue;
-        };
-        let local = inspect(state.as_ref(), &dir, info.clone()).await?;
-        let seconds = report.seconds();
-        let e = &mut report.entries[i];
-        e.name = Some(info.name.clone());
-        e.path = Some(dir.join(&info.name));
-        e.bytes = info.total_length();
-        if let Some(result) = local.complete {
-            e.result = Some(result);
-            e.seconds = Some(seconds);
-            let path = dir.join(&info.name);
-            if result == "verified" {
-                out.note(&format!(
-                    "{} was already complete (verified {} pieces, nothing downloaded)",
-                    path.display(),
-                    local.valid_pieces
-                ));
-            }
-            if let (Some(state), false) = (&state, check) {
-                record_complete(state, &dir_text, &info)?;
-                // As a download that finished: scripts waiting for
-                // `completed` work the same on a rerun.
-                out.event(
-                    "completed",
-                    json!({
-                        "info_hash": info.info_hash().to_string(),
-                        "name": info.name,
-                        "path": path.display().to_string(),
-                        "bytes": info.total_length(),
-                        "downloaded": 0,
-                        "seconds": seconds,
-                        "result": result,
-                    }),
-                );
-            }
-            if !out.is_json() {
-                out.line(&path.display().to_string());
-            }
-        }
-        locals.push(Some(local));
-    }
+    let locals = settle_locally(&sources, state.as_ref(), &dir, check, out, report).await?;
     if check {
         let missing: Vec<String> = report
             .entries
@@ -530,8 +473,21 @@ async fn download(
     save_dht_nodes(&state, &session).await;
     // Stopping the torrents publishes their final counters; save after it.
     session.shutdown().await;
-    let failure = result.as_ref().err();
-    for t in &mut tracks {
+    settle_tracks(&mut tracks, result.as_ref().err(), &state, &dir, report);
+    result
+}
+
+/// Records how each networked source ended, in the state database (never
+/// a stale `downloading`) and in the report.
+fn settle_tracks(
+    tracks: &mut [Track],
+    failure: Option<&Failure>,
+    state: &State,
+    dir: &Path,
+    report: &mut Report,
+) {
+    let dir_text = dir.display().to_string();
+    for t in tracks {
         if t.completed_at.is_none()
             && let Some(f) = failure
         {
@@ -545,7 +501,7 @@ async fn download(
                 }
             }
         }
-        save(&state, t, &dir);
+        save(state, t, dir);
         let s = t.stats.borrow().clone();
         let started = report.started;
         let e = &mut report.entries[t.entry];
@@ -562,7 +518,7 @@ async fn download(
                 e.result = Some(if e.changed { "downloaded" } else { "verified" });
             }
             if let Some(info) = &t.info
-                && let Err(e) = record_complete(&state, &dir_text, info)
+                && let Err(e) = record_complete(state, &dir_text, info)
             {
                 tracing::warn!("cannot record {} as complete: {e:#}", info.name);
             }
@@ -571,7 +527,79 @@ async fn download(
             e.changed = true;
         }
     }
-    result
+}
+
+/// Settles every source whose info dictionary is known here (a .torrent,
+/// or a magnet the state database recorded) from the disk alone: complete
+/// ones get their result and are recorded (unless `check`); the rest, and
+/// magnets never seen, are left for the network.
+async fn settle_locally(
+    sources: &[Source],
+    state: Option<&State>,
+    dir: &Path,
+    check: bool,
+    out: &Output,
+    report: &mut Report,
+) -> Result<Vec<Option<Local>>, Failure> {
+    let dir_text = dir.display().to_string();
+    let mut locals: Vec<Option<Local>> = Vec::new();
+    for (i, source) in sources.iter().enumerate() {
+        let (hash, _) = source_identity(source);
+        let info = match source {
+            Source::Info(info) => Some(info.clone()),
+            Source::Magnet(_) => state
+                .map(|s| s.known_info(&hash.to_string()))
+                .transpose()?
+                .flatten()
+                .and_then(|raw| Info::from_bytes(&raw).ok())
+                .filter(|info| info.info_hash() == hash)
+                .map(Arc::new),
+        };
+        let Some(info) = info else {
+            locals.push(None);
+            continue;
+        };
+        let local = inspect(state, dir, info.clone()).await?;
+        let seconds = report.seconds();
+        let e = &mut report.entries[i];
+        e.name = Some(info.name.clone());
+        e.path = Some(dir.join(&info.name));
+        e.bytes = info.total_length();
+        if let Some(result) = local.complete {
+            e.result = Some(result);
+            e.seconds = Some(seconds);
+            let path = dir.join(&info.name);
+            if result == "verified" {
+                out.note(&format!(
+                    "{} was already complete (verified {} pieces, nothing downloaded)",
+                    path.display(),
+                    local.valid_pieces
+                ));
+            }
+            if let (Some(state), false) = (state, check) {
+                record_complete(state, &dir_text, &info)?;
+                // As a download that finished: scripts waiting for
+                // `completed` work the same on a rerun.
+                out.event(
+                    "completed",
+                    json!({
+                        "info_hash": info.info_hash().to_string(),
+                        "name": info.name,
+                        "path": path.display().to_string(),
+                        "bytes": info.total_length(),
+                        "downloaded": 0,
+                        "seconds": seconds,
+                        "result": result,
+                    }),
+                );
+            }
+            if !out.is_json() {
+                out.line(&path.display().to_string());
+            }
+        }
+        locals.push(Some(local));
+    }
+    Ok(locals)
 }
 
 /// The info-hash and the name (when known) a source will download.
