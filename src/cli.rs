@@ -10,9 +10,10 @@ use clap::{Args, Parser, Subcommand};
 pub const EXIT_CODES: &str = "\
 Exit codes:
   0    success
-  1    runtime failure (disk full, I/O error, torrent failed)
+  1    runtime failure (disk full or too little free space, I/O error, torrent failed)
   2    usage or input error (bad flag, config, magnet, .torrent, missing path)
   3    incomplete: a download found no peer or made no progress before --timeout;
+       download --check found a source not complete;
        sync --once did not converge before --timeout; serve --deadline passed
        before --exit-after / --expect were met
   4    port unavailable: --port taken, every port of --port-range taken,
@@ -182,6 +183,9 @@ pub struct DownloadArgs {
     /// Serve Prometheus metrics (GET /metrics) and GET /health on this address, while downloading and seeding
     #[arg(long, env = "P2PFILE_METRICS", value_name = "IP:PORT")]
     pub metrics: Option<String>,
+    /// Only check the disk, with no network and writing nothing: exit 0 when every SOURCE is complete in DIR, 3 when not
+    #[arg(long, env = "P2PFILE_CHECK", value_parser = BoolishValueParser::new())]
+    pub check: bool,
 }
 
 #[derive(Debug, Args)]

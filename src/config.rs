@@ -42,6 +42,7 @@ const KEYS: &[&str] = &[
     "rescan",
     "discovery-port",
     "metrics",
+    "check",
 ];
 
 const DEFAULT_PORT_RANGE: (u16, u16) = (42070, 42099);

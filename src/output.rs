@@ -60,6 +60,19 @@ impl Output {
             eprintln!();
         }
     }
+
+    /// A one-line report on stderr that is not an error (`--json` carries
+    /// the same in its events, so nothing is printed then).
+    pub fn note(&self, text: &str) {
+        if self.json {
+            return;
+        }
+        if self.progress {
+            // Over the progress line, which the next redraw puts back.
+            eprint!("\r\x1b[K");
+        }
+        eprintln!("{text}");
+    }
 }
 
 /// `name 42% 12.3 MiB/s 3 peers`.

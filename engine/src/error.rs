@@ -96,6 +96,17 @@ pub enum TorrentError {
         /// The file or directory being written.
         path: PathBuf,
     },
+    /// Checked before the first write: the file system holding the
+    /// download has less space free than the bytes still to be written.
+    #[error("not enough space for {path}: needs {need} bytes, {free} bytes free")]
+    NotEnoughSpace {
+        /// The download's part (`DIR/.<name>.p2pfile-part`).
+        path: PathBuf,
+        /// Bytes still to be written.
+        need: u64,
+        /// Bytes free on its file system.
+        free: u64,
+    },
     /// Reading, writing or moving the content failed for another reason.
     #[error("cannot {action} {path}: {message}")]
     Io {

@@ -29,6 +29,8 @@ pub enum Event {
         total: u64,
         /// Number of pieces.
         pieces: usize,
+        /// The info dictionary itself (to keep, so a rerun needs no peer).
+        info: std::sync::Arc<crate::metainfo::Info>,
     },
     /// Existing data on disk was checked before downloading.
     Checked {
@@ -36,6 +38,9 @@ pub enum Event {
         valid_pieces: usize,
         /// Bytes those pieces hold.
         valid_bytes: u64,
+        /// `DIR/<name>` already held exactly this content: nothing will be
+        /// written, and `Completed` follows at once.
+        already_complete: bool,
     },
     /// A downloaded piece passed its hash check and is on disk.
     PieceVerified {
@@ -46,6 +51,8 @@ pub enum Event {
     HashFailed {
         /// The piece.
         index: u32,
+        /// The peers that sent blocks of it (listen address when known).
+        peers: Vec<SocketAddr>,
     },
     /// A peer connection completed its handshake.
     PeerConnected {

@@ -38,6 +38,7 @@ mod torrent;
 
 pub use error::{Error, TorrentError};
 pub use event::{Event, Phase, Stats, TorrentEvent};
+pub use placement::{TargetCheck, bytes_to_write, verify_target};
 pub use session::{AddTorrent, PortChoice, Session, SessionConfig, Source, TorrentOptions};
 pub use storage::PieceSource;
 pub use torrent::Target;

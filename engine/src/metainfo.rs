@@ -268,6 +268,16 @@ pub struct Info {
     hash: InfoHash,
 }
 
+/// Two infos are equal when their raw bytes are (the info-hash covers
+/// exactly those).
+impl PartialEq for Info {
+    fn eq(&self, other: &Self) -> bool {
+        self.raw == other.raw
+    }
+}
+
+impl Eq for Info {}
+
 impl Info {
     /// Builds the info dictionary for content already hashed.
     ///

@@ -200,6 +200,18 @@ impl Placement {
         } else {
             Bitfield::new(info.piece_count())
         };
+        // Before the first write: a download that cannot fit fails now,
+        // not with a full disk halfway through.
+        let need = to_write(&storage, &have);
+        let dir = self.part.parent().unwrap_or(Path::new("."));
+        if let Some(free) = crate::storage::free_space(dir)
+            && need > free
+        {
+            return Err(io::Error::new(
+                io::ErrorKind::StorageFull,
+                NotEnoughSpace { need, free },
+            ));
+        }
         storage.prepare()?;
         if let Some((target, target_have)) = target_have {
             let mut buf = Vec::new();
@@ -521,6 +533,78 @@ fn add_execute(path: &Path) -> io::Result<()> {
     Ok(())
 }
 
+/// Why [`Placement::prepare`] refused to start: the bytes still to be
+/// written exceed the space free. Carried inside the `io::Error` it returns.
+#[derive(Debug)]
+pub(crate) struct NotEnoughSpace {
+    pub need: u64,
+    pub free: u64,
+}
+
+impl std::fmt::Display for NotEnoughSpace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "needs {} bytes, {} free", self.need, self.free)
+    }
+}
+
+impl std::error::Error for NotEnoughSpace {}
+
+/// Bytes of the pieces not in `have`, padding left out: what a part
+/// still needs on disk.
+fn to_write(storage: &Storage, have: &Bitfield) -> u64 {
+    (0..storage.piece_count())
+        .filter(|&i| !have.get(i))
+        .map(|i| storage.data_size(i as u32) as u64)
+        .sum()
+}
+
+/// What a download of `info` into `dir` finds at `DIR/<name>`, read
+/// without writing anything.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TargetCheck {
+    /// Pieces of the torrent.
+    pub pieces: usize,
+    /// Pieces whose bytes at the target match their hash (0 when the
+    /// files' sizes already show the target is not this content).
+    pub valid_pieces: usize,
+    /// The target holds exactly this content: every piece, right layout.
+    pub complete: bool,
+}
+
+/// Checks `DIR/<name>` against `info`, hashing only when every file is
+/// there with its size (otherwise it cannot be complete, and the download
+/// that follows checks the pieces anyway).
+pub fn verify_target(dir: &Path, info: &Info) -> TargetCheck {
+    let target = dir.join(&info.name);
+    let pieces = info.piece_count();
+    if !layout_matches(info, &target) {
+        return TargetCheck {
+            pieces,
+            valid_pieces: 0,
+            complete: false,
+        };
+    }
+    let have = Storage::new(info, &target, false).verify(&info.pieces);
+    TargetCheck {
+        pieces,
+        valid_pieces: have.count(),
+        complete: have.is_full(),
+    }
+}
+
+/// Bytes a download of `info` into `dir` still has to write: the content
+/// less the pieces already verified in its part (a resumed download).
+pub fn bytes_to_write(dir: &Path, info: &Info) -> u64 {
+    let part = Placement::new(dir, info).part;
+    let storage = Storage::new(info, &part, false);
+    let have = if fs::symlink_metadata(&part).is_ok() {
+        storage.verify(&info.pieces)
+    } else {
+        Bitfield::new(info.piece_count())
+    };
+    to_write(&storage, &have)
+}
+
 /// True when a complete target holds exactly the torrent's files (no
 /// stray extra bytes at the end of a file, right shape). Pad files are
 /// not on disk.
@@ -601,6 +685,42 @@ mod tests {
         let prep = pl.prepare(&info, &[]).unwrap();
         assert!(!prep.already_complete);
         assert_eq!(prep.have.count(), info.piece_count() - 1);
+    }
+
+    #[test]
+    fn offline_checks_count_what_is_on_disk_and_write_nothing() {
+        let src = tempfile::tempdir().unwrap();
+        let dst = tempfile::tempdir().unwrap();
+        let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        let info = seed(src.path(), &data);
+        let pieces = info.piece_count();
+        let nothing = verify_target(dst.path(), &info);
+        assert_eq!((nothing.valid_pieces, nothing.complete), (0, false));
+        assert_eq!(bytes_to_write(dst.path(), &info), 200_000);
+        // A part holding every piece but the last.
+        let pl = Placement::new(dst.path(), &info);
+        let prep = pl.prepare(&info, &[]).unwrap();
+        let last = info.piece_count() as u32 - 1;
+        let upto = prep.storage.piece_offset(last) as usize;
+        prep.storage.write_at(0, &data[..upto]).unwrap();
+        assert_eq!(
+            bytes_to_write(dst.path(), &info),
+            info.piece_size(last) as u64
+        );
+        // The target: complete, then one byte off.
+        fs::write(dst.path().join("f.bin"), &data).unwrap();
+        let full = verify_target(dst.path(), &info);
+        assert_eq!((full.valid_pieces, full.complete), (pieces, true));
+        let mut bad = data.clone();
+        bad[10] ^= 1;
+        fs::write(dst.path().join("f.bin"), &bad).unwrap();
+        let off = verify_target(dst.path(), &info);
+        assert_eq!((off.valid_pieces, off.complete), (pieces - 1, false));
+        // A longer file cannot be the content: not even hashed.
+        bad.push(0);
+        fs::write(dst.path().join("f.bin"), &bad).unwrap();
+        assert_eq!(verify_target(dst.path(), &info).valid_pieces, 0);
+        assert_eq!(fs::read(dst.path().join("f.bin")).unwrap(), bad);
     }
 
     /// A torrent of `files` with each file piece-aligned by pad files, as

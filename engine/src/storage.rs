@@ -632,6 +632,19 @@ impl Storage {
     }
 }
 
+/// Bytes free for an unprivileged writer on the file system of `path`
+/// (`None` when it cannot be asked, e.g. the path does not exist).
+pub fn free_space(path: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a valid C string and `s` a writable statvfs.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut s) } != 0 {
+        return None;
+    }
+    Some(s.f_bavail as u64 * s.f_frsize as u64)
+}
+
 /// The table of [`Storage::padded_pieces`] for `spans` (`total` bytes in
 /// pieces of `piece_length`): one pass over the runs of pad files, each
 /// giving an entry to every piece that ends inside it.

@@ -2,20 +2,30 @@
 //! once, then optionally seed until a rule says stop. Progress and
 //! cumulative counters go to the state database as it runs, so a killed
 //! download resumes and `status` tells where each one is.
+//!
+//! Reruns are offline: a completed download keeps its info dictionary and
+//! the signature of its files (`file_signature`) in the state database. A
+//! source whose `DIR/<name>` still has that signature is done without a
+//! session (no socket, no DHT); one whose files changed is verified
+//! against the info dictionary on disk first, and only what is missing
+//! goes to the network. `--check` stops after those local steps. Every run
+//! ends with one `summary` event (see [`Report`]).
 
+use std::collections::{BTreeSet, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::anyhow;
+use p2pfile_engine::builder;
 use p2pfile_engine::magnet::Magnet;
 use p2pfile_engine::metainfo::{Info, InfoHash};
 use p2pfile_engine::{Event, Phase, Source, Stats, Target, TorrentError};
 use serde_json::json;
 use tokio::sync::watch;
 
-use super::{Signals, open_state, save_dht_nodes, start_session};
+use super::{Signals, file_signature, open_state, save_dht_nodes, start_session};
 use crate::cli::DownloadArgs;
 use crate::config::{FileValues, Settings, parse_number};
 use crate::error::{Code, Failure, from_engine};
@@ -31,12 +41,108 @@ struct SeedingRules {
     until_idle: f64,
 }
 
+/// One source's entry in the final `summary` event.
+#[derive(Default)]
+struct Entry {
+    source: String,
+    info_hash: Option<String>,
+    name: Option<String>,
+    path: Option<PathBuf>,
+    /// `downloaded`, `already-complete`, `verified`, `failed`,
+    /// `incomplete` or `interrupted`; unset until known, then the exit
+    /// code decides.
+    result: Option<&'static str>,
+    bytes: u64,
+    downloaded: u64,
+    seconds: Option<f64>,
+    changed: bool,
+}
+
+/// What the run did to each source, for the `summary` event that ends
+/// every `--json` run (success, failure, timeout, interrupt), so a play can
+/// tell `changed` from the exit code and one line.
+struct Report {
+    started: Instant,
+    entries: Vec<Entry>,
+}
+
+impl Report {
+    fn new(sources: &[String]) -> Self {
+        Self {
+            started: Instant::now(),
+            entries: sources
+                .iter()
+                .map(|s| Entry {
+                    source: s.clone(),
+                    ..Entry::default()
+                })
+                .collect(),
+        }
+    }
+
+    fn seconds(&self) -> f64 {
+        round_ms(self.started.elapsed().as_secs_f64())
+    }
+
+    fn emit(&self, out: &Output, result: &Result<(), Failure>) {
+        let code = result.as_ref().err().map_or(0, |f| f.code as i32);
+        let fallback = match code {
+            0 | 3 => "incomplete",
+            130 => "interrupted",
+            _ => "failed",
+        };
+        let seconds = self.seconds();
+        let sources: Vec<_> = self
+            .entries
+            .iter()
+            .map(|e| {
+                json!({
+                    "source": e.source,
+                    "info_hash": e.info_hash,
+                    "name": e.name,
+                    "path": e.path.as_ref().map(|p| p.display().to_string()),
+                    "result": e.result.unwrap_or(fallback),
+                    "changed": e.changed,
+                    "bytes": e.bytes,
+                    "downloaded": e.downloaded,
+                    "seconds": e.seconds.unwrap_or(seconds),
+                })
+            })
+            .collect();
+        out.event(
+            "summary",
+            json!({
+                "changed": self.entries.iter().any(|e| e.changed),
+                "exit_code": code,
+                "seconds": seconds,
+                "downloaded": self.entries.iter().map(|e| e.downloaded).sum::<u64>(),
+                "sources": sources,
+            }),
+        );
+    }
+}
+
+fn round_ms(secs: f64) -> f64 {
+    (secs * 1000.0).round() / 1000.0
+}
+
 /// One source as it goes.
 struct Track {
     /// The torrent's id in the session.
     id: InfoHash,
     info_hash: String,
     name: Option<String>,
+    /// Its entry in the [`Report`].
+    entry: usize,
+    /// The info dictionary, once known (kept in the state database).
+    info: Option<Arc<Info>>,
+    /// The magnet's own peer hints (x.pe), named when it times out.
+    hints: Vec<SocketAddr>,
+    /// Peers that sent pieces failing their hash check.
+    corrupt: BTreeSet<SocketAddr>,
+    /// `DIR/<name>` already held the content when checked.
+    already_complete: bool,
+    valid_pieces: usize,
     stats: watch::Receiver<Stats>,
     started: Instant,
     last_progress: Instant,
@@ -46,6 +152,8 @@ struct Track {
     last_uploaded: u64,
     stopped: bool,
     failed: bool,
+    /// Why it failed or stopped early, for `status`.
+    reason: String,
     first_piece: bool,
     last_event: Option<Instant>,
     /// Counters of earlier runs, from the state database.
@@ -62,6 +170,8 @@ impl Track {
             "seeding"
         } else if self.completed_at.is_some() {
             "complete"
+        } else if !self.reason.is_empty() {
+            "stopped"
         } else {
             "downloading"
         };
@@ -86,17 +196,55 @@ impl Track {
             uploaded: self.before.uploaded + s.uploaded,
             downloaded: self.before.downloaded + s.downloaded,
             seeding_secs: self.before.seeding_secs + seeding,
+            reason: if self.completed_at.is_some() {
+                String::new()
+            } else {
+                self.reason.clone()
+            },
         }
     }
 }
 
+/// A source whose info dictionary is known before any network, and what
+/// the disk holds of it.
+struct Local {
+    info: Arc<Info>,
+    /// `Some` when `DIR/<name>` is complete: `already-complete` (recorded
+    /// signature matches) or `verified` (pieces checked now).
+    complete: Option<&'static str>,
+    valid_pieces: usize,
+}
+
 pub async fn run(args: DownloadArgs, file: &FileValues, settings: Settings) -> Result<(), Failure> {
-    let mut signals = Signals::install()?;
     let out = Output::new(settings.json);
+    let mut report = Report::new(&args.sources);
+    let mut created = None;
+    let result = download(args, file, settings, &out, &mut report, &mut created).await;
+    if result.is_err()
+        && let Some(top) = created
+    {
+        // A failed run leaves no empty directory of its own behind; one
+        // holding a part (verified pieces, for the next run) stays.
+        remove_empty_tree(&top);
+    }
+    report.emit(&out, &result);
+    result
+}
+
+async fn download(
+    args: DownloadArgs,
+    file: &FileValues,
+    settings: Settings,
+    out: &Output,
+    report: &mut Report,
+    created: &mut Option<PathBuf>,
+) -> Result<(), Failure> {
+    let mut signals = Signals::install()?;
     let dir = file
         .pick(&args.dir.as_ref().map(|d| d.display().to_string()), "dir")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("."));
+    let check = file.flag(args.check, "check")?;
     let timeout = parse_number(file.pick(&args.timeout, "timeout"), "--timeout", 60.0)?;
     if timeout == 0.0 {
         return Err(Failure::usage(
@@ -127,67 +275,136 @@ pub async fn run(args: DownloadArgs, file: &FileValues, settings: Settings) -> R
         .iter()
         .map(|s| parse_source(s))
         .collect::<Result<Vec<_>, _>>()?;
-    let metrics = Metrics::start(file.pick(&args.metrics, "metrics")).await?;
-    std::fs::create_dir_all(&dir).map_err(|e| {
-        Failure::usage(
-            anyhow!(e).context(format!(
-                "cannot create download directory {}",
-                dir.display()
-            )),
-            "pass --dir with a writable directory",
+    // Bound before any directory or database is made, so a bad or taken
+    // address leaves nothing behind; --check opens no socket at all.
+    let metrics = Metrics::start(file.pick(&args.metrics, "metrics").filter(|_| !check)).await?;
+    for (entry, source) in report.entries.iter_mut().zip(&sources) {
+        let (hash, name) = source_identity(source);
+        entry.info_hash = Some(hash.to_string());
+        entry.name = name;
+        if let Source::Info(i) = source {
+            entry.bytes = i.total_length();
+        }
+    }
+    refuse_clashes(&report.entries, &dir)?;
+    let dir = if check {
+        std::fs::canonicalize(&dir).unwrap_or(dir)
+    } else {
+        prepare_dir(&dir, created)?
+    };
+    for e in &mut report.entries {
+        e.path = e.name.as_ref().map(|n| dir.join(n));
+    }
+    let state_existed = settings.state.exists();
+    let state = if check && !state_existed {
+        None
+    } else {
+        Some(open_state(&settings)?)
+    };
+    let dir_text = dir.display().to_string();
+
+    // Local first: what the disk already holds needs no network.
+    let locals = settle_locally(&sources, state.as_ref(), &dir, check, out, report).await?;
+    if check {
+        let missing: Vec<String> = report
+            .entries
+            .iter()
+            .filter(|e| e.result.is_none())
+            .map(|e| e.name.clone().unwrap_or_else(|| e.source.clone()))
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        return Err(Failure::new(
+            Code::Incomplete,
+            anyhow!("not complete in {}: {}", dir.display(), missing.join(", ")),
         )
-    })?;
-    let dir = std::fs::canonicalize(&dir).unwrap_or(dir);
-    let state = open_state(&settings)?;
-    let hints: Vec<SocketAddr> = sources
+        .hint("run the same download without --check to fetch what is missing"));
+    }
+    let state = state.expect("opened unless --check");
+    let pending: Vec<usize> = (0..sources.len())
+        .filter(|&i| rules.enabled || report.entries[i].result.is_none())
+        .collect();
+    if pending.is_empty() {
+        return Ok(());
+    }
+    check_space(&dir, &pending, &locals, out)
+        .await
+        .inspect_err(|f| {
+            for l in pending.iter().filter_map(|&i| locals[i].as_ref()) {
+                if l.complete.is_none() {
+                    fail_record(&state, &dir_text, l, &f.error.to_string());
+                }
+            }
+        })?;
+
+    let hints: Vec<Vec<SocketAddr>> = sources
         .iter()
-        .flat_map(|s| match s {
+        .map(|s| match s {
             Source::Magnet(m) => m.peers.clone(),
             Source::Info(_) => Vec::new(),
         })
         .collect();
-    let mut bootstrap = hints.clone();
+    let mut bootstrap: Vec<SocketAddr> = pending.iter().flat_map(|&i| hints[i].clone()).collect();
     bootstrap.extend(
         state
             .dht_nodes()?
             .iter()
             .filter_map(|n| n.parse::<SocketAddr>().ok()),
     );
-    let session = start_session(&settings, &bootstrap).await?;
+    let session = match start_session(&settings, &bootstrap).await {
+        Ok(s) => s,
+        Err(f) => {
+            if !state_existed {
+                // Nothing ran: leave no database behind for a bad --ip or a
+                // taken --port.
+                let path = state.path().to_path_buf();
+                drop(state);
+                remove_database(&path);
+            }
+            return Err(f);
+        }
+    };
     let mut events = session.events().expect("a new session's events");
     let mut tracks = Vec::new();
-    for (source, text) in sources.into_iter().zip(&args.sources) {
-        let name = match &source {
-            Source::Magnet(m) => m.name.clone(),
-            Source::Info(i) => Some(i.name.clone()),
-        };
+    let mut sources: Vec<Option<Source>> = sources.into_iter().map(Some).collect();
+    for i in pending {
+        let mut source = sources[i].take().expect("each source once");
+        let mut peers = settings.peers.clone();
+        if let (Source::Magnet(m), Some(local)) = (&source, &locals[i]) {
+            // The recorded info dictionary: no metadata to wait for.
+            peers.extend(&m.peers);
+            source = Source::Info(local.info.clone());
+        }
+        let text = &report.entries[i].source;
+        let name = report.entries[i].name.clone();
         let id = session
-            .add(
-                source,
-                Target::download(dir.clone()),
-                settings.peers.clone(),
-            )
+            .add(source, Target::download(dir.clone()), peers)
             .map_err(from_engine)?;
         metrics.track(&session, id, name.as_deref().unwrap_or_default());
         let info_hash = id.to_string();
-        let before = state
-            .download(&info_hash, &dir.display().to_string())?
-            .unwrap_or(Download {
-                info_hash: info_hash.clone(),
-                dir: dir.display().to_string(),
-                name: name.clone().unwrap_or_default(),
-                state: "downloading".into(),
-                total: 0,
-                have: 0,
-                uploaded: 0,
-                downloaded: 0,
-                seeding_secs: 0.0,
-            });
-        out.event("started", json!({"info_hash": info_hash, "name": name, "source": text, "dir": dir.display().to_string()}));
+        let before = state.download(&info_hash, &dir_text)?.unwrap_or_else(|| {
+            Download::new(
+                &info_hash,
+                &dir_text,
+                name.as_deref().unwrap_or_default(),
+                "downloading",
+            )
+        });
+        out.event(
+            "started",
+            json!({"info_hash": info_hash, "name": name, "source": text, "dir": dir_text}),
+        );
         tracks.push(Track {
             id,
             info_hash,
             name,
+            entry: i,
+            info: locals[i].as_ref().map(|l| l.info.clone()),
+            hints: hints[i].clone(),
+            corrupt: BTreeSet::new(),
+            already_complete: false,
+            valid_pieces: 0,
             stats: session.watch_stats(id).expect("just added"),
             started: Instant::now(),
             last_progress: Instant::now(),
@@ -197,6 +414,7 @@ pub async fn run(args: DownloadArgs, file: &FileValues, settings: Settings) -> R
             last_uploaded: 0,
             stopped: false,
             failed: false,
+            reason: String::new(),
             first_piece: false,
             last_event: None,
             before,
@@ -217,7 +435,7 @@ pub async fn run(args: DownloadArgs, file: &FileValues, settings: Settings) -> R
                 let Some(t) = tracks.iter_mut().find(|t| t.id == ev.info_hash) else {
                     continue;
                 };
-                let outcome = on_event(&out, t, ev.event, &dir, &rules);
+                let outcome = on_event(out, t, ev.event, &dir, &rules);
                 if t.completed_at.is_some() && !rules.enabled && !t.stopped {
                     t.stopped = true;
                     let _ = session.remove(t.id).await;
@@ -233,7 +451,7 @@ pub async fn run(args: DownloadArgs, file: &FileValues, settings: Settings) -> R
                 let mut lines = Vec::new();
                 let mut failure = None;
                 for t in tracks.iter_mut() {
-                    if let Err(f) = on_tick(&out, t, timeout, &rules, &settings, &hints) {
+                    if let Err(f) = on_tick(out, t, timeout, &rules, &settings) {
                         failure = Some(f);
                         break;
                     }
@@ -260,10 +478,370 @@ pub async fn run(args: DownloadArgs, file: &FileValues, settings: Settings) -> R
     save_dht_nodes(&state, &session).await;
     // Stopping the torrents publishes their final counters; save after it.
     session.shutdown().await;
-    for t in &tracks {
-        save(&state, t, &dir);
-    }
+    settle_tracks(&mut tracks, result.as_ref().err(), &state, &dir, report);
     result
+}
+
+/// Records how each networked source ended, in the state database (never
+/// a stale `downloading`) and in the report.
+fn settle_tracks(
+    tracks: &mut [Track],
+    failure: Option<&Failure>,
+    state: &State,
+    dir: &Path,
+    report: &mut Report,
+) {
+    let dir_text = dir.display().to_string();
+    for t in tracks {
+        if t.completed_at.is_none()
+            && let Some(f) = failure
+        {
+            // Never a stale `downloading`: say why this run left it.
+            if f.code == Code::Interrupted {
+                t.reason = "interrupted".into();
+            } else {
+                t.failed = true;
+                if t.reason.is_empty() {
+                    t.reason = format!("stopped because another source failed: {}", f.error);
+                }
+            }
+        }
+        save(state, t, dir);
+        let s = t.stats.borrow().clone();
+        let started = report.started;
+        let e = &mut report.entries[t.entry];
+        e.seconds = t
+            .completed_at
+            .map(|c| round_ms(c.duration_since(started).as_secs_f64()));
+        e.name = t.name.clone().or(e.name.take());
+        e.path = e.name.as_ref().map(|n| dir.join(n));
+        e.bytes = if s.total > 0 { s.total } else { e.bytes };
+        e.downloaded = s.downloaded;
+        if t.completed_at.is_some() {
+            e.changed = s.downloaded > 0 || !t.already_complete;
+            if e.result.is_none() || e.changed {
+                e.result = Some(if e.changed { "downloaded" } else { "verified" });
+            }
+            if let Some(info) = &t.info
+                && let Err(e) = record_complete(state, &dir_text, info)
+            {
+                tracing::warn!("cannot record {} as complete: {e:#}", info.name);
+            }
+        } else if s.downloaded > 0 {
+            // Pieces went into the part even though the run failed.
+            e.changed = true;
+        }
+    }
+}
+
+/// Settles every source whose info dictionary is known here (a .torrent,
+/// or a magnet the state database recorded) from the disk alone: complete
+/// ones get their result and are recorded (unless `check`); the rest, and
+/// magnets never seen, are left for the network.
+async fn settle_locally(
+    sources: &[Source],
+    state: Option<&State>,
+    dir: &Path,
+    check: bool,
+    out: &Output,
+    report: &mut Report,
+) -> Result<Vec<Option<Local>>, Failure> {
+    let dir_text = dir.display().to_string();
+    let mut locals: Vec<Option<Local>> = Vec::new();
+    for (i, source) in sources.iter().enumerate() {
+        let (hash, _) = source_identity(source);
+        let info = match source {
+            Source::Info(info) => Some(info.clone()),
+            Source::Magnet(_) => state
+                .map(|s| s.known_info(&hash.to_string()))
+                .transpose()?
+                .flatten()
+                .and_then(|raw| Info::from_bytes(&raw).ok())
+                .filter(|info| info.info_hash() == hash)
+                .map(Arc::new),
+        };
+        let Some(info) = info else {
+            locals.push(None);
+            continue;
+        };
+        let local = inspect(state, dir, info.clone()).await?;
+        let seconds = report.seconds();
+        let e = &mut report.entries[i];
+        e.name = Some(info.name.clone());
+        e.path = Some(dir.join(&info.name));
+        e.bytes = info.total_length();
+        if let Some(result) = local.complete {
+            e.result = Some(result);
+            e.seconds = Some(seconds);
+            let path = dir.join(&info.name);
+            if result == "verified" {
+                out.note(&format!(
+                    "{} was already complete (verified {} pieces, nothing downloaded)",
+                    path.display(),
+                    local.valid_pieces
+                ));
+            }
+            if let (Some(state), false) = (state, check) {
+                record_complete(state, &dir_text, &info)?;
+                // As a download that finished: scripts waiting for
+                // `completed` work the same on a rerun.
+                out.event(
+                    "completed",
+                    json!({
+                        "info_hash": info.info_hash().to_string(),
+                        "name": info.name,
+                        "path": path.display().to_string(),
+                        "bytes": info.total_length(),
+                        "downloaded": 0,
+                        "seconds": seconds,
+                        "result": result,
+                    }),
+                );
+            }
+            if !out.is_json() {
+                out.line(&path.display().to_string());
+            }
+        }
+        locals.push(Some(local));
+    }
+    Ok(locals)
+}
+
+/// The info-hash and the name (when known) a source will download.
+fn source_identity(source: &Source) -> (InfoHash, Option<String>) {
+    match source {
+        Source::Magnet(m) => (m.info_hash, m.name.clone()),
+        Source::Info(i) => (i.info_hash(), Some(i.name.clone())),
+    }
+}
+
+/// Two sources that would share `DIR/<name>` (or are the same torrent)
+/// would write one part file: refuse before any work.
+fn refuse_clashes(entries: &[Entry], dir: &Path) -> Result<(), Failure> {
+    let mut names = HashSet::new();
+    let mut hashes = HashSet::new();
+    for e in entries {
+        if let Some(h) = &e.info_hash
+            && !hashes.insert(h.clone())
+        {
+            return Err(Failure::usage(
+                anyhow!("{} is given twice (info-hash {h})", e.source),
+                "give each source once",
+            ));
+        }
+        if let Some(n) = &e.name
+            && !names.insert(n.clone())
+        {
+            return Err(Failure::usage(
+                anyhow!(
+                    "two sources are named {n:?}: both would be written to {}",
+                    dir.join(n).display()
+                ),
+                "download them in two runs with different --dir",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Creates `dir` (remembering the topmost directory this run created, to
+/// remove it again if the run fails) and checks that files can be made
+/// in it; returns its canonical path.
+fn prepare_dir(dir: &Path, created: &mut Option<PathBuf>) -> Result<PathBuf, Failure> {
+    let unusable = |e: std::io::Error, what: &str| {
+        Failure::usage(
+            anyhow!(e).context(format!(
+                "cannot {what} download directory {}",
+                dir.display()
+            )),
+            "pass --dir with a writable directory",
+        )
+    };
+    *created = dir
+        .ancestors()
+        .take_while(|a| !a.as_os_str().is_empty() && !a.exists())
+        .last()
+        .map(Path::to_path_buf);
+    std::fs::create_dir_all(dir).map_err(|e| unusable(e, "create"))?;
+    let probe = dir.join(format!(".p2pfile-probe-{}", std::process::id()));
+    std::fs::File::create(&probe).map_err(|e| unusable(e, "write in"))?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf()))
+}
+
+/// Removes `top` when no file lies below it (directories only).
+fn remove_empty_tree(top: &Path) {
+    fn has_files(p: &Path) -> bool {
+        match std::fs::read_dir(p) {
+            Ok(entries) => entries
+                .flatten()
+                .any(|e| !e.file_type().is_ok_and(|t| t.is_dir()) || has_files(&e.path())),
+            Err(_) => true,
+        }
+    }
+    if !has_files(top) {
+        let _ = std::fs::remove_dir_all(top);
+    }
+}
+
+/// Removes a state database this run created, with its WAL files.
+fn remove_database(path: &Path) {
+    for suffix in ["", "-wal", "-shm"] {
+        let mut p = path.as_os_str().to_owned();
+        p.push(suffix);
+        let _ = std::fs::remove_file(PathBuf::from(p));
+    }
+}
+
+/// What the disk holds of a source whose info is known: the recorded
+/// signature when it still matches, else the pieces checked now.
+async fn inspect(state: Option<&State>, dir: &Path, info: Arc<Info>) -> Result<Local, Failure> {
+    let hash = info.info_hash().to_string();
+    let dir_text = dir.display().to_string();
+    let recorded = match state {
+        Some(s) => s
+            .download(&hash, &dir_text)?
+            .filter(|d| d.state == "complete" || d.state == "seeding")
+            .map(|_| s.download_files(&hash, &dir_text))
+            .transpose()?
+            .filter(|f| !f.is_empty()),
+        None => None,
+    };
+    let target = dir.join(&info.name);
+    let (dir, check_info) = (dir.to_path_buf(), info.clone());
+    let check = tokio::task::spawn_blocking(move || {
+        let signature = builder::scan(&target).ok().map(|s| file_signature(&s));
+        if recorded.is_some() && recorded == signature {
+            return None;
+        }
+        Some(p2pfile_engine::verify_target(&dir, &check_info))
+    })
+    .await
+    .expect("check task panicked");
+    Ok(match check {
+        None => Local {
+            complete: Some("already-complete"),
+            valid_pieces: info.piece_count(),
+            info,
+        },
+        Some(c) => Local {
+            complete: c.complete.then_some("verified"),
+            valid_pieces: c.valid_pieces,
+            info,
+        },
+    })
+}
+
+/// Records a download as complete, with its info dictionary and the
+/// signature of its files now, so the next run needs no network.
+fn record_complete(state: &State, dir: &str, info: &Info) -> Result<(), Failure> {
+    let hash = info.info_hash().to_string();
+    let mut d = state
+        .download(&hash, dir)?
+        .unwrap_or_else(|| Download::new(&hash, dir, &info.name, "complete"));
+    if d.state != "seeding" {
+        d.state = "complete".into();
+    }
+    d.name = info.name.clone();
+    d.total = info.total_length();
+    d.have = d.total;
+    d.reason.clear();
+    state.save_download(&d)?;
+    let target = Path::new(dir).join(&info.name);
+    let signature = builder::scan(&target)
+        .map(|s| file_signature(&s))
+        .unwrap_or_default();
+    state.set_download_content(&hash, dir, info.as_bytes(), &signature)?;
+    Ok(())
+}
+
+/// Records a source that failed before it reached the network.
+fn fail_record(state: &State, dir: &str, local: &Local, reason: &str) {
+    let hash = local.info.info_hash().to_string();
+    let mut d = state
+        .download(&hash, dir)
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| Download {
+            total: local.info.total_length(),
+            ..Download::new(&hash, dir, &local.info.name, "")
+        });
+    d.state = "failed".into();
+    d.reason = reason.into();
+    if let Err(e) = state.save_download(&d) {
+        tracing::warn!("cannot record {} as failed: {e:#}", d.name);
+    }
+}
+
+/// Refuses to pull what cannot fit in `dir`'s file system, before any
+/// network or disk work, for the sources whose info is known (a magnet's
+/// is checked by the engine as soon as its metadata arrives). The sum of
+/// the sizes is enough when it fits; otherwise the parts of earlier runs
+/// are counted too.
+async fn check_space(
+    dir: &Path,
+    pending: &[usize],
+    locals: &[Option<Local>],
+    out: &Output,
+) -> Result<(), Failure> {
+    let infos: Vec<Arc<Info>> = pending
+        .iter()
+        .filter_map(|&i| locals[i].as_ref())
+        .filter(|l| l.complete.is_none())
+        .map(|l| l.info.clone())
+        .collect();
+    let Some(free) = p2pfile_engine::storage::free_space(dir) else {
+        return Ok(());
+    };
+    if infos.iter().map(|i| i.total_length()).sum::<u64>() <= free {
+        return Ok(());
+    }
+    let d = dir.to_path_buf();
+    let need: u64 = tokio::task::spawn_blocking(move || {
+        infos
+            .iter()
+            .map(|i| p2pfile_engine::bytes_to_write(&d, i))
+            .sum()
+    })
+    .await
+    .expect("space task panicked");
+    if need <= free {
+        return Ok(());
+    }
+    Err(no_space(out, None, dir, need, free))
+}
+
+/// The failure (and `error` event) for a download that does not fit.
+fn no_space(out: &Output, info_hash: Option<&str>, dir: &Path, need: u64, free: u64) -> Failure {
+    let msg = format!(
+        "not enough space in {}: needs {}, {} free",
+        dir.display(),
+        human_bytes(need),
+        human_bytes(free)
+    );
+    out.event(
+        "error",
+        json!({"info_hash": info_hash, "message": msg, "kind": "no-space", "need": need, "free": free}),
+    );
+    Failure::new(Code::Runtime, anyhow!(msg)).hint(
+        "free disk space or pass --dir on a larger file system, then run the same command again",
+    )
+}
+
+/// `12.3 MiB`, for messages.
+fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["bytes", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} bytes")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
 }
 
 fn save(state: &State, t: &Track, dir: &Path) {
@@ -313,7 +891,9 @@ fn on_event(
             name,
             total,
             pieces,
+            info,
         } => {
+            t.info = Some(info);
             t.last_progress = Instant::now();
             out.event(
                 "metadata",
@@ -324,8 +904,11 @@ fn on_event(
         Event::Checked {
             valid_pieces,
             valid_bytes,
+            already_complete,
         } => {
-            out.event("checked", json!({"info_hash": hash, "valid_pieces": valid_pieces, "valid_bytes": valid_bytes}));
+            t.already_complete = already_complete;
+            t.valid_pieces = valid_pieces;
+            out.event("checked", json!({"info_hash": hash, "valid_pieces": valid_pieces, "valid_bytes": valid_bytes, "already_complete": already_complete}));
         }
         Event::Completed => {
             let s = t.stats.borrow().clone();
@@ -344,6 +927,13 @@ fn on_event(
                     "seconds": (t.started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0,
                 }),
             );
+            if t.already_complete && s.downloaded == 0 {
+                out.note(&format!(
+                    "{} was already complete (verified {} pieces, nothing downloaded)",
+                    path.display(),
+                    t.valid_pieces
+                ));
+            }
             if !out.is_json() {
                 out.line(&path.display().to_string());
             }
@@ -356,6 +946,12 @@ fn on_event(
         }
         Event::Failed { error } => {
             t.failed = true;
+            t.reason = error.to_string();
+            if let TorrentError::NotEnoughSpace { need, free, .. } = error {
+                let f = no_space(out, Some(&hash), dir, need, free);
+                t.reason = f.error.to_string();
+                return Err(f);
+            }
             out.event(
                 "error",
                 json!({"info_hash": hash, "message": error.to_string(), "kind": error_kind(&error)}),
@@ -370,6 +966,7 @@ fn on_event(
                 TorrentError::BadMetadata(_) => {
                     "a peer sent a torrent this version cannot use; check the magnet's source"
                 }
+                TorrentError::NotEnoughSpace { .. } => unreachable!("returned above"),
             };
             return Err(Failure::new(
                 Code::Runtime,
@@ -420,8 +1017,8 @@ fn on_event(
                        "moved_to": to.display().to_string()}),
             );
         }
-        Event::HashFailed { .. }
-        | Event::PeerConnected { .. }
+        Event::HashFailed { peers, .. } => t.corrupt.extend(peers),
+        Event::PeerConnected { .. }
         | Event::PeerDisconnected { .. }
         | Event::ExtensionsReady { .. }
         | Event::ExtensionMessage { .. }
@@ -464,7 +1061,6 @@ fn on_tick(
     timeout: f64,
     rules: &SeedingRules,
     settings: &Settings,
-    hints: &[SocketAddr],
 ) -> Result<(), Failure> {
     if t.stopped {
         return Ok(());
@@ -505,8 +1101,8 @@ fn on_tick(
     if t.last_progress.elapsed().as_secs_f64() >= timeout {
         let what = t.name.as_deref().unwrap_or(&t.info_hash);
         let mut tried = Vec::new();
-        if !hints.is_empty() {
-            tried.push(format!("magnet peers {}", join(hints)));
+        if !t.hints.is_empty() {
+            tried.push(format!("magnet peers {}", join(&t.hints)));
         }
         if !settings.peers.is_empty() {
             tried.push(format!("DHT via {}", join(&settings.peers)));
@@ -514,17 +1110,36 @@ fn on_tick(
         if tried.is_empty() {
             tried.push("no magnet peers and no --peers".into());
         }
-        let msg = format!(
-            "no progress on {what} for {timeout} s ({}; {} peers connected, {} addresses known, {} connection attempts failed)",
+        let mut msg = format!(
+            "no progress on {what} for {timeout} s ({}; {}, {}, {})",
             tried.join(", "),
-            s.peers,
-            s.known_addrs,
-            s.failed_connects
+            count(s.peers, "peer connected", "peers connected"),
+            count(s.known_addrs, "address known", "addresses known"),
+            count(
+                s.failed_connects as usize,
+                "connection attempt failed",
+                "connection attempts failed"
+            ),
         );
-        out.event("error", json!({"info_hash": t.info_hash, "message": msg}));
-        return Err(Failure::new(Code::Incomplete, anyhow!(msg)).hint(
-            "check that a seed is running and reachable (its magnet's x.pe, or --peers for the DHT); verified pieces are kept for the next run",
-        ));
+        let corrupt: Vec<SocketAddr> = t.corrupt.iter().copied().collect();
+        let hint = if corrupt.is_empty() {
+            "check that a seed is running and reachable (its magnet's x.pe, or --peers for the DHT); verified pieces are kept for the next run".to_string()
+        } else {
+            msg.push_str(&format!(
+                "; corrupt pieces (failing their hash check) came from {}",
+                join(&corrupt)
+            ));
+            format!(
+                "the seed at {} serves data that does not match the torrent (its files probably changed after it hashed them): restart serve there or use another seed; verified pieces are kept for the next run",
+                join(&corrupt)
+            )
+        };
+        t.reason = msg.clone();
+        out.event(
+            "error",
+            json!({"info_hash": t.info_hash, "message": msg, "corrupt_peers": corrupt.iter().map(|a| a.to_string()).collect::<Vec<_>>()}),
+        );
+        return Err(Failure::new(Code::Incomplete, anyhow!(msg)).hint(hint));
     }
     Ok(())
 }
@@ -535,7 +1150,13 @@ fn error_kind(e: &TorrentError) -> &'static str {
         TorrentError::NoSpace { .. } => "no-space",
         TorrentError::Io { .. } => "io",
         TorrentError::BadMetadata(_) => "bad-metadata",
+        TorrentError::NotEnoughSpace { .. } => "no-space",
     }
+}
+
+/// `1 peer connected`, `2 peers connected`.
+fn count(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
 }
 
 fn join(addrs: &[SocketAddr]) -> String {

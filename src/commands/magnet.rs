@@ -15,7 +15,7 @@ use p2pfile_engine::magnet::Magnet;
 use p2pfile_engine::metainfo::Info;
 use serde_json::json;
 
-use super::open_state;
+use super::{file_signature, open_state};
 use crate::cli::MagnetArgs;
 use crate::config::{FileValues, Settings};
 use crate::error::Failure;
@@ -260,24 +260,4 @@ fn build_failure(e: BuildError) -> Failure {
         }
         BuildError::Metainfo(_) => Failure::usage(e, "serve needs at least one file"),
     }
-}
-
-/// Files, sizes, modification times and execute bits: when these match the
-/// record, the content is taken as unchanged and is not hashed again. The
-/// bit is in the torrent (BEP 47 `x`) and a `chmod` leaves the mtime alone.
-/// Only executables carry it, so a record made before p2pfile carried the
-/// bit still matches a tree without executables, whose info-hash is the same.
-fn file_signature(scan: &Scan) -> String {
-    let files: Vec<_> = scan
-        .files
-        .iter()
-        .map(|f| {
-            let mut sig = json!([f.path.join("/"), f.length, f.mtime_ns.to_string()]);
-            if f.executable {
-                sig.as_array_mut().expect("an array").push(json!("x"));
-            }
-            sig
-        })
-        .collect();
-    json!({"name": scan.name, "single": scan.single_file, "files": files, "empty_dirs": scan.empty_dirs}).to_string()
 }

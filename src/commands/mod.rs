@@ -83,3 +83,27 @@ pub async fn save_dht_nodes(state: &State, session: &Session) {
         );
     }
 }
+
+/// Files, sizes, modification times and execute bits: when these match the
+/// record, the content is taken as unchanged: `serve` and `magnet` do not
+/// hash it again, and a `download` whose recorded signature matches needs
+/// no check at all. The bit is in the torrent (BEP 47 `x`) and a `chmod`
+/// leaves the mtime alone. Only executables carry it, so a record made
+/// before p2pfile carried the bit still matches a tree without executables,
+/// whose info-hash is the same.
+pub fn file_signature(scan: &p2pfile_engine::builder::Scan) -> String {
+    let files: Vec<_> = scan
+        .files
+        .iter()
+        .map(|f| {
+            let mut sig = serde_json::json!([f.path.join("/"), f.length, f.mtime_ns.to_string()]);
+            if f.executable {
+                sig.as_array_mut()
+                    .expect("an array")
+                    .push(serde_json::json!("x"));
+            }
+            sig
+        })
+        .collect();
+    serde_json::json!({"name": scan.name, "single": scan.single_file, "files": files, "empty_dirs": scan.empty_dirs}).to_string()
+}

@@ -37,6 +37,7 @@ pub fn run(path: &Path, json: bool) -> Result<(), Failure> {
                 "info_hash": d.info_hash, "name": d.name, "dir": d.dir, "state": d.state,
                 "bytes": d.have, "total": d.total, "downloaded": d.downloaded, "uploaded": d.uploaded,
                 "ratio": ratio(d.uploaded, d.total), "seeding_seconds": d.seeding_secs,
+                "reason": (!d.reason.is_empty()).then_some(&d.reason),
             }),
         );
     }
@@ -93,6 +94,10 @@ pub fn run(path: &Path, json: bool) -> Result<(), Failure> {
                 d.dir,
                 d.name
             ));
+            if !d.reason.is_empty() {
+                // On its own line: a reason is often longer than the table.
+                out.line(&format!("{:<10} {}", "", d.reason));
+            }
         }
     }
     if !json && !folders.is_empty() {

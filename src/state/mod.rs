@@ -84,6 +84,12 @@ const MIGRATIONS: &[&str] = &[
         updated_at INTEGER NOT NULL,
         PRIMARY KEY (folder_id, peer, path)
     );",
+    // 4: a download keeps its info dictionary and the signature of its
+    // completed files (an unchanged rerun needs no network), and why it
+    // failed.
+    "ALTER TABLE downloads ADD COLUMN info BLOB;
+    ALTER TABLE downloads ADD COLUMN files TEXT NOT NULL DEFAULT '';
+    ALTER TABLE downloads ADD COLUMN reason TEXT NOT NULL DEFAULT '';",
 ];
 
 /// A served path as recorded.
@@ -117,6 +123,26 @@ pub struct Download {
     pub uploaded: u64,
     pub downloaded: u64,
     pub seeding_secs: f64,
+    /// Why it failed (state `failed`) or stopped; empty otherwise.
+    pub reason: String,
+}
+
+impl Download {
+    /// A download with no counters yet.
+    pub fn new(info_hash: &str, dir: &str, name: &str, state: &str) -> Self {
+        Self {
+            info_hash: info_hash.into(),
+            dir: dir.into(),
+            name: name.into(),
+            state: state.into(),
+            total: 0,
+            have: 0,
+            uploaded: 0,
+            downloaded: 0,
+            seeding_secs: 0.0,
+            reason: String::new(),
+        }
+    }
 }
 
 /// An open state database.
@@ -222,7 +248,7 @@ impl State {
         Ok(self
             .conn
             .query_row(
-                "SELECT info_hash, dir, name, state, total, have, uploaded, downloaded, seeding_secs
+                "SELECT info_hash, dir, name, state, total, have, uploaded, downloaded, seeding_secs, reason
                  FROM downloads WHERE info_hash = ?1 AND dir = ?2",
                 [info_hash, dir],
                 download_row,
@@ -232,10 +258,10 @@ impl State {
 
     pub fn save_download(&self, d: &Download) -> anyhow::Result<()> {
         self.conn.execute(
-            "INSERT INTO downloads (info_hash, dir, name, state, total, have, uploaded, downloaded, seeding_secs, updated_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+            "INSERT INTO downloads (info_hash, dir, name, state, total, have, uploaded, downloaded, seeding_secs, updated_at, reason)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
              ON CONFLICT(info_hash, dir) DO UPDATE SET name = ?3, state = ?4, total = ?5, have = ?6,
-                uploaded = ?7, downloaded = ?8, seeding_secs = ?9, updated_at = ?10",
+                uploaded = ?7, downloaded = ?8, seeding_secs = ?9, updated_at = ?10, reason = ?11",
             params![
                 d.info_hash,
                 d.dir,
@@ -246,10 +272,58 @@ impl State {
                 d.uploaded as i64,
                 d.downloaded as i64,
                 d.seeding_secs,
-                now()
+                now(),
+                d.reason
             ],
         )?;
         Ok(())
+    }
+
+    /// Keeps the info dictionary of a download and the signature of its
+    /// files as completed (see `commands::file_signature`); an empty
+    /// `files` says the content on disk is not known to be complete.
+    pub fn set_download_content(
+        &self,
+        info_hash: &str,
+        dir: &str,
+        info: &[u8],
+        files: &str,
+    ) -> anyhow::Result<()> {
+        self.conn.execute(
+            "UPDATE downloads SET info = ?3, files = ?4 WHERE info_hash = ?1 AND dir = ?2",
+            params![info_hash, dir, info, files],
+        )?;
+        Ok(())
+    }
+
+    /// The signature of a download's files as last completed (empty when
+    /// unknown).
+    pub fn download_files(&self, info_hash: &str, dir: &str) -> anyhow::Result<String> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT files FROM downloads WHERE info_hash = ?1 AND dir = ?2",
+                [info_hash, dir],
+                |r| r.get(0),
+            )
+            .optional()?
+            .unwrap_or_default())
+    }
+
+    /// The info dictionary of `info_hash` as any download or served path
+    /// of this database recorded it: a magnet seen once needs no peer to
+    /// know its files again.
+    pub fn known_info(&self, info_hash: &str) -> anyhow::Result<Option<Vec<u8>>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT info FROM downloads WHERE info_hash = ?1 AND info IS NOT NULL
+                 UNION ALL SELECT info FROM served WHERE info_hash = ?1
+                 LIMIT 1",
+                [info_hash],
+                |r| r.get(0),
+            )
+            .optional()?)
     }
 
     /// Every served path and download, for `status`.
@@ -260,7 +334,7 @@ impl State {
         )?;
         let served = q.query_map([], served_row)?.collect::<Result<_, _>>()?;
         let mut q = self.conn.prepare(
-            "SELECT info_hash, dir, name, state, total, have, uploaded, downloaded, seeding_secs
+            "SELECT info_hash, dir, name, state, total, have, uploaded, downloaded, seeding_secs, reason
              FROM downloads ORDER BY dir, name",
         )?;
         let downloads = q.query_map([], download_row)?.collect::<Result<_, _>>()?;
@@ -314,6 +388,7 @@ fn download_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Download> {
         uploaded: r.get::<_, i64>(6)? as u64,
         downloaded: r.get::<_, i64>(7)? as u64,
         seeding_secs: r.get(8)?,
+        reason: r.get(9)?,
     })
 }
 
@@ -390,9 +465,25 @@ mod tests {
             uploaded: 0,
             downloaded: 4,
             seeding_secs: 0.0,
+            reason: String::new(),
         };
         s.save_download(&d).unwrap();
         assert_eq!(s.download("ab", "/d").unwrap().unwrap(), d);
+        // Served content counts until a download recorded its own.
+        assert_eq!(s.known_info("ab").unwrap(), Some(vec![1, 2]));
+        assert_eq!(s.known_info("cd").unwrap(), None);
+        s.set_download_content("ab", "/d", b"d4:infoe", "sig")
+            .unwrap();
+        assert_eq!(s.download_files("ab", "/d").unwrap(), "sig");
+        assert_eq!(s.known_info("ab").unwrap(), Some(b"d4:infoe".to_vec()));
+        let failed = Download {
+            state: "failed".into(),
+            reason: "no progress".into(),
+            ..d
+        };
+        s.save_download(&failed).unwrap();
+        assert_eq!(s.download("ab", "/d").unwrap().unwrap(), failed);
+        assert_eq!(s.download_files("ab", "/d").unwrap(), "sig");
         let (a, b) = s.all().unwrap();
         assert_eq!((a.len(), b.len()), (1, 1));
     }

@@ -5,6 +5,7 @@ mod errors;
 mod interop;
 mod metrics;
 mod placement;
+mod rerun;
 mod rollout;
 mod seeding;
 mod state;

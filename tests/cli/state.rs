@@ -222,7 +222,10 @@ fn a_version_1_database_is_upgraded() {
         .unwrap()
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(v, 3, "upgraded to the newest schema (3: sync tables)");
+    assert_eq!(
+        v, 4,
+        "upgraded to the newest schema (4: a download's info and file signature)"
+    );
 }
 
 /// A tree where one file in the middle changed, and grew: every later
@@ -292,7 +295,9 @@ fn full_disk_fails_cleanly() {
     let out = run(c, std::time::Duration::from_secs(60));
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(err.contains("no space left on the device"), "{err}");
+    // Refused as soon as the metadata arrived, before any piece was written.
+    assert!(err.contains("not enough space in"), "{err}");
+    assert!(err.contains("needs 6.0 MiB, 2.0 MiB free"), "{err}");
     assert!(err.contains("hint: free disk space"), "{err}");
     assert!(
         !small.join("big.bin").exists(),

@@ -162,7 +162,12 @@ impl Torrent {
             Ok(false) => {
                 l.picker.piece_failed(index);
                 self.hash_failures += 1;
-                self.emit(Event::HashFailed { index });
+                let peers = contributors
+                    .iter()
+                    .filter_map(|k| self.peers.get(k))
+                    .map(|p| p.listen.unwrap_or(p.addr))
+                    .collect();
+                self.emit(Event::HashFailed { index, peers });
                 for k in contributors {
                     let Some(p) = self.peers.get_mut(&k) else {
                         continue;

@@ -31,7 +31,7 @@ use crate::event::{Event, Phase, Stats, TorrentEvent};
 use crate::metainfo::{Info, InfoHash};
 use crate::peer::{self, PeerEvent, PeerKey};
 use crate::picker::Picker;
-use crate::placement::Placement;
+use crate::placement::{NotEnoughSpace, Placement};
 use crate::rate::RateEstimate;
 use crate::shared::Shared;
 use crate::storage::{PieceSource, Storage};
@@ -508,6 +508,7 @@ impl Torrent {
             name: info.name.clone(),
             total: info.total_length(),
             pieces: info.piece_count(),
+            info: info.clone(),
         });
         self.state = State::Checking(info.clone());
         let target = self.target.clone();
@@ -542,10 +543,20 @@ impl Torrent {
                 }
                 Target::Download { dir, hints } => {
                     let placement = Placement::new(&dir, &info);
+                    let part = placement.part.clone();
                     placement
                         .prepare(&info, &hints)
                         .map(|p| (p.storage, p.have, Some(placement), p.already_complete))
-                        .map_err(|e| TorrentError::io("prepare", &dir.join(&info.name), &e))
+                        .map_err(|e| {
+                            match e.get_ref().and_then(|r| r.downcast_ref::<NotEnoughSpace>()) {
+                                Some(s) => TorrentError::NotEnoughSpace {
+                                    path: part,
+                                    need: s.need,
+                                    free: s.free,
+                                },
+                                None => TorrentError::io("prepare", &dir.join(&info.name), &e),
+                            }
+                        })
                 }
             };
             let _ = jobs.send(Job::Checked(result));
@@ -590,6 +601,7 @@ impl Torrent {
             self.emit(Event::Checked {
                 valid_pieces: valid,
                 valid_bytes,
+                already_complete: complete,
             });
         }
         self.verify_empty_pieces();

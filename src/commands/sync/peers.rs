@@ -53,7 +53,10 @@ impl Run {
                         self.failed(&r.path, &error.to_string());
                     }
                 }
-                if matches!(error, TorrentError::NoSpace { .. }) {
+                if matches!(
+                    error,
+                    TorrentError::NoSpace { .. } | TorrentError::NotEnoughSpace { .. }
+                ) {
                     return Err(Failure::new(Code::Runtime, anyhow!(error).context("sync stopped"))
                         .hint("free disk space, then run it again: verified pieces are kept and nothing was replaced"));
                 }

@@ -41,18 +41,6 @@ pub(super) fn keyed(swarm: InfoHash) -> TorrentOptions {
     }
 }
 
-/// Bytes free for an unprivileged writer on the file system of `path`.
-pub(super) fn free_space(path: &Path) -> Option<u64> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
-    let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: `c` is a valid C string and `s` a writable statvfs.
-    if unsafe { libc::statvfs(c.as_ptr(), &mut s) } != 0 {
-        return None;
-    }
-    Some(s.f_bavail as u64 * s.f_frsize as u64)
-}
-
 impl Run {
     /// Seeds a pack for a peer that asked, if we hold all of it.
     pub(super) async fn seed(&mut self, ids: &[[u8; 20]], peer: SocketAddr) {
@@ -205,7 +193,7 @@ impl Run {
         if need == 0 {
             return Ok(());
         }
-        let free = free_space(&self.fs.tmp_dir()).unwrap_or(u64::MAX);
+        let free = p2pfile_engine::storage::free_space(&self.fs.tmp_dir()).unwrap_or(u64::MAX);
         if need > free {
             let msg = format!(
                 "not enough space in {}: {:.1} MiB to fetch, {:.1} MiB free; nothing was changed",
