@@ -19,7 +19,7 @@ use super::{Signals, open_state, save_dht_nodes, start_session};
 use crate::cli::DownloadArgs;
 use crate::config::{FileValues, Settings, parse_number};
 use crate::error::{Code, Failure, from_engine};
-use crate::output::{Output, progress_text, stats_json};
+use crate::output::{Output, stats_json};
 use crate::state::{Download, State};
 
 /// When to stop seeding after completion (0 turns a rule off).
@@ -227,7 +227,6 @@ pub async fn run(args: DownloadArgs, file: &FileValues, settings: Settings) -> R
                 }
             }
             _ = tick.tick() => {
-                let mut lines = Vec::new();
                 let mut failure = None;
                 for t in tracks.iter_mut() {
                     if let Err(f) = on_tick(&out, t, timeout, &rules, &settings, &hints) {
@@ -238,11 +237,10 @@ pub async fn run(args: DownloadArgs, file: &FileValues, settings: Settings) -> R
                         if session.remove(t.id).await.is_ok() {
                             save(&state, t, &dir);
                         }
-                    } else {
-                        lines.push(progress_text(t.name.as_deref().unwrap_or(&t.info_hash), &t.stats.borrow()));
+                    } else if t.completed_at.is_none() {
+                        out.progress(&t.info_hash, t.name.as_deref().unwrap_or(&t.info_hash), &t.stats.borrow());
                     }
                 }
-                out.progress(&lines);
                 if last_save.elapsed() >= Duration::from_secs(2) {
                     last_save = Instant::now();
                     tracks.iter().filter(|t| !t.stopped).for_each(|t| save(&state, t, &dir));
@@ -341,6 +339,7 @@ fn on_event(
                     "seconds": (t.started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0,
                 }),
             );
+            out.progress_done(&hash);
             if !out.is_json() {
                 out.line(&path.display().to_string());
             }

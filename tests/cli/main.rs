@@ -6,5 +6,6 @@ mod interop;
 mod seeding;
 mod state;
 mod sync;
+mod terminal;
 mod transfer;
 mod util;
