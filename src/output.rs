@@ -173,6 +173,12 @@ pub fn short_name(name: &str) -> String {
     out
 }
 
+/// A number of seconds or a ratio for JSON: three decimals are enough,
+/// and shorter than the 17 digits an f64 prints with.
+pub fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
 /// Progress fields shared by `progress` events and `status`.
 pub fn stats_json(s: &Stats) -> Value {
     json!({

@@ -19,7 +19,7 @@ use super::{Signals, open_state, save_dht_nodes, start_session};
 use crate::cli::DownloadArgs;
 use crate::config::{FileValues, Settings, parse_number};
 use crate::error::{Code, Failure, from_engine};
-use crate::output::{Output, stats_json};
+use crate::output::{Output, round3, stats_json};
 use crate::state::{Download, State};
 
 /// When to stop seeding after completion (0 turns a rule off).
@@ -478,7 +478,7 @@ fn on_tick(
                     "info_hash": t.info_hash,
                     "rule": rule,
                     "uploaded": t.before.uploaded + s.uploaded,
-                    "seconds": t.completed_at.map(|c| c.elapsed().as_secs_f64()),
+                    "seconds": t.completed_at.map(|c| round3(c.elapsed().as_secs_f64())),
                 }),
             );
         }

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, anyhow};
+use anyhow::anyhow;
 use p2pfile_engine::builder::{self, BuildError, Scan};
 use p2pfile_engine::magnet::Magnet;
 use p2pfile_engine::metainfo::{Info, InfoHash};
@@ -17,7 +17,7 @@ use tokio::sync::watch;
 use super::{Signals, open_state, save_dht_nodes, start_session};
 use crate::cli::ServeArgs;
 use crate::config::{FileValues, Settings, parse_number};
-use crate::error::{Failure, from_engine};
+use crate::error::{Code, Failure, from_engine};
 use crate::output::Output;
 use crate::state::Served;
 
@@ -50,7 +50,10 @@ pub async fn run(
             .map(Some)
             .ok_or_else(|| {
                 Failure::usage(
-                    anyhow!("--exit-after {s} is not a positive number of peers"),
+                    anyhow!(
+                        "{} is not a positive number of peers",
+                        s.subject("--exit-after")
+                    ),
                     "use a number such as 20",
                 )
             })?,
@@ -73,8 +76,15 @@ pub async fn run(
         scans.push(scan);
     }
     if let Some(dir) = &torrent_out {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("cannot create --torrent-out directory {}", dir.display()))?;
+        std::fs::create_dir_all(dir).map_err(|e| {
+            Failure::usage(
+                anyhow!(e).context(format!(
+                    "cannot create --torrent-out directory {}",
+                    dir.display()
+                )),
+                "pass --torrent-out with a directory this user can create or write to",
+            )
+        })?;
     }
     let state = open_state(&settings)?;
     let mut records = Vec::new();
@@ -130,8 +140,13 @@ pub async fn run(
         })?;
         if let Some(dir) = &torrent_out {
             let file = dir.join(format!("{}.torrent", info.info_hash()));
-            std::fs::write(&file, info.to_torrent_file())
-                .with_context(|| format!("cannot write {}", file.display()))?;
+            std::fs::write(&file, info.to_torrent_file()).map_err(|e| {
+                Failure::new(
+                    Code::Runtime,
+                    anyhow!(e).context(format!("cannot write {}", file.display())),
+                )
+                .hint("check that the --torrent-out directory is writable and has free space")
+            })?;
         }
         let id = session
             .add(

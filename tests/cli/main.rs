@@ -8,4 +8,5 @@ mod state;
 mod sync;
 mod terminal;
 mod transfer;
+mod usability;
 mod util;
