@@ -3,8 +3,8 @@
 
 use std::collections::HashMap;
 use std::io::{IsTerminal, Write};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, OnceLock};
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use p2pfile_engine::Stats;
@@ -33,8 +33,7 @@ const NAME_WIDTH: usize = 28;
 impl Output {
     pub fn new(json: bool) -> Self {
         let bars = (!json && std::io::stderr().is_terminal()).then(|| Bars {
-            // 4 redraws a second: enough for a rate that reads steadily.
-            multi: MultiProgress::with_draw_target(ProgressDrawTarget::stderr_with_hz(4)),
+            multi: shared_bars().clone(),
             by_key: Mutex::new(HashMap::new()),
         });
         Self {
@@ -134,6 +133,51 @@ impl Output {
             bar.finish_and_clear();
         }
         let _ = b.multi.clear();
+    }
+}
+
+/// The process's one set of bars, shared with the log writer so a log
+/// line is printed above the bars instead of into them.
+static BARS: OnceLock<MultiProgress> = OnceLock::new();
+
+fn shared_bars() -> &'static MultiProgress {
+    // 4 redraws a second: enough for a rate that reads steadily.
+    BARS.get_or_init(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr_with_hz(4)))
+}
+
+/// The `tracing` writer: stderr, one event at a time, with the progress
+/// bars (if any) lifted off the screen while the event is written.
+pub struct LogWriter;
+
+/// One log event, buffered and written whole when dropped.
+pub struct LogLine(Vec<u8>);
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogWriter {
+    type Writer = LogLine;
+    fn make_writer(&'a self) -> LogLine {
+        LogLine(Vec::new())
+    }
+}
+
+impl Write for LogLine {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for LogLine {
+    fn drop(&mut self) {
+        let write = || {
+            let _ = std::io::stderr().lock().write_all(&self.0);
+        };
+        match BARS.get() {
+            Some(multi) => multi.suspend(write),
+            None => write(),
+        }
     }
 }
 

@@ -40,11 +40,12 @@ impl Tmux {
         c
     }
 
-    /// The pane's text as a person sees it now.
-    fn screen(&self) -> String {
+    /// The pane's text as a person sees it now, with `history` lines
+    /// scrolled off above it.
+    fn screen(&self, history: u32) -> String {
         let out = self
             .cmd()
-            .args(["capture-pane", "-p"])
+            .args(["capture-pane", "-p", "-S", &format!("-{history}")])
             .output()
             .expect("tmux capture-pane");
         String::from_utf8_lossy(&out.stdout).into_owned()
@@ -65,6 +66,8 @@ fn percent(line: &str) -> Option<u32> {
 
 #[test]
 fn progress_bar_in_a_terminal_fills_then_leaves_the_path_on_its_own_line() {
+    // With --debug, so log lines are drawn while the bar is up: they must
+    // go above it, never into it.
     let env = Env::new();
     let src = env.path("release.bin");
     fs::write(&src, data(6 << 20, 3)).unwrap();
@@ -74,7 +77,7 @@ fn progress_bar_in_a_terminal_fills_then_leaves_the_path_on_its_own_line() {
         &script,
         format!(
             "cd '{dir}'\nexport HOME='{dir}'\nunset $(env | sed -n 's/^\\(P2PFILE_[A-Z_]*\\)=.*/\\1/p')\n\
-             '{bin}' --ip {ip} --state dl.db download --dir out --download-limit 1 '{magnet}'\n\
+             '{bin}' --ip {ip} --state dl.db download --dir out --download-limit 1 --debug '{magnet}'\n\
              echo $? > exit-code\nsleep 300\n",
             dir = env.dir.path().display(),
             bin = env!("CARGO_BIN_EXE_p2pfile"),
@@ -91,7 +94,7 @@ fn progress_bar_in_a_terminal_fills_then_leaves_the_path_on_its_own_line() {
     // bar with the name, bytes done/total, a rate that is not zero, ETA, peers.
     let mut midway = None;
     while Instant::now() < deadline && !env.path("exit-code").exists() {
-        let screen = tmux.screen();
+        let screen = tmux.screen(0);
         if let Some(line) = screen
             .lines()
             .find(|l| percent(l).is_some_and(|p| (20..95).contains(&p)))
@@ -116,8 +119,17 @@ fn progress_bar_in_a_terminal_fills_then_leaves_the_path_on_its_own_line() {
     }
     let code = fs::read_to_string(env.path("exit-code")).expect("the download ended");
     assert_eq!(code.trim(), "0");
-    // The end: the path alone on its line, no bar left short of 100 %.
-    let screen = tmux.screen();
+    // The end: the path alone on its line, no bar left short of 100 %, and
+    // no log line (--debug) written into a bar.
+    let screen = tmux.screen(1000);
+    assert!(screen.contains("DEBUG"), "--debug logged:\n{screen}");
+    assert!(
+        screen
+            .lines()
+            .filter(|l| l.contains("DEBUG"))
+            .all(|l| percent(l).is_none() && !l.contains("ETA")),
+        "a log line glued to a bar:\n{screen}"
+    );
     let path = env
         .dir
         .path()
