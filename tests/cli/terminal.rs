@@ -191,3 +191,68 @@ fn closed_stdout_ends_the_download_normally_with_its_state_saved() {
     assert_eq!(downloads[0]["state"], "complete", "{downloads:?}");
     assert_eq!(downloads[0]["bytes"], 1 << 20);
 }
+
+#[test]
+fn closed_stdout_leaves_serve_serving_until_its_rule_says_stop() {
+    let env = Env::new();
+    let src = env.path("file.bin");
+    fs::write(&src, data(300_000, 6)).unwrap();
+    let seed_ip = host();
+    let mut c = env.cmd();
+    c.args([
+        "--ip", &seed_ip, "--port", "42071", "--state", "seed.db", "serve",
+    ])
+    .args(["--exit-after", "1", "--torrent-out", "torrents"])
+    .arg(&src)
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    let mut seed = c.spawn().expect("spawn serve");
+    // Nobody reads the magnet: the write fails, and serve goes on serving.
+    drop(seed.stdout.take());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let torrent = loop {
+        let found = fs::read_dir(env.path("torrents"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| p.extension().is_some_and(|x| x == "torrent"));
+        if let Some(t) = found {
+            break t;
+        }
+        assert!(Instant::now() < deadline, "serve wrote no .torrent");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    // The .torrent is written before the magnet is printed; give serve a
+    // moment to reach the failed write.
+    std::thread::sleep(Duration::from_millis(300));
+    let mut c = env.cmd();
+    c.args([
+        "--ip",
+        &host(),
+        "--state",
+        "dl.db",
+        "download",
+        "--dir",
+        "out",
+    ])
+    .args(["--peers", &format!("{seed_ip}:42071")])
+    .arg(&torrent);
+    let out = run(c, Duration::from_secs(90));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let status = wait_timeout(&mut seed, Duration::from_secs(60)).expect("serve exits");
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut seed.stderr.take().unwrap(), &mut err).unwrap();
+    assert_eq!(status.code(), Some(0), "serve stderr: {err}");
+    let mut s = env.cmd();
+    s.args(["--state", "seed.db", "--json", "status"]);
+    let served: Vec<_> = events(&run(s, Duration::from_secs(30)))
+        .into_iter()
+        .filter(|e| e["event"] == "served")
+        .collect();
+    assert_eq!(served.len(), 1, "{served:?}");
+    assert!(
+        served[0]["uploaded"].as_u64() >= Some(300_000),
+        "{served:?}"
+    );
+}
