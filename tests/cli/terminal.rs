@@ -2,27 +2,27 @@
 //! tmux pane) and what a pipeline sees when its reader goes away.
 
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::util::*;
 
-/// A tmux server on a socket of its own, killed on drop with everything
-/// it runs.
+/// A tmux server on a socket of its own (in the test's directory, so
+/// nothing is left behind), killed on drop with everything it runs.
 struct Tmux {
-    socket: String,
+    socket: PathBuf,
 }
 
 impl Tmux {
     /// None (and a message saying so) when tmux is not installed.
-    fn start(script: &Path) -> Option<Self> {
+    fn start(env: &Env, script: &Path) -> Option<Self> {
         if Command::new("tmux").arg("-V").output().is_err() {
             eprintln!("skipped: tmux is not installed (scripts/test installs it)");
             return None;
         }
         let tmux = Tmux {
-            socket: format!("p2pfile-test-{}-{}", std::process::id(), host()),
+            socket: env.path("tmux.sock"),
         };
         let status = tmux
             .cmd()
@@ -36,7 +36,7 @@ impl Tmux {
 
     fn cmd(&self) -> Command {
         let mut c = Command::new("tmux");
-        c.args(["-L", &self.socket, "-f", "/dev/null"]);
+        c.arg("-S").arg(&self.socket).args(["-f", "/dev/null"]);
         c
     }
 
@@ -86,7 +86,7 @@ fn progress_bar_in_a_terminal_fills_then_leaves_the_path_on_its_own_line() {
         ),
     )
     .unwrap();
-    let Some(tmux) = Tmux::start(&script) else {
+    let Some(tmux) = Tmux::start(&env, &script) else {
         return;
     };
     let deadline = Instant::now() + Duration::from_secs(90);
