@@ -3,7 +3,8 @@
 
 use std::fmt;
 
-/// Exit codes. Keep in step with `cli::EXIT_CODES` and the README.
+/// Exit codes. Keep in step with `cli::EXIT_CODES`, the per-subcommand
+/// tables in `cli` (`serve_exit_codes` …) and the README.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Code {
     /// 1: runtime failure.

@@ -13,7 +13,7 @@ mod sync;
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 
 use crate::cli::{Cli, Command};
 use crate::config::{FileValues, Settings};
@@ -21,8 +21,9 @@ use crate::error::{Code, Failure};
 
 fn main() -> ExitCode {
     keep_freed_memory();
-    let cli = Cli::parse();
-    match run(cli) {
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    match run(cli, cli::env_sourced(&matches)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => {
             if f.code != Code::Interrupted {
@@ -50,26 +51,29 @@ fn keep_freed_memory() {
     }
 }
 
-fn run(cli: Cli) -> Result<(), Failure> {
+fn run(cli: Cli, mut from_env: std::collections::BTreeSet<String>) -> Result<(), Failure> {
+    let global = cli.global(&mut from_env)?;
     if let Command::Completion(args) = &cli.command {
         commands::completion::run(args);
         return Ok(());
     }
-    let file = FileValues::load(cli.global.config.as_deref())?;
-    init_tracing(file.flag(cli.global.debug, "debug")?);
-    if let Command::Status = cli.command {
+    let mut file = FileValues::load(global.config.as_deref())?;
+    file.set_env_sourced(from_env);
+    init_tracing(file.flag(global.debug, "debug")?);
+    file.log_skipped();
+    if let Command::Status(_) = cli.command {
         // Needs no address or port: it only reads the database.
-        let state = crate::config::state_path(&cli.global, &file);
-        return commands::status::run(&state, file.flag(cli.global.json, "json")?);
+        let state = crate::config::state_path(&global, &file);
+        return commands::status::run(&state, file.flag(global.json, "json")?);
     }
     if let Command::Sync(args) = &cli.command
         && args.show_keys
     {
         // Needs no address or port either.
-        let state = crate::config::state_path(&cli.global, &file);
-        return commands::sync::show_keys(args, &file, &state, file.flag(cli.global.json, "json")?);
+        let state = crate::config::state_path(&global, &file);
+        return commands::sync::show_keys(args, &file, &state, file.flag(global.json, "json")?);
     }
-    let settings = Settings::resolve(&cli.global, &file)?;
+    let settings = Settings::resolve(&global, &file)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -80,7 +84,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             Command::Magnet(args) => commands::magnet::run(args, &file, settings).await,
             Command::Download(args) => commands::download::run(args, &file, settings).await,
             Command::Sync(args) => commands::sync::run(args, &file, settings).await,
-            Command::Completion(_) | Command::Status => unreachable!("handled above"),
+            Command::Completion(_) | Command::Status(_) => unreachable!("handled above"),
         }
     })
 }
@@ -96,7 +100,7 @@ fn init_tracing(debug: bool) {
     };
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(output::LogWriter)
         // Colour codes only for a terminal, not for a log file or a pipe.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)

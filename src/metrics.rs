@@ -31,6 +31,7 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::config::Picked;
 use crate::error::{Code, Failure};
 
 /// A client that sends no complete request head within this time is
@@ -66,7 +67,7 @@ impl Metrics {
     /// Parses the `--metrics` value (flag, `P2PFILE_METRICS` or config key)
     /// and binds it at once, so a bad or taken address fails the command
     /// before any hashing, network or state work. `None`: no endpoint.
-    pub async fn start(value: Option<String>) -> Result<Self, Failure> {
+    pub async fn start(value: Option<Picked>) -> Result<Self, Failure> {
         let Some(value) = value else {
             return Ok(Self {
                 torrents: None,
@@ -124,7 +125,7 @@ impl Drop for Metrics {
 }
 
 /// `IP:PORT` with a port other than 0 (IPv4 or `[IPv6]:PORT`).
-fn parse_addr(value: &str) -> Result<SocketAddr, Failure> {
+fn parse_addr(value: &Picked) -> Result<SocketAddr, Failure> {
     value
         .trim()
         .parse::<SocketAddr>()
@@ -132,7 +133,7 @@ fn parse_addr(value: &str) -> Result<SocketAddr, Failure> {
         .filter(|a| a.port() != 0)
         .ok_or_else(|| {
             Failure::usage(
-                anyhow!("--metrics {value:?} is not IP:PORT"),
+                anyhow!("{} is not IP:PORT", value.subject("--metrics")),
                 "write it like 127.0.0.1:9920, or 0.0.0.0:9920 for every interface",
             )
         })
@@ -369,10 +370,10 @@ mod tests {
     #[test]
     fn addresses() {
         assert_eq!(
-            parse_addr("127.0.0.1:9920").unwrap(),
+            parse_addr(&Picked::flag("metrics", "127.0.0.1:9920")).unwrap(),
             "127.0.0.1:9920".parse().unwrap()
         );
-        assert!(parse_addr("[::1]:9920").is_ok());
+        assert!(parse_addr(&Picked::flag("metrics", "[::1]:9920")).is_ok());
         for bad in [
             "9920",
             ":9920",
@@ -381,7 +382,7 @@ mod tests {
             "localhost:9920",
             "",
         ] {
-            let f = parse_addr(bad).unwrap_err();
+            let f = parse_addr(&Picked::flag("metrics", bad)).unwrap_err();
             assert_eq!(f.code, Code::Usage, "{bad}");
             assert!(f.hint.is_some());
         }

@@ -30,7 +30,7 @@ use crate::cli::DownloadArgs;
 use crate::config::{FileValues, Settings, parse_number};
 use crate::error::{Code, Failure, from_engine};
 use crate::metrics::Metrics;
-use crate::output::{Output, progress_text, stats_json};
+use crate::output::{Output, round3, stats_json};
 use crate::state::{Download, State};
 
 /// When to stop seeding after completion (0 turns a rule off).
@@ -448,7 +448,6 @@ async fn download(
                 }
             }
             _ = tick.tick() => {
-                let mut lines = Vec::new();
                 let mut failure = None;
                 for t in tracks.iter_mut() {
                     if let Err(f) = on_tick(out, t, timeout, &rules, &settings) {
@@ -459,11 +458,10 @@ async fn download(
                         if session.remove(t.id).await.is_ok() {
                             save(&state, t, &dir);
                         }
-                    } else {
-                        lines.push(progress_text(t.name.as_deref().unwrap_or(&t.info_hash), &t.stats.borrow()));
+                    } else if t.completed_at.is_none() {
+                        out.progress(&t.info_hash, t.name.as_deref().unwrap_or(&t.info_hash), &t.stats.borrow());
                     }
                 }
-                out.progress(&lines);
                 if last_save.elapsed() >= Duration::from_secs(2) {
                     last_save = Instant::now();
                     tracks.iter().filter(|t| !t.stopped).for_each(|t| save(&state, t, &dir));
@@ -927,6 +925,7 @@ fn on_event(
                     "seconds": (t.started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0,
                 }),
             );
+            out.progress_done(&hash);
             if t.already_complete && s.downloaded == 0 {
                 out.note(&format!(
                     "{} was already complete (verified {} pieces, nothing downloaded)",
@@ -1092,7 +1091,7 @@ fn on_tick(
                     "info_hash": t.info_hash,
                     "rule": rule,
                     "uploaded": t.before.uploaded + s.uploaded,
-                    "seconds": t.completed_at.map(|c| c.elapsed().as_secs_f64()),
+                    "seconds": t.completed_at.map(|c| round3(c.elapsed().as_secs_f64())),
                 }),
             );
         }

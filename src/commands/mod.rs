@@ -67,10 +67,27 @@ impl Signals {
 
 /// Opens the state database named by the settings.
 pub fn open_state(settings: &Settings) -> Result<State, Failure> {
-    State::open(&settings.state).map_err(|e| {
-        Failure::new(crate::error::Code::Runtime, e)
-            .hint("pass --state with a writable file path, or run from a writable directory")
-    })
+    State::open(&settings.state).map_err(|e| state_failure(&settings.state, e))
+}
+
+/// A state database that cannot be opened, with the hint that fits: a
+/// directory, a file that is not a database, or a place not writable.
+pub fn state_failure(path: &std::path::Path, e: anyhow::Error) -> Failure {
+    let not_a_database = e.chain().any(|c| c.to_string().contains("not a database"));
+    let hint = if path.is_dir() {
+        format!(
+            "--state names a directory; give a file path such as {}",
+            path.join(".p2pfile.db").display()
+        )
+    } else if not_a_database {
+        format!(
+            "{} is not a p2pfile state database; pass --state with another file, or move it away",
+            path.display()
+        )
+    } else {
+        "pass --state with a writable file path, or run from a writable directory".into()
+    };
+    Failure::new(crate::error::Code::Runtime, e).hint(hint)
 }
 
 /// Keeps the DHT nodes this run learned, to bootstrap from next time.

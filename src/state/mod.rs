@@ -162,10 +162,15 @@ impl State {
     pub fn open(path: &Path) -> anyhow::Result<Self> {
         let conn = Connection::open(path)
             .with_context(|| format!("cannot open state database {}", path.display()))?;
-        conn.busy_timeout(Duration::from_secs(30))?;
+        let cannot_open = || format!("cannot open state database {}", path.display());
+        conn.busy_timeout(Duration::from_secs(30))
+            .with_context(cannot_open)?;
         // WAL lets readers and one writer work at once across processes.
-        let _: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
-        conn.execute_batch("PRAGMA synchronous=NORMAL")?;
+        let _: String = conn
+            .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
+            .with_context(cannot_open)?;
+        conn.execute_batch("PRAGMA synchronous=NORMAL")
+            .with_context(cannot_open)?;
         let mut state = State {
             conn,
             path: path.to_path_buf(),

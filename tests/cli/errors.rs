@@ -86,10 +86,18 @@ fn malformed_flags_and_config() {
     usage_error(&env, &serve(&["--peers", "127.0.0.1"]), "--peers");
     usage_error(&env, &serve(&["--peers", "10.0.0.1:1,bad"]), "\"bad\"");
     usage_error(&env, &serve(&["--upload-limit", "abc"]), "--upload-limit");
+    // serve downloads nothing, so the flag is download's (and sync's).
     usage_error(
         &env,
-        &serve(&["--download-limit", "-2"]),
-        "--download-limit",
+        &[
+            "--ip",
+            "127.0.0.1",
+            "download",
+            "--download-limit",
+            "-2",
+            "f",
+        ],
+        "--download-limit \"-2\" is not a number",
     );
     usage_error(&env, &serve(&["--upload-limit", "0.001"]), "smallest limit");
     usage_error(&env, &serve(&["--port", "70000"]), "--port");

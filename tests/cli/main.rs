@@ -10,5 +10,7 @@ mod rollout;
 mod seeding;
 mod state;
 mod sync;
+mod terminal;
 mod transfer;
+mod usability;
 mod util;

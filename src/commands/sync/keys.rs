@@ -39,7 +39,8 @@ pub(super) fn folder_key(fs: &FolderFs, given: Option<&str>) -> Result<FolderKey
             return Err(Failure::new(
                 Code::Runtime,
                 anyhow!(e).context(format!("cannot read {}", path.display())),
-            ));
+            )
+            .hint("check that the folder's .p2pfile directory is readable by this user"));
         }
     };
     let given = given
@@ -142,9 +143,8 @@ pub fn show_keys(
 ) -> Result<(), Failure> {
     let dir = folder_dir(&args.dir)?;
     let fs = FolderFs::new(&dir);
-    let state = State::open(state_path).map_err(|e| {
-        Failure::new(Code::Runtime, e).hint("pass --state with a writable file path")
-    })?;
+    let state =
+        State::open(state_path).map_err(|e| crate::commands::state_failure(state_path, e))?;
     let key = prepare_folder(&fs, &state, file.pick(&args.key, "key").as_deref())?;
     let out = Output::new(json);
     let rw = key.can_write().then(|| key.to_string());

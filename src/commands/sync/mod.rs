@@ -313,6 +313,7 @@ fn watch(dir: &Path, tx: mpsc::UnboundedSender<()>) -> Result<notify::Recommende
             Code::Runtime,
             anyhow!(e).context("cannot watch the folder for changes"),
         )
+        .hint("raise fs.inotify.max_user_instances, or use --once from cron")
     })?;
     watcher
         .watch(dir, notify::RecursiveMode::Recursive)
