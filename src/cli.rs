@@ -98,6 +98,8 @@ pub enum Command {
     Status,
     /// Print a shell completion script
     Completion(CompletionArgs),
+    /// Print the manual page (roff) of every subcommand
+    Man,
 }
 
 #[derive(Debug, Args)]

@@ -54,6 +54,9 @@ fn run(cli: Cli) -> Result<(), Failure> {
         commands::completion::run(args);
         return Ok(());
     }
+    if let Command::Man = cli.command {
+        return commands::man::run();
+    }
     let file = FileValues::load(cli.global.config.as_deref())?;
     init_tracing(file.flag(cli.global.debug, "debug")?);
     if let Command::Status = cli.command {
@@ -78,7 +81,9 @@ fn run(cli: Cli) -> Result<(), Failure> {
             Command::Serve(args) => commands::serve::run(args, &file, settings).await,
             Command::Download(args) => commands::download::run(args, &file, settings).await,
             Command::Sync(args) => commands::sync::run(args, &file, settings).await,
-            Command::Completion(_) | Command::Status => unreachable!("handled above"),
+            Command::Completion(_) | Command::Man | Command::Status => {
+                unreachable!("handled above")
+            }
         }
     })
 }

@@ -3,6 +3,7 @@
 
 pub mod completion;
 pub mod download;
+pub mod man;
 pub mod serve;
 pub mod status;
 pub mod sync;

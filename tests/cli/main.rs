@@ -3,6 +3,7 @@
 
 mod errors;
 mod interop;
+mod packaging;
 mod seeding;
 mod state;
 mod sync;
