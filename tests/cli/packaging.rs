@@ -1,7 +1,10 @@
-//! What a package installs beside the binary: the man page (`p2pfile man`)
-//! and the shell completions.
+//! What a package installs beside the binary: the man page (`p2pfile man`),
+//! the shell completions, and the systemd unit of examples/systemd with its
+//! config file.
 
+use std::fs;
 use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -117,4 +120,93 @@ fn completions_name_every_subcommand() {
             assert!(out.status.success(), "bash -n: {}", stderr(&out));
         }
     }
+}
+
+fn systemd_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/systemd")
+}
+
+/// The unit with the test's binary in place of /usr/bin/p2pfile.
+fn unit_text() -> String {
+    let unit = fs::read_to_string(systemd_dir().join("p2pfile-seed@.service")).unwrap();
+    assert!(unit.contains("ExecStart=/usr/bin/p2pfile "), "{unit}");
+    unit.replace("/usr/bin/p2pfile", env!("CARGO_BIN_EXE_p2pfile"))
+}
+
+#[test]
+fn systemd_unit_verifies() {
+    if !installed("systemd-analyze", "--version") {
+        eprintln!("skipped: systemd-analyze is not installed (apt-get install systemd)");
+        return;
+    }
+    let env = Env::new();
+    let served = env.path("srv/releases");
+    fs::create_dir_all(&served).unwrap();
+    fs::write(env.path("p2pfile-seed@.service"), unit_text()).unwrap();
+    let escaped = Command::new("systemd-escape")
+        .arg("--path")
+        .arg(&served)
+        .output()
+        .expect("systemd-escape comes with systemd-analyze");
+    let instance = format!("p2pfile-seed@{}.service", stdout(&escaped).trim());
+    let mut c = Command::new("systemd-analyze");
+    c.args(["verify", "--man=no"]).arg(env.path(&instance));
+    let out = run(c, LIMIT);
+    // Unknown keys and bad values are only warnings: none is allowed.
+    assert!(
+        out.status.success() && stderr(&out).is_empty(),
+        "systemd-analyze verify {instance}: {}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+}
+
+/// The unit's ExecStart line, run as systemd would run it for an instance,
+/// with the shipped seed.yaml: it parses, reads the config file and
+/// serves. The environment moves the state and .torrent files from
+/// /var/lib/p2pfile into the sandbox and the address onto loopback
+/// (environment wins over the file).
+#[test]
+fn systemd_exec_start_serves_with_the_shipped_config() {
+    let env = Env::new();
+    let served = env.path("srv/releases");
+    fs::create_dir_all(&served).unwrap();
+    fs::write(served.join("app.bin"), data(100_000, 51)).unwrap();
+    let config = env.path("etc/p2pfile/seed.yaml");
+    fs::create_dir_all(config.parent().unwrap()).unwrap();
+    fs::copy(systemd_dir().join("seed.yaml"), &config).unwrap();
+
+    let unit = unit_text();
+    let exec = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("ExecStart="))
+        .expect("ExecStart");
+    let served_text = served.display().to_string();
+    let config_text = config.display().to_string();
+    let argv: Vec<&str> = exec
+        .split_whitespace()
+        .map(|w| match w {
+            "%f" => served_text.as_str(),
+            "/etc/p2pfile/seed.yaml" => config_text.as_str(),
+            other => other,
+        })
+        .collect();
+    assert!(
+        !argv.iter().any(|w| w.contains('%')),
+        "unexpanded: {argv:?}"
+    );
+
+    let mut c = env.cmd();
+    c.args(&argv[1..])
+        .env("P2PFILE_IP", host())
+        .env("P2PFILE_STATE", env.path("var/seed.db"))
+        .env("P2PFILE_TORRENT_OUT", env.path("var/torrents"));
+    let seed = Server::spawn(c, 1);
+    assert!(seed.magnet().starts_with("magnet:?xt=urn:btih:"));
+    assert!(seed.magnet().contains("&dn=releases"), "{}", seed.magnet());
+    assert!(env.path("var/seed.db").exists(), "state database");
+    let torrents = fs::read_dir(env.path("var/torrents")).unwrap().count();
+    assert_eq!(torrents, 1, "one .torrent for the served directory");
+    // systemctl stop: SIGTERM, a clean exit 0 (no restart).
+    assert_eq!(seed.terminate().code(), Some(0));
 }
