@@ -1,0 +1,307 @@
+//! The Ansible example (examples/ansible) run for real: ansible-core's
+//! `ansible-playbook` on an inventory of loopback hosts (`ansible_connection:
+//! local`, each with its own 127.N.0.x address, state database and target
+//! directory), three runs: the first rolls out to every host, the second
+//! finds nothing to do and moves no byte, the third repairs the one host
+//! whose copy was deleted.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, SystemTime};
+
+use crate::util::*;
+
+/// One playbook run, at most (the seed's deadline below is 120 s).
+const LIMIT: Duration = Duration::from_secs(300);
+
+const TARGETS: usize = 3;
+
+/// Whether `ansible-playbook` is here. Missing, it skips the test with a
+/// message, unless `P2PFILE_REQUIRE_ANSIBLE` is set (scripts/test sets it
+/// once it has installed ansible-core), where it fails it.
+fn have_ansible() -> bool {
+    let ok = Command::new("ansible-playbook")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        if std::env::var_os("P2PFILE_REQUIRE_ANSIBLE").is_some() {
+            panic!("ansible-playbook is required (P2PFILE_REQUIRE_ANSIBLE) but missing");
+        }
+        eprintln!("skipped: ansible-playbook is not installed (apt-get install ansible-core)");
+    }
+    ok
+}
+
+fn example_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/ansible")
+}
+
+/// The loopback fleet: one seed and the targets, each with a directory.
+struct Fleet {
+    env: Env,
+    src: PathBuf,
+    targets: Vec<String>,
+}
+
+impl Fleet {
+    fn new() -> Self {
+        let env = Env::new();
+        let src = env.path("seed/build/release");
+        fs::create_dir_all(src.join("bin")).unwrap();
+        fs::create_dir_all(src.join("share/doc")).unwrap();
+        fs::write(src.join("bin/app"), data(3 << 20, 91)).unwrap();
+        fs::write(src.join("share/data.bin"), data(1 << 20, 92)).unwrap();
+        fs::write(src.join("share/doc/README"), b"release notes\n").unwrap();
+        fs::write(src.join("share/empty"), b"").unwrap();
+        let seed_ip = host();
+        let seed_port = std::net::TcpListener::bind((seed_ip.as_str(), 0))
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let targets: Vec<String> = (1..=TARGETS).map(|i| format!("target{i}")).collect();
+
+        let root = env.dir.path().display().to_string();
+        let mut inv = String::from("all:\n  vars:\n");
+        for (k, v) in [
+            ("ansible_connection", "local".to_string()),
+            ("ansible_python_interpreter", "/usr/bin/python3".to_string()),
+            ("rollout_deadline", "120".to_string()),
+            ("rollout_timeout", "30".to_string()),
+            ("rollout_retries", "2".to_string()),
+            ("p2pfile_seed_port", seed_port.to_string()),
+        ] {
+            writeln!(inv, "    {k}: \"{v}\"").unwrap();
+        }
+        inv.push_str("  children:\n    p2pfile_seed:\n      hosts:\n");
+        writeln!(inv, "        seed:\n          p2pfile_ip: \"{seed_ip}\"").unwrap();
+        writeln!(
+            inv,
+            "          p2pfile_state: \"{root}/seed/state/p2pfile.db\""
+        )
+        .unwrap();
+        writeln!(inv, "          rollout_src: \"{}\"", src.display()).unwrap();
+        inv.push_str("    p2pfile_targets:\n      hosts:\n");
+        for t in &targets {
+            writeln!(inv, "        {t}:\n          p2pfile_ip: \"{}\"", host()).unwrap();
+            writeln!(
+                inv,
+                "          p2pfile_state: \"{root}/{t}/state/p2pfile.db\""
+            )
+            .unwrap();
+            writeln!(inv, "          rollout_dest: \"{root}/{t}/dest\"").unwrap();
+        }
+        fs::write(env.path("inventory.yml"), inv).unwrap();
+        Self { env, src, targets }
+    }
+
+    fn copy(&self, target: &str) -> PathBuf {
+        self.env.path(&format!("{target}/dest/release"))
+    }
+
+    /// Runs the example playbook; returns its output and the recap by host.
+    fn play(&self, which: &str) -> (String, BTreeMap<String, Recap>) {
+        let dir = example_dir();
+        let mut c = Command::new("ansible-playbook");
+        c.arg("-i")
+            .arg(self.env.path("inventory.yml"))
+            .arg("-e")
+            .arg(format!("p2pfile_bin={}", env!("CARGO_BIN_EXE_p2pfile")))
+            .arg(dir.join("rollout.yml"))
+            .current_dir(self.env.dir.path());
+        for (k, _) in std::env::vars() {
+            if k.starts_with("P2PFILE_") || k.starts_with("ANSIBLE_") {
+                c.env_remove(k);
+            }
+        }
+        // The shipped ansible.cfg; ansible's temp files in the sandbox. The
+        // async job directory is named: async_status would look for it in
+        // the passwd entry's home, not in $HOME.
+        c.env("ANSIBLE_CONFIG", dir.join("ansible.cfg"))
+            .env("HOME", self.env.dir.path())
+            .env("ANSIBLE_ASYNC_DIR", self.env.path("ansible-async"))
+            .env("ANSIBLE_NOCOLOR", "1");
+        let out = run(c, LIMIT);
+        let text = stdout(&out);
+        let recap = recap(&text);
+        println!("--- {which} run: PLAY RECAP");
+        for line in text
+            .lines()
+            .skip_while(|l| !l.starts_with("PLAY RECAP"))
+            .skip(1)
+        {
+            if !line.trim().is_empty() {
+                println!("{line}");
+            }
+        }
+        assert!(
+            out.status.success(),
+            "{which} run exited {:?}:\n{text}\nstderr: {}",
+            out.status.code(),
+            stderr(&out)
+        );
+        for (h, r) in &recap {
+            assert_eq!(
+                (r.failed, r.unreachable),
+                (0, 0),
+                "{which} run, {h}:\n{text}"
+            );
+        }
+        assert_eq!(recap.len(), TARGETS + 1, "{which} run, recap:\n{text}");
+        (text, recap)
+    }
+}
+
+/// A host's line of PLAY RECAP.
+#[derive(Debug)]
+struct Recap {
+    changed: u32,
+    unreachable: u32,
+    failed: u32,
+}
+
+fn recap(text: &str) -> BTreeMap<String, Recap> {
+    let mut out = BTreeMap::new();
+    for line in text
+        .lines()
+        .skip_while(|l| !l.starts_with("PLAY RECAP"))
+        .skip(1)
+    {
+        let Some((name, counts)) = line.split_once(" : ") else {
+            continue;
+        };
+        let count = |key: &str| -> u32 {
+            counts
+                .split_whitespace()
+                .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("no {key} in recap line {line:?}"))
+        };
+        out.insert(
+            name.trim().to_string(),
+            Recap {
+                changed: count("changed"),
+                unreachable: count("unreachable"),
+                failed: count("failed"),
+            },
+        );
+    }
+    out
+}
+
+/// Modification times of every file under `root`, to show a run left them.
+fn mtimes(root: &Path) -> BTreeMap<PathBuf, SystemTime> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in fs::read_dir(&dir).unwrap() {
+            let entry = entry.unwrap();
+            let meta = entry.metadata().unwrap();
+            if meta.is_dir() {
+                stack.push(entry.path());
+            } else {
+                out.insert(entry.path(), meta.modified().unwrap());
+            }
+        }
+    }
+    out
+}
+
+/// The `msg` of every debug and assert result, with its host: the lines
+/// `ok: [HOST] => {` and `    "msg": "..."` of the default output.
+fn messages(text: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut host = None;
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("ok: [") {
+            host = rest.split_once(']').map(|(h, _)| h.to_string());
+        } else if let (Some(h), Some(msg)) = (&host, line.trim().strip_prefix("\"msg\": ")) {
+            out.push((h.clone(), msg.to_string()));
+            host = None;
+        }
+    }
+    out
+}
+
+#[test]
+fn ansible_playbook_passes_syntax_check() {
+    if !have_ansible() {
+        return;
+    }
+    let env = Env::new();
+    let mut c = Command::new("ansible-playbook");
+    c.arg("--syntax-check")
+        .arg(example_dir().join("rollout.yml"))
+        .env("ANSIBLE_CONFIG", example_dir().join("ansible.cfg"))
+        .env("HOME", env.dir.path())
+        .current_dir(example_dir());
+    let out = run(c, LIMIT);
+    assert!(out.status.success(), "{}{}", stdout(&out), stderr(&out));
+}
+
+#[test]
+fn ansible_rollout_is_idempotent_and_reports() {
+    if !have_ansible() {
+        return;
+    }
+    let fleet = Fleet::new();
+
+    // First run: every target downloads, the seed reports them all.
+    let (text, first) = fleet.play("first");
+    for t in &fleet.targets {
+        assert!(first[t].changed >= 1, "first run: {t} not changed:\n{text}");
+        assert_same_tree(&fleet.src, &fleet.copy(t));
+    }
+    assert!(
+        text.contains("release completed on"),
+        "no rollout report:\n{text}"
+    );
+    assert!(first["seed"].changed >= 1, "the seed uploaded:\n{text}");
+
+    // Second run: nothing to do; no seed, no download, no file touched.
+    let before: Vec<_> = fleet
+        .targets
+        .iter()
+        .map(|t| mtimes(&fleet.copy(t)))
+        .collect();
+    let (text, second) = fleet.play("second");
+    for (h, r) in &second {
+        assert_eq!(r.changed, 0, "second run: {h} changed:\n{text}");
+    }
+    assert!(
+        text.contains("no seed was started, no byte moved"),
+        "second run started a seed:\n{text}"
+    );
+    let said = messages(&text);
+    for t in &fleet.targets {
+        assert!(
+            said.iter().any(|(h, m)| h == t
+                && m.contains("already complete")
+                && m.contains("; 0 bytes downloaded")),
+            "second run: no '0 bytes downloaded' from {t}:\n{text}"
+        );
+    }
+    let after: Vec<_> = fleet
+        .targets
+        .iter()
+        .map(|t| mtimes(&fleet.copy(t)))
+        .collect();
+    assert_eq!(before, after, "second run touched files");
+
+    // Third run: one host lost its copy; only it downloads, and the seed
+    // expects only it.
+    let lost = &fleet.targets[1];
+    fs::remove_dir_all(fleet.copy(lost)).unwrap();
+    let (text, third) = fleet.play("third");
+    for t in &fleet.targets {
+        let expected = u32::from(t == lost);
+        assert_eq!(third[t].changed, expected, "third run, {t}:\n{text}");
+        assert_same_tree(&fleet.src, &fleet.copy(t));
+    }
+}
