@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, SystemTime};
 
 use crate::util::*;
@@ -19,23 +19,16 @@ const LIMIT: Duration = Duration::from_secs(300);
 
 const TARGETS: usize = 3;
 
-/// Whether `ansible-playbook` is here. Missing, it skips the test with a
-/// message, unless `P2PFILE_REQUIRE_ANSIBLE` is set (scripts/test sets it
-/// once it has installed ansible-core), where it fails it.
+/// Whether `ansible-playbook` is here; `P2PFILE_REQUIRE_ANSIBLE` (set by
+/// scripts/test once it has installed ansible-core) makes a missing one a
+/// failure.
 fn have_ansible() -> bool {
-    let ok = Command::new("ansible-playbook")
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
-        if std::env::var_os("P2PFILE_REQUIRE_ANSIBLE").is_some() {
-            panic!("ansible-playbook is required (P2PFILE_REQUIRE_ANSIBLE) but missing");
-        }
-        eprintln!("skipped: ansible-playbook is not installed (apt-get install ansible-core)");
-    }
-    ok
+    have_tool(
+        "ansible-playbook",
+        Command::new("ansible-playbook").arg("--version"),
+        "P2PFILE_REQUIRE_ANSIBLE",
+        "apt-get install ansible-core",
+    )
 }
 
 fn example_dir() -> PathBuf {
