@@ -40,6 +40,8 @@ struct Fleet {
     env: Env,
     src: PathBuf,
     targets: Vec<String>,
+    /// Each target's address (its `p2pfile_ip`).
+    ips: BTreeMap<String, String>,
 }
 
 impl Fleet {
@@ -81,8 +83,11 @@ impl Fleet {
         .unwrap();
         writeln!(inv, "          rollout_src: \"{}\"", src.display()).unwrap();
         inv.push_str("    p2pfile_targets:\n      hosts:\n");
+        let mut ips = BTreeMap::new();
         for t in &targets {
-            writeln!(inv, "        {t}:\n          p2pfile_ip: \"{}\"", host()).unwrap();
+            let ip = host();
+            writeln!(inv, "        {t}:\n          p2pfile_ip: \"{ip}\"").unwrap();
+            ips.insert(t.clone(), ip);
             writeln!(
                 inv,
                 "          p2pfile_state: \"{root}/{t}/state/p2pfile.db\""
@@ -91,22 +96,46 @@ impl Fleet {
             writeln!(inv, "          rollout_dest: \"{root}/{t}/dest\"").unwrap();
         }
         fs::write(env.path("inventory.yml"), inv).unwrap();
-        Self { env, src, targets }
+        Self {
+            env,
+            src,
+            targets,
+            ips,
+        }
     }
 
     fn copy(&self, target: &str) -> PathBuf {
         self.env.path(&format!("{target}/dest/release"))
     }
 
-    /// Runs the example playbook; returns its output and the recap by host.
+    /// Runs the example playbook, which must succeed; returns its output
+    /// and the recap by host.
     fn play(&self, which: &str) -> (String, BTreeMap<String, Recap>) {
+        let (ok, text, recap) = self.play_with(which, &[]);
+        assert!(ok, "{which} run failed:\n{text}");
+        for (h, r) in &recap {
+            assert_eq!(
+                (r.failed, r.unreachable),
+                (0, 0),
+                "{which} run, {h}:\n{text}"
+            );
+        }
+        (text, recap)
+    }
+
+    /// Runs the example playbook with extra `-e` variables; returns
+    /// whether it exited 0, its output and the recap by host.
+    fn play_with(&self, which: &str, extra: &[&str]) -> (bool, String, BTreeMap<String, Recap>) {
         let dir = example_dir();
         let mut c = Command::new("ansible-playbook");
         c.arg("-i")
             .arg(self.env.path("inventory.yml"))
             .arg("-e")
-            .arg(format!("p2pfile_bin={}", env!("CARGO_BIN_EXE_p2pfile")))
-            .arg(dir.join("rollout.yml"))
+            .arg(format!("p2pfile_bin={}", env!("CARGO_BIN_EXE_p2pfile")));
+        for e in extra {
+            c.arg("-e").arg(e);
+        }
+        c.arg(dir.join("rollout.yml"))
             .current_dir(self.env.dir.path());
         for (k, _) in std::env::vars() {
             if k.starts_with("P2PFILE_") || k.starts_with("ANSIBLE_") {
@@ -133,21 +162,18 @@ impl Fleet {
                 println!("{line}");
             }
         }
+        for (h, msg) in messages(&text) {
+            if h == "seed" {
+                println!("{h}: {msg}");
+            }
+        }
         assert!(
-            out.status.success(),
-            "{which} run exited {:?}:\n{text}\nstderr: {}",
-            out.status.code(),
+            !stderr(&out).contains("ERROR!"),
+            "{which} run: {}",
             stderr(&out)
         );
-        for (h, r) in &recap {
-            assert_eq!(
-                (r.failed, r.unreachable),
-                (0, 0),
-                "{which} run, {h}:\n{text}"
-            );
-        }
         assert_eq!(recap.len(), TARGETS + 1, "{which} run, recap:\n{text}");
-        (text, recap)
+        (out.status.success(), text, recap)
     }
 }
 
@@ -207,13 +233,20 @@ fn mtimes(root: &Path) -> BTreeMap<PathBuf, SystemTime> {
 }
 
 /// The `msg` of every debug and assert result, with its host: the lines
-/// `ok: [HOST] => {` and `    "msg": "..."` of the default output.
+/// `ok: [HOST] => {` (or `fatal: [HOST]: FAILED! => {`) and
+/// `    "msg": "..."` of the default output.
 fn messages(text: &str) -> Vec<(String, String)> {
     let mut out = Vec::new();
     let mut host = None;
     for line in text.lines() {
-        if let Some(rest) = line.strip_prefix("ok: [") {
+        if let Some(rest) = line
+            .strip_prefix("ok: [")
+            .or_else(|| line.strip_prefix("fatal: ["))
+        {
             host = rest.split_once(']').map(|(h, _)| h.to_string());
+        } else if !line.starts_with(' ') {
+            // The end of a result block (`}`), or a result on one line.
+            host = None;
         } else if let (Some(h), Some(msg)) = (&host, line.trim().strip_prefix("\"msg\": ")) {
             out.push((h.clone(), msg.to_string()));
             host = None;
@@ -275,7 +308,7 @@ fn ansible_rollout_is_idempotent_and_reports() {
     for t in &fleet.targets {
         assert!(
             said.iter().any(|(h, m)| h == t
-                && m.contains("already complete")
+                && m.contains("nothing to do")
                 && m.contains("; 0 bytes downloaded")),
             "second run: no '0 bytes downloaded' from {t}:\n{text}"
         );
@@ -297,4 +330,33 @@ fn ansible_rollout_is_idempotent_and_reports() {
         assert_eq!(third[t].changed, expected, "third run, {t}:\n{text}");
         assert_same_tree(&fleet.src, &fleet.copy(t));
     }
+
+    // Fourth run: one host's download fails with a usage error (exit 2, a
+    // --timeout it rejects), tried once and not again; the seed gives up
+    // at its deadline and its report names that host as missing.
+    let broken = &fleet.targets[2];
+    fs::remove_dir_all(fleet.copy(broken)).unwrap();
+    let bad_timeout =
+        format!("rollout_timeout={{{{ 'soon' if inventory_hostname == '{broken}' else 30 }}}}");
+    let (ok, text, fourth) = fleet.play_with("fourth", &[&bad_timeout, "rollout_deadline=10"]);
+    assert!(!ok, "fourth run succeeded:\n{text}");
+    for t in &fleet.targets {
+        let failed = u32::from(t == broken);
+        assert_eq!(fourth[t].failed, failed, "fourth run, {t}:\n{text}");
+        assert_eq!(fourth[t].changed, 0, "fourth run, {t}:\n{text}");
+    }
+    assert_eq!(fourth["seed"].failed, 1, "the report fails:\n{text}");
+    assert!(
+        !text.contains(&format!("RETRYING: [{broken}]")),
+        "exit 2 was retried:\n{text}"
+    );
+    let report = messages(&text)
+        .into_iter()
+        .find(|(h, m)| h == "seed" && m.contains("the seed exited"))
+        .unwrap_or_else(|| panic!("no failed report:\n{text}"))
+        .1;
+    assert!(
+        report.contains(&format!("missing: {}", fleet.ips[broken])),
+        "report: {report}"
+    );
 }
