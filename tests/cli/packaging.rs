@@ -196,6 +196,8 @@ fn systemd_exec_start_serves_with_the_shipped_config() {
         "unexpanded: {argv:?}"
     );
 
+    // What StateDirectory= makes before the service starts.
+    fs::create_dir_all(env.path("var")).unwrap();
     let mut c = env.cmd();
     c.args(&argv[1..])
         .env("P2PFILE_IP", host())
