@@ -134,6 +134,10 @@ fn completion_exit_codes() -> String {
     exit_codes(&[(0, "success"), (2, "unknown shell")])
 }
 
+fn man_exit_codes() -> String {
+    exit_codes(&[(0, "success"), (2, "usage error (an unknown flag)")])
+}
+
 /// Move files across a private fleet with BitTorrent and a private DHT.
 #[derive(Debug, Parser)]
 #[command(name = "p2pfile", version, after_help = EXIT_CODES)]
@@ -370,6 +374,9 @@ pub enum Command {
     /// Print a shell completion script
     #[command(after_help = completion_exit_codes())]
     Completion(CompletionArgs),
+    /// Print the manual page (roff) of every subcommand
+    #[command(after_help = man_exit_codes())]
+    Man,
 }
 
 impl Command {
@@ -382,6 +389,7 @@ impl Command {
             Command::Sync(_) => "sync",
             Command::Status(_) => "status",
             Command::Completion(_) => "completion",
+            Command::Man => "man",
         }
     }
 
@@ -426,7 +434,7 @@ impl Command {
                 state: Some(&a.state),
                 ..none
             },
-            Command::Completion(_) => none,
+            Command::Completion(_) | Command::Man => none,
         }
     }
 }

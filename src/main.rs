@@ -57,6 +57,9 @@ fn run(cli: Cli, mut from_env: std::collections::BTreeSet<String>) -> Result<(),
         commands::completion::run(args);
         return Ok(());
     }
+    if let Command::Man = cli.command {
+        return commands::man::run();
+    }
     let mut file = FileValues::load(global.config.as_deref())?;
     file.set_env_sourced(from_env);
     init_tracing(file.flag(global.debug, "debug")?);
@@ -84,7 +87,9 @@ fn run(cli: Cli, mut from_env: std::collections::BTreeSet<String>) -> Result<(),
             Command::Magnet(args) => commands::magnet::run(args, &file, settings).await,
             Command::Download(args) => commands::download::run(args, &file, settings).await,
             Command::Sync(args) => commands::sync::run(args, &file, settings).await,
-            Command::Completion(_) | Command::Status(_) => unreachable!("handled above"),
+            Command::Completion(_) | Command::Man | Command::Status(_) => {
+                unreachable!("handled above")
+            }
         }
     })
 }

@@ -4,6 +4,7 @@
 pub mod completion;
 pub mod download;
 pub mod magnet;
+pub mod man;
 pub mod serve;
 pub mod status;
 pub mod sync;

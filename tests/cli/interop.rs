@@ -22,18 +22,12 @@ fn interop_dir() -> PathBuf {
 /// unless `P2PFILE_REQUIRE_INTEROP` is set (scripts/test sets it once it
 /// has installed them), where they fail it.
 fn have(what: &str, probe: &mut Command) -> bool {
-    let ok = probe
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
-    if !ok {
-        if std::env::var_os("P2PFILE_REQUIRE_INTEROP").is_some() {
-            panic!("{what} is required (P2PFILE_REQUIRE_INTEROP) but missing");
-        }
-        eprintln!("skipped: {what} is not installed (apt-get install python3-libtorrent aria2)");
-    }
-    ok
+    have_tool(
+        what,
+        probe,
+        "P2PFILE_REQUIRE_INTEROP",
+        "apt-get install python3-libtorrent aria2",
+    )
 }
 
 fn have_libtorrent() -> bool {

@@ -1,9 +1,11 @@
 //! End-to-end tests of the `p2pfile` binary: separate processes on
 //! separate 127.0.0.x addresses, as on a fleet.
 
+mod ansible;
 mod errors;
 mod interop;
 mod metrics;
+mod packaging;
 mod placement;
 mod rerun;
 mod rollout;

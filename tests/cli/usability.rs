@@ -171,7 +171,16 @@ fn a_flag_before_the_subcommand_must_apply_to_it() {
 #[test]
 fn help_texts() {
     let env = Env::new();
-    for sub in ["", "serve", "magnet", "download", "sync", "status", "completion"] {
+    for sub in [
+        "",
+        "serve",
+        "magnet",
+        "download",
+        "sync",
+        "status",
+        "completion",
+        "man",
+    ] {
         let mut c = env.cmd();
         c.args(sub.split_whitespace()).arg("--help");
         let out = run(c, LIMIT);

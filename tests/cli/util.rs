@@ -28,6 +28,25 @@ pub fn test_net() -> u8 {
         .unwrap_or(0)
 }
 
+/// Whether an outside tool a test needs is here (`probe` exits 0). Missing,
+/// it skips the test with a message naming `install`, unless the variable
+/// `require` is set (scripts/test sets it once it has installed the tool),
+/// where it fails the test.
+pub fn have_tool(what: &str, probe: &mut Command, require: &str, install: &str) -> bool {
+    let ok = probe
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        if std::env::var_os(require).is_some() {
+            panic!("{what} is required ({require}) but missing");
+        }
+        eprintln!("skipped: {what} is not installed ({install})");
+    }
+    ok
+}
+
 /// A test's sandbox.
 pub struct Env {
     pub dir: tempfile::TempDir,
