@@ -24,7 +24,7 @@ use crate::common::{
     GetMutableResponseArguments, GetPeersResponseArguments, GetValueRequestArguments, Id, Message,
     MessageType, MutableItem, NoMoreRecentValueResponseArguments, NoValuesResponseArguments, Node,
     PutRequestSpecific, RequestSpecific, RequestTypeSpecific, ResponseSpecific, RoutingTable,
-    MAX_BUCKET_SIZE_K,
+    TransactionId, MAX_BUCKET_SIZE_K,
 };
 use server::Server;
 
@@ -259,14 +259,19 @@ impl Rpc {
     pub fn response(
         &mut self,
         address: SocketAddrV4,
-        transaction_id: u32,
+        transaction_id: TransactionId,
         response: ResponseSpecific,
     ) {
         self.socket.response(address, transaction_id, response)
     }
 
     /// Send an error to the given address.
-    pub fn error(&mut self, address: SocketAddrV4, transaction_id: u32, error: ErrorSpecific) {
+    pub fn error(
+        &mut self,
+        address: SocketAddrV4,
+        transaction_id: TransactionId,
+        error: ErrorSpecific,
+    ) {
         self.socket.error(address, transaction_id, error)
     }
 
@@ -459,7 +464,7 @@ impl Rpc {
     fn handle_request(
         &mut self,
         from: SocketAddrV4,
-        transaction_id: u32,
+        transaction_id: TransactionId,
         request_specific: RequestSpecific,
     ) {
         // By default we only add nodes that responds to our requests.
@@ -467,9 +472,15 @@ impl Rpc {
         // This is the only exception; the first node creating the DHT,
         // without this exception, the bootstrapping node's routing table
         // will never be populated.
+        //
+        // p2pfile patch: the node's id is the requester's, not the lookup
+        // target; the two are equal only when a node looks itself up
+        // (mainline's bootstrap). Other clients (Transmission) look up
+        // random targets, and each became a fake node at their address.
         if self.bootstrap.is_empty() {
-            if let RequestTypeSpecific::FindNode(param) = &request_specific.request_type {
-                self.routing_table.add(Node::new(param.target, from));
+            if let RequestTypeSpecific::FindNode(_) = &request_specific.request_type {
+                self.routing_table
+                    .add(Node::new(request_specific.requester_id, from));
             }
         }
 
@@ -547,7 +558,7 @@ impl Rpc {
             if let Some(query) = self
                 .iterative_queries
                 .values_mut()
-                .find(|query| query.is_inflight_query_request(message.transaction_id))
+                .find(|query| query.is_inflight_query_request(message.transaction_id.value))
             {
                 query.record_invalid_response();
             }
@@ -559,7 +570,7 @@ impl Rpc {
         if let Some(query) = self
             .put_queries
             .values_mut()
-            .find(|query| query.inflight(message.transaction_id))
+            .find(|query| query.inflight(message.transaction_id.value))
         {
             match message.message_type {
                 MessageType::Response(ResponseSpecific::Ping(_)) => {
@@ -581,9 +592,9 @@ impl Rpc {
         if let Some(query) = self
             .iterative_queries
             .values_mut()
-            .find(|query| query.is_inflight(message.transaction_id))
+            .find(|query| query.is_inflight(message.transaction_id.value))
         {
-            let is_query_response = query.is_inflight_query_request(message.transaction_id);
+            let is_query_response = query.is_inflight_query_request(message.transaction_id.value);
             let is_mutable_get_query_response = is_query_response
                 && matches!(
                     &query.request.request_type,
@@ -1175,6 +1186,31 @@ mod tests {
 
     use super::*;
 
+    // p2pfile patch: the first node of a network records a find_node
+    // requester under the requester's id, not under the lookup target.
+    #[test]
+    fn first_node_records_find_node_requester_by_its_id() {
+        let mut rpc = Rpc::new(config::Config {
+            bootstrap: Some(vec![]),
+            bind_address: Some(Ipv4Addr::LOCALHOST),
+            server_mode: true,
+            ..Default::default()
+        })
+        .unwrap();
+        let (requester, target) = (Id::random(), Id::random());
+        let from = SocketAddrV4::new(Ipv4Addr::LOCALHOST, 42_001);
+        rpc.handle_request(
+            from,
+            7.into(),
+            RequestSpecific {
+                requester_id: requester,
+                request_type: RequestTypeSpecific::FindNode(FindNodeRequestArguments { target }),
+            },
+        );
+        let ids: Vec<Id> = rpc.routing_table.nodes().map(|n| *n.id()).collect();
+        assert_eq!(ids, vec![requester]);
+    }
+
     #[test]
     fn get_does_not_echo_inflight_mutable_put() {
         let mut rpc = Rpc::new(config::Config {
@@ -1233,7 +1269,7 @@ mod tests {
         let response = rpc.handle_response(
             responder,
             Message {
-                transaction_id: 0,
+                transaction_id: 0.into(),
                 message_type: MessageType::Response(ResponseSpecific::FindNode(
                     FindNodeResponseArguments {
                         responder_id: Id::random(),

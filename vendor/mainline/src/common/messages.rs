@@ -13,9 +13,43 @@ use crate::common::{Id, Node, ID_SIZE};
 
 use super::InvalidIdSize;
 
+/// A KRPC transaction id: ours are 4 bytes, other clients' (libtorrent: 2)
+/// are echoed exactly as they came (p2pfile patch).
+#[derive(Debug, PartialEq, Eq, Clone, Copy)]
+pub struct TransactionId {
+    /// The id's bytes as a big-endian number (left-padded with zeros).
+    pub value: u32,
+    /// How many bytes it has on the wire, 1 to 4.
+    pub len: u8,
+}
+
+impl From<u32> for TransactionId {
+    fn from(value: u32) -> Self {
+        Self { value, len: 4 }
+    }
+}
+
+impl TransactionId {
+    fn from_wire(bytes: &[u8]) -> Result<Self, DecodeMessageError> {
+        if bytes.is_empty() || bytes.len() > 4 {
+            return Err(DecodeMessageError::InvalidTransactionId);
+        }
+        let mut padded = [0u8; 4];
+        padded[4 - bytes.len()..].copy_from_slice(bytes);
+        Ok(Self {
+            value: u32::from_be_bytes(padded),
+            len: bytes.len() as u8,
+        })
+    }
+
+    fn to_wire(self) -> Vec<u8> {
+        self.value.to_be_bytes()[4 - usize::from(self.len)..].to_vec()
+    }
+}
+
 #[derive(Debug, PartialEq, Clone)]
 pub(crate) struct Message {
-    pub transaction_id: u32,
+    pub transaction_id: TransactionId,
 
     /// The version of the requester or responder.
     pub version: Option<[u8; 4]>,
@@ -214,7 +248,7 @@ pub struct PutMutableRequestArguments {
 impl Message {
     fn into_serde_message(self) -> internal::DHTMessage {
         internal::DHTMessage {
-            transaction_id: self.transaction_id.to_be_bytes(),
+            transaction_id: serde_bytes::ByteBuf::from(self.transaction_id.to_wire()),
             version: self.version,
             ip: self
                 .requester_ip
@@ -401,7 +435,7 @@ impl Message {
 
     fn from_serde_message(msg: internal::DHTMessage) -> Result<Message, DecodeMessageError> {
         Ok(Message {
-            transaction_id: u32::from_be_bytes(msg.transaction_id),
+            transaction_id: TransactionId::from_wire(&msg.transaction_id)?,
             version: msg.version,
             requester_ip: match msg.ip {
                 Some(ip) => Some(bytes_to_sockaddr(ip)?),
@@ -759,6 +793,9 @@ pub enum DecodeMessageError {
     #[error("Expected message to start with 'd'")]
     NotBencodeDictionary,
 
+    #[error("Transaction id is empty or longer than 4 bytes")]
+    InvalidTransactionId,
+
     #[error("Wrong number of bytes for nodes")]
     InvalidNodes4,
 
@@ -791,10 +828,45 @@ pub enum DecodeMessageError {
 mod tests {
     use super::*;
 
+    // p2pfile patch: libtorrent's 2-byte transaction ids are read and
+    // echoed byte for byte; empty or over-long ids are refused.
+    #[test]
+    fn short_transaction_id_is_echoed_as_received() {
+        let query = b"d1:ad2:id20:abcdefghij0123456789e1:q4:ping1:t2:aa1:y1:qe";
+        let msg = Message::from_bytes(query).unwrap();
+        assert_eq!(
+            msg.transaction_id,
+            TransactionId {
+                value: 0x6161,
+                len: 2
+            }
+        );
+        let reply = Message {
+            transaction_id: msg.transaction_id,
+            version: None,
+            requester_ip: None,
+            read_only: false,
+            message_type: MessageType::Response(ResponseSpecific::Ping(PingResponseArguments {
+                responder_id: Id::random(),
+            })),
+        };
+        let bytes = reply.to_bytes().unwrap();
+        assert!(bytes.windows(7).any(|w| w == b"1:t2:aa"));
+        for bad in [&b"1:t0:"[..], b"1:t5:aaaaa"] {
+            let query = [
+                &b"d1:ad2:id20:abcdefghij0123456789e1:q4:ping"[..],
+                bad,
+                b"1:y1:qe",
+            ]
+            .concat();
+            assert!(Message::from_bytes(&query).is_err());
+        }
+    }
+
     #[test]
     fn test_ping_request() {
         let original_msg = Message {
-            transaction_id: 258,
+            transaction_id: 258.into(),
             version: None,
             requester_ip: None,
             read_only: false,
@@ -814,7 +886,7 @@ mod tests {
     #[test]
     fn test_ping_response() {
         let original_msg = Message {
-            transaction_id: 258,
+            transaction_id: 258.into(),
             version: Some([0xde, 0xad, 0, 1]),
             requester_ip: Some("99.100.101.102:1030".parse().unwrap()),
             read_only: false,
@@ -833,7 +905,7 @@ mod tests {
     #[test]
     fn test_find_node_request() {
         let original_msg = Message {
-            transaction_id: 258,
+            transaction_id: 258.into(),
             version: Some([0x62, 0x61, 0x72, 0x66]),
             requester_ip: None,
             read_only: false,
@@ -855,7 +927,7 @@ mod tests {
     #[test]
     fn test_find_node_request_read_only() {
         let original_msg = Message {
-            transaction_id: 258,
+            transaction_id: 258.into(),
             version: Some([0x62, 0x61, 0x72, 0x66]),
             requester_ip: None,
             read_only: true,
@@ -877,7 +949,7 @@ mod tests {
     #[test]
     fn test_find_node_response() {
         let original_msg = Message {
-            transaction_id: 258,
+            transaction_id: 258.into(),
             version: Some([1, 2, 3, 4]),
             requester_ip: Some("50.51.52.53:5455".parse().unwrap()),
             read_only: false,
@@ -909,7 +981,7 @@ mod tests {
     #[test]
     fn test_get_peers_request() {
         let original_msg = Message {
-            transaction_id: 258,
+            transaction_id: 258.into(),
             version: Some([72, 73, 0, 1]),
             requester_ip: None,
             read_only: false,
@@ -931,7 +1003,7 @@ mod tests {
     #[test]
     fn test_get_peers_response() {
         let original_msg = Message {
-            transaction_id: 3,
+            transaction_id: 3.into(),
             version: Some([1, 2, 3, 4]),
             requester_ip: Some("50.51.52.53:5455".parse().unwrap()),
             read_only: true,
@@ -970,7 +1042,7 @@ mod tests {
     #[test]
     fn test_get_peers_response_peers() {
         let original_msg = Message {
-            transaction_id: 3,
+            transaction_id: 3.into(),
             version: Some([1, 2, 3, 4]),
             requester_ip: Some("50.51.52.53:5455".parse().unwrap()),
             read_only: false,
@@ -996,7 +1068,7 @@ mod tests {
         let serde_message = internal::DHTMessage {
             ip: None,
             read_only: None,
-            transaction_id: [1, 2, 3, 4],
+            transaction_id: serde_bytes::ByteBuf::from(vec![1, 2, 3, 4]),
             version: None,
             variant: internal::DHTMessageVariant::Response(
                 internal::DHTResponseSpecific::NoValues {
@@ -1018,7 +1090,7 @@ mod tests {
     #[test]
     fn test_get_immutable_request() {
         let original_msg = Message {
-            transaction_id: 258,
+            transaction_id: 258.into(),
             version: Some([72, 73, 0, 1]),
             requester_ip: None,
             read_only: false,
@@ -1042,7 +1114,7 @@ mod tests {
     #[test]
     fn test_get_immutable_response() {
         let original_msg = Message {
-            transaction_id: 3,
+            transaction_id: 3.into(),
             version: Some([1, 2, 3, 4]),
             requester_ip: Some("50.51.52.53:5455".parse().unwrap()),
             read_only: false,
@@ -1066,7 +1138,7 @@ mod tests {
     #[test]
     fn test_put_immutable_request() {
         let original_msg = Message {
-            transaction_id: 3,
+            transaction_id: 3.into(),
             version: Some([1, 2, 3, 4]),
             requester_ip: Some("50.51.52.53:5455".parse().unwrap()),
             read_only: false,
@@ -1094,7 +1166,7 @@ mod tests {
     #[test]
     fn test_put_mutable_request() {
         let original_msg = Message {
-            transaction_id: 3,
+            transaction_id: 3.into(),
             version: Some([1, 2, 3, 4]),
             requester_ip: Some("50.51.52.53:5455".parse().unwrap()),
             read_only: false,
@@ -1127,7 +1199,7 @@ mod tests {
         let message = internal::DHTMessage {
             ip: None,
             read_only: None,
-            transaction_id: [1, 2, 3, 4],
+            transaction_id: serde_bytes::ByteBuf::from(vec![1, 2, 3, 4]),
             version: None,
             variant: internal::DHTMessageVariant::Request(internal::DHTRequestSpecific::PutValue {
                 arguments: internal::DHTPutValueRequestArguments {
@@ -1155,7 +1227,7 @@ mod tests {
         let message = internal::DHTMessage {
             ip: None,
             read_only: None,
-            transaction_id: [1, 2, 3, 4],
+            transaction_id: serde_bytes::ByteBuf::from(vec![1, 2, 3, 4]),
             version: None,
             variant: internal::DHTMessageVariant::Request(internal::DHTRequestSpecific::PutValue {
                 arguments: internal::DHTPutValueRequestArguments {
@@ -1183,7 +1255,7 @@ mod tests {
         let immutable_put = || internal::DHTMessage {
             ip: None,
             read_only: None,
-            transaction_id: [1, 2, 3, 4],
+            transaction_id: serde_bytes::ByteBuf::from(vec![1, 2, 3, 4]),
             version: None,
             variant: internal::DHTMessageVariant::Request(internal::DHTRequestSpecific::PutValue {
                 arguments: internal::DHTPutValueRequestArguments {

@@ -1,7 +1,9 @@
 //! UDP socket layer managing incoming/outgoing requests and responses.
 
 mod inflight_requests;
-use crate::common::{ErrorSpecific, Message, MessageType, RequestSpecific, ResponseSpecific};
+use crate::common::{
+    ErrorSpecific, Message, MessageType, RequestSpecific, ResponseSpecific, TransactionId,
+};
 use inflight_requests::InflightRequests;
 use std::io::ErrorKind;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
@@ -103,7 +105,7 @@ impl KrpcSocket {
         let message = self.request_message(request);
         trace!(context = "socket_message_sending", message = ?message);
 
-        let tid = message.transaction_id;
+        let tid = message.transaction_id.value;
         self.inflight_requests.add(tid, address);
         let _ = self.send(address, message).map_err(|e| {
             debug!(?e, "Error sending request message");
@@ -115,7 +117,7 @@ impl KrpcSocket {
     pub fn response(
         &mut self,
         address: SocketAddrV4,
-        transaction_id: u32,
+        transaction_id: TransactionId,
         response: ResponseSpecific,
     ) {
         let message =
@@ -127,7 +129,12 @@ impl KrpcSocket {
     }
 
     /// Send an error to the given address.
-    pub fn error(&mut self, address: SocketAddrV4, transaction_id: u32, error: ErrorSpecific) {
+    pub fn error(
+        &mut self,
+        address: SocketAddrV4,
+        transaction_id: TransactionId,
+        error: ErrorSpecific,
+    ) {
         let message = self.response_message(MessageType::Error(error), address, transaction_id);
         let _ = self.send(address, message).map_err(|e| {
             debug!(?e, "Error sending error message");
@@ -224,8 +231,13 @@ impl KrpcSocket {
     // === Private Methods ===
 
     fn is_expected_response(&mut self, message: &Message, from: &SocketAddrV4) -> bool {
-        // Find and remove the matching inflight request
-        if let Some(_request) = self.inflight_requests.remove(message.transaction_id, from) {
+        // Find and remove the matching inflight request (ours have 4 bytes)
+        if message.transaction_id.len == 4
+            && self
+                .inflight_requests
+                .remove(message.transaction_id.value, from)
+                .is_some()
+        {
             return true;
         } else {
             trace!(
@@ -251,7 +263,7 @@ impl KrpcSocket {
         let transaction_id = self.tid();
 
         Message {
-            transaction_id,
+            transaction_id: transaction_id.into(),
             message_type: MessageType::Request(message),
             version: Some(VERSION),
             read_only: !self.server_mode,
@@ -264,7 +276,7 @@ impl KrpcSocket {
         &mut self,
         message: MessageType,
         requester_ip: SocketAddrV4,
-        request_tid: u32,
+        request_tid: TransactionId,
     ) -> Message {
         Message {
             transaction_id: request_tid,
@@ -337,7 +349,7 @@ mod test {
         let server_thread = thread::spawn(move || loop {
             if let Some((message, from)) = server.recv_from() {
                 assert_eq!(from.port(), client_address.port());
-                assert_eq!(message.transaction_id, 120);
+                assert_eq!(message.transaction_id, 120.into());
                 assert!(message.read_only, "Read-only should be true");
                 assert_eq!(message.version, Some(VERSION), "Version should be 'RS'");
                 assert_eq!(message.message_type, MessageType::Request(expected_request));
@@ -370,7 +382,7 @@ mod test {
 
                 if let Some((message, from)) = server.recv_from() {
                     assert_eq!(from.port(), client_address.port());
-                    assert_eq!(message.transaction_id, 8);
+                    assert_eq!(message.transaction_id, 8.into());
                     assert!(message.read_only, "Read-only should be true");
                     assert_eq!(message.version, Some(VERSION), "Version should be 'RS'");
                     assert_eq!(
@@ -386,7 +398,7 @@ mod test {
 
         let server_address = rx.recv().unwrap();
 
-        client.response(server_address, 8, response);
+        client.response(server_address, 8.into(), response);
 
         server_thread.join().unwrap();
     }
@@ -419,7 +431,7 @@ mod test {
             );
         });
 
-        client.response(server_address, 8, response);
+        client.response(server_address, 8.into(), response);
 
         server_thread.join().unwrap();
     }
