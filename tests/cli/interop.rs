@@ -31,7 +31,9 @@ fn have(what: &str, probe: &mut Command) -> bool {
         if std::env::var_os("P2PFILE_REQUIRE_INTEROP").is_some() {
             panic!("{what} is required (P2PFILE_REQUIRE_INTEROP) but missing");
         }
-        eprintln!("skipped: {what} is not installed (apt-get install python3-libtorrent aria2)");
+        eprintln!(
+            "skipped: {what} is not installed (apt-get install python3-libtorrent aria2 transmission-cli)"
+        );
     }
     ok
 }
@@ -84,6 +86,31 @@ fn libtorrent_downloads_from_p2pfile_serve() {
     let out = run(c, LIMIT);
     assert!(out.status.success(), "libtorrent failed: {}", stderr(&out));
     // libtorrent creates no empty directories; compare the files.
+    assert_same_tree(&root, &env.path("lt/sample"));
+}
+
+/// libtorrent's own DHT, bootstrapped from nothing but the seed's address
+/// (no `x.pe` hint, no tracker, `dht_bootstrap_nodes` empty, bound to
+/// 127.N.0.x), finds the seed and downloads from it. libtorrent sends
+/// 2-byte KRPC transaction ids, which mainline 8.0.1 as published dropped
+/// (vendor/README.md).
+#[test]
+fn libtorrent_finds_a_p2pfile_seed_through_its_dht() {
+    if !have_libtorrent() {
+        return;
+    }
+    let env = Env::new();
+    let root = sample(&env);
+    let seed = env.serve(&host(), &[], &[&root]);
+    let ip = host();
+    let mut c = lt_client();
+    c.args(["download", &without_peers(seed.magnet()), "--ip", &ip])
+        .args(["--port", &free_port(&ip).to_string()])
+        .args(["--dht-node", &peer_of(seed.magnet())])
+        .args(["--timeout", "60", "--dir"])
+        .arg(env.path("lt"));
+    let out = run(c, LIMIT);
+    assert!(out.status.success(), "libtorrent failed: {}", stderr(&out));
     assert_same_tree(&root, &env.path("lt/sample"));
 }
 
@@ -155,4 +182,89 @@ fn aria2_finds_a_p2pfile_seed_through_its_dht() {
         stderr(&out)
     );
     assert_same_tree(&root, &env.path("aria2/sample"));
+}
+
+/// transmission-cli 3.00, whose only DHT bootstrap node (`dht.bootstrap`)
+/// is the seed, finds it through the DHT and downloads from it.
+///
+/// Transmission's DHT cannot run on loopback (it drops 127.0.0.0/8 as
+/// martian) and does not look anything up until its table holds at least 4
+/// nodes that answered and 9 in all (`tr-dht.c`); before that it falls back
+/// to `dht.transmissionbt.com`. So everything runs in a network namespace
+/// of its own (only `lo`, carrying 10.234.0.x: no route out, no DNS), with
+/// eight more p2pfile hosts in the DHT, as a fleet has.
+#[test]
+fn transmission_finds_a_p2pfile_seed_through_its_dht() {
+    if !have(
+        "transmission-cli",
+        Command::new("transmission-cli").arg("--version"),
+    ) {
+        return;
+    }
+    const HELPERS: usize = 8;
+    let ip = |i: usize| format!("10.234.0.{}", i + 1);
+    let addrs: Vec<String> = (0..HELPERS + 2).map(ip).collect();
+    let Some(ns) = Netns::new("tr", &addrs.iter().map(String::as_str).collect::<Vec<_>>()) else {
+        return;
+    };
+    let env = Env::new();
+    let root = sample(&env);
+    let port = "41000";
+    let p2pfile = |host: usize, args: &[&str], path: &Path| {
+        let mut c = env.cmd();
+        c.args(["--ip", &ip(host), "--port", port, "--state"])
+            .arg(env.path(&format!("{host}.db")))
+            .args(args)
+            .arg(path);
+        Server::spawn(ns.wrap(&c), 1)
+    };
+    let seed = p2pfile(0, &["serve", "--json", "--torrent-out", "torrents"], &root);
+    let serving: serde_json::Value = serde_json::from_str(seed.magnet()).unwrap();
+    let entry = format!("{}:{port}", ip(0));
+    let _helpers: Vec<Server> = (2..HELPERS + 2)
+        .map(|h| {
+            let file = env.path(&format!("helper{h}.txt"));
+            fs::write(&file, format!("helper {h}")).unwrap();
+            p2pfile(h, &["--peers", &entry, "serve"], &file)
+        })
+        .collect();
+
+    // Transmission's own settings: bound to its address, no port mapping,
+    // LPD, uTP, RPC or blocklist updates; stop (and exit) once complete.
+    let cfg = env.path("transmission");
+    fs::create_dir_all(&cfg).unwrap();
+    let settings = serde_json::json!({
+        "bind-address-ipv4": ip(1), "bind-address-ipv6": "::1",
+        "peer-port": 41001, "peer-port-random-on-start": false,
+        "port-forwarding-enabled": false, "lpd-enabled": false, "utp-enabled": false,
+        "rpc-enabled": false, "blocklist-enabled": false, "encryption": 0,
+        "dht-enabled": true, "pex-enabled": true,
+        "ratio-limit-enabled": true, "ratio-limit": 0, "message-level": 3,
+    });
+    fs::write(cfg.join("settings.json"), settings.to_string()).unwrap();
+    fs::write(cfg.join("dht.bootstrap"), format!("{} {port}\n", ip(0))).unwrap();
+    let torrent = env.path(&format!(
+        "torrents/{}.torrent",
+        serving["info_hash"].as_str().unwrap()
+    ));
+    let mut c = Command::new("timeout");
+    c.args(["-k", "5", "120", "transmission-cli", "-M", "-g"])
+        .arg(&cfg)
+        .arg("-w")
+        .arg(env.path("tr"))
+        .arg(&torrent)
+        .env("HOME", env.path(""));
+    let out = run(ns.wrap(&c), LIMIT);
+    let log = stderr(&out);
+    assert!(
+        out.status.success(),
+        "transmission failed ({:?}): {log}",
+        out.status
+    );
+    assert!(
+        log.contains("peers from DHT"),
+        "transmission found no peer through the DHT: {log}"
+    );
+    // Transmission 3.00 creates no zero-length files.
+    assert_same_tree_but(&root, &env.path("tr/sample"), &["empty"]);
 }
