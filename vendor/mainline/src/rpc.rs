@@ -14,7 +14,7 @@ use std::num::NonZeroUsize;
 use std::time::{Duration, Instant};
 
 use lru::LruCache;
-use tracing::{debug, error, info};
+use tracing::{debug, info};
 
 use iterative_query::IterativeQuery;
 use put_query::PutQuery;
@@ -1106,11 +1106,16 @@ impl Rpc {
             })
     }
 
-    /// Check if routing table is empty and log an error if so.
+    /// Check if routing table is empty and log it if so.
+    ///
+    /// p2pfile patch: at debug level, not error. An empty table is normal in
+    /// a private network (the first node; remembered nodes that are gone),
+    /// the lookup repeats every ~2 s while it lasts, and the application
+    /// reports a real failure itself.
     fn log_bootstrap(&self, self_id: &Id) {
         let table_size = self.routing_table.size();
         if table_size == 0 {
-            error!("Could not bootstrap the routing table");
+            debug!("Could not bootstrap the routing table");
         } else {
             debug!(?self_id, table_size, "Populated the routing table");
         }
