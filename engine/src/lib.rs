@@ -34,6 +34,7 @@ pub mod session;
 mod shared;
 mod torrent;
 
+pub use dht::DhtNodes;
 pub use error::{Error, TorrentError};
 pub use event::{Event, Phase, Stats, TorrentEvent};
 pub use session::{AddTorrent, PortChoice, Session, SessionConfig, Source, TorrentOptions};
