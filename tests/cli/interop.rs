@@ -69,8 +69,9 @@ fn sample(env: &Env) -> PathBuf {
     root
 }
 
-#[test]
-fn libtorrent_downloads_from_p2pfile_serve() {
+/// Serves the sample and has libtorrent download it, given the arguments
+/// `how` makes of the seed's magnet; checks the files.
+fn libtorrent_downloads_the_sample(how: impl Fn(&str) -> Vec<String>) {
     if !have_libtorrent() {
         return;
     }
@@ -79,7 +80,9 @@ fn libtorrent_downloads_from_p2pfile_serve() {
     let seed = env.serve(&host(), &[], &[&root]);
     let ip = host();
     let mut c = lt_client();
-    c.args(["download", seed.magnet(), "--ip", &ip, "--port"])
+    c.arg("download")
+        .args(how(seed.magnet()))
+        .args(["--ip", &ip, "--port"])
         .arg(free_port(&ip).to_string())
         .args(["--timeout", "120", "--dir"])
         .arg(env.path("lt"));
@@ -89,6 +92,11 @@ fn libtorrent_downloads_from_p2pfile_serve() {
     assert_same_tree(&root, &env.path("lt/sample"));
 }
 
+#[test]
+fn libtorrent_downloads_from_p2pfile_serve() {
+    libtorrent_downloads_the_sample(|magnet| vec![magnet.to_string()]);
+}
+
 /// libtorrent's own DHT, bootstrapped from nothing but the seed's address
 /// (no `x.pe` hint, no tracker, `dht_bootstrap_nodes` empty, bound to
 /// 127.N.0.x), finds the seed and downloads from it. libtorrent sends
@@ -96,22 +104,9 @@ fn libtorrent_downloads_from_p2pfile_serve() {
 /// (vendor/README.md).
 #[test]
 fn libtorrent_finds_a_p2pfile_seed_through_its_dht() {
-    if !have_libtorrent() {
-        return;
-    }
-    let env = Env::new();
-    let root = sample(&env);
-    let seed = env.serve(&host(), &[], &[&root]);
-    let ip = host();
-    let mut c = lt_client();
-    c.args(["download", &without_peers(seed.magnet()), "--ip", &ip])
-        .args(["--port", &free_port(&ip).to_string()])
-        .args(["--dht-node", &peer_of(seed.magnet())])
-        .args(["--timeout", "60", "--dir"])
-        .arg(env.path("lt"));
-    let out = run(c, LIMIT);
-    assert!(out.status.success(), "libtorrent failed: {}", stderr(&out));
-    assert_same_tree(&root, &env.path("lt/sample"));
+    libtorrent_downloads_the_sample(|magnet| {
+        vec![without_peers(magnet), "--dht-node".into(), peer_of(magnet)]
+    });
 }
 
 #[test]
