@@ -16,11 +16,23 @@ use crate::bencode::{self, Value};
 
 use crate::metainfo::InfoHash;
 
+/// DHT nodes worth keeping for the next start.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DhtNodes {
+    /// `IP:PORT` of each node in the routing table.
+    pub nodes: Vec<String>,
+    /// Bootstrap nodes that did not answer: not in the table after a lookup
+    /// round finished. Every bootstrap node is asked at start, and a node
+    /// enters the table by answering. Empty until a round has finished.
+    pub unanswered: Vec<String>,
+}
+
 /// A running DHT node.
 #[derive(Clone, Debug)]
 pub(crate) struct Dht {
     node: AsyncDht,
     addr: SocketAddrV4,
+    bootstrap: Vec<String>,
     /// The routing table's nodes as last read by a lookup round. Asking the
     /// node directly waits for its actor thread, which polls its socket
     /// with a 50 ms timeout: that wait was most of a short download's exit
@@ -53,6 +65,7 @@ impl Dht {
         Ok(Self {
             node,
             addr: SocketAddrV4::new(ip, port),
+            bootstrap: boot,
             nodes: Arc::default(),
         })
     }
@@ -113,14 +126,22 @@ impl Dht {
         Ok(())
     }
 
-    /// Bootstrap nodes worth keeping for the next start.
     /// Nodes worth bootstrapping from next time: what the last lookup round
     /// saw, or the node's table when no round has finished yet.
-    pub(crate) async fn nodes(&self) -> Vec<String> {
+    pub(crate) async fn nodes(&self) -> DhtNodes {
         let cached = self.nodes.lock().expect("nodes lock").clone();
         match cached {
-            Some(nodes) => nodes,
-            None => self.node.to_bootstrap().await,
+            Some(nodes) => DhtNodes {
+                unanswered: (self.bootstrap.iter())
+                    .filter(|b| !nodes.contains(b))
+                    .cloned()
+                    .collect(),
+                nodes,
+            },
+            None => DhtNodes {
+                nodes: self.node.to_bootstrap().await,
+                unanswered: Vec::new(),
+            },
         }
     }
 

@@ -36,6 +36,7 @@ pub mod session;
 mod shared;
 mod torrent;
 
+pub use dht::DhtNodes;
 pub use error::{Error, TorrentError};
 pub use event::{Event, Phase, Stats, TorrentEvent};
 pub use placement::{TargetCheck, bytes_to_write, verify_target};

@@ -20,7 +20,7 @@ use rand::Rng;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::dht::Dht;
+use crate::dht::{Dht, DhtNodes};
 use crate::error::Error;
 use crate::event::{Stats, TorrentEvent};
 use crate::magnet::Magnet;
@@ -183,10 +183,10 @@ impl Session {
     }
 
     /// DHT nodes worth bootstrapping from next time.
-    pub async fn dht_nodes(&self) -> Vec<String> {
+    pub async fn dht_nodes(&self) -> DhtNodes {
         match &self.shared.dht {
             Some(d) => d.nodes().await,
-            None => Vec::new(),
+            None => DhtNodes::default(),
         }
     }
 

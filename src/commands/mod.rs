@@ -91,10 +91,14 @@ pub fn state_failure(path: &std::path::Path, e: anyhow::Error) -> Failure {
     Failure::new(crate::error::Code::Runtime, e).hint(hint)
 }
 
-/// Keeps the DHT nodes this run learned, to bootstrap from next time.
+/// Keeps the DHT nodes this run learned, to bootstrap from next time, and
+/// forgets the remembered ones that did not answer.
 pub async fn save_dht_nodes(state: &State, session: &Session) {
-    let nodes = session.dht_nodes().await;
-    if let Err(e) = state.save_dht_nodes(&nodes) {
+    let found = session.dht_nodes().await;
+    let saved = state
+        .forget_dht_nodes(&found.unanswered)
+        .and_then(|()| state.save_dht_nodes(&found.nodes));
+    if let Err(e) = saved {
         tracing::warn!(
             "cannot record DHT nodes in {}: {e:#}",
             state.path().display()

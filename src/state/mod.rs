@@ -355,6 +355,15 @@ impl State {
         Ok(nodes)
     }
 
+    /// Forgets DHT nodes that no longer answer.
+    pub fn forget_dht_nodes(&self, nodes: &[String]) -> anyhow::Result<()> {
+        for n in nodes {
+            self.conn
+                .execute("DELETE FROM dht_nodes WHERE addr = ?1", params![n])?;
+        }
+        Ok(())
+    }
+
     pub fn save_dht_nodes(&self, nodes: &[String]) -> anyhow::Result<()> {
         let t = now();
         for n in nodes {
@@ -421,7 +430,9 @@ mod tests {
             (d.state.as_str(), d.uploaded, d.name.as_str()),
             ("complete", 3, "")
         );
-        s.save_dht_nodes(&["127.0.0.1:1".into()]).unwrap();
+        s.save_dht_nodes(&["127.0.0.1:1".into(), "127.0.0.1:2".into()])
+            .unwrap();
+        s.forget_dht_nodes(&["127.0.0.1:2".into()]).unwrap();
         assert_eq!(s.dht_nodes().unwrap(), vec!["127.0.0.1:1".to_string()]);
         let v: i64 = s
             .conn

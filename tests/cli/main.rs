@@ -2,6 +2,7 @@
 //! separate 127.0.0.x addresses, as on a fleet.
 
 mod ansible;
+mod dht;
 mod errors;
 mod interop;
 mod metrics;

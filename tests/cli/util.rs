@@ -342,3 +342,79 @@ impl Drop for JsonProc {
         let _ = self.child.wait();
     }
 }
+
+/// A network namespace of its own, removed (with every process still in
+/// it) on drop. Its only interface is `lo`, which also carries the
+/// addresses given: nothing inside can reach the host's network or the
+/// internet, and nothing outside can reach in.
+pub struct Netns {
+    name: String,
+}
+
+impl Netns {
+    /// Creates `p2pt<pid>-<tag>` with `lo` up and `addrs` on it. None
+    /// (with a message) where namespaces are not available (not root).
+    pub fn new(tag: &str, addrs: &[&str]) -> Option<Netns> {
+        let name = format!("p2pt{}-{tag}", std::process::id() % 100_000);
+        let ok = |args: &[&str]| {
+            Command::new("ip")
+                .args(args)
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        if !ok(&["netns", "add", &name]) {
+            eprintln!("skipped: network namespaces need root and iproute2");
+            return None;
+        }
+        let ns = Netns { name };
+        assert!(ok(&["-n", &ns.name, "link", "set", "lo", "up"]));
+        for a in addrs {
+            assert!(ok(&[
+                "-n",
+                &ns.name,
+                "addr",
+                "add",
+                &format!("{a}/32"),
+                "dev",
+                "lo"
+            ]));
+        }
+        Some(ns)
+    }
+
+    /// The same command (program, arguments, environment, directory), run
+    /// inside the namespace.
+    pub fn wrap(&self, c: &Command) -> Command {
+        let mut w = Command::new("ip");
+        w.args(["netns", "exec", &self.name])
+            .arg(c.get_program())
+            .args(c.get_args());
+        for (k, v) in c.get_envs() {
+            match v {
+                Some(v) => w.env(k, v),
+                None => w.env_remove(k),
+            };
+        }
+        if let Some(d) = c.get_current_dir() {
+            w.current_dir(d);
+        }
+        w
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        if let Ok(o) = Command::new("ip")
+            .args(["netns", "pids", &self.name])
+            .output()
+        {
+            for pid in String::from_utf8_lossy(&o.stdout).split_whitespace() {
+                let _ = Command::new("kill").args(["-KILL", pid]).status();
+            }
+        }
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
