@@ -162,6 +162,8 @@ struct Report {
     seeded: Vec<Seeded>,
     completions: Vec<Completion>,
     expect: Vec<Expected>,
+    /// `--exit-after` or `--expect` was given: the run ends with a report.
+    rules: bool,
 }
 
 impl Report {
@@ -245,6 +247,7 @@ pub async fn run(args: ServeArgs, file: &FileValues, settings: Settings) -> Resu
         seeded: Vec::new(),
         completions: Vec::new(),
         expect: Vec::new(),
+        rules: false,
     };
     let result = serve(args, file, settings, &out, &mut report).await;
     let code = match &result {
@@ -252,8 +255,10 @@ pub async fn run(args: ServeArgs, file: &FileValues, settings: Settings) -> Resu
         Err(f) => f.code as u8,
     };
     report.summary(&out, code);
-    if result.is_ok() && !out.is_json() {
-        eprintln!("{}", report.line());
+    // The rollout's result, after the magnets on stdout; a seed stopped by
+    // a signal has no rule to report on and ends as quietly as it ran.
+    if result.is_ok() && report.rules && !out.is_json() {
+        out.line(&report.line());
     }
     result
 }
@@ -268,6 +273,7 @@ async fn serve(
     let mut signals = Signals::install()?;
     let rules = StopRules::resolve(&args, file)?;
     report.expect = rules.expect.clone();
+    report.rules = rules.exit_after.is_some() || !rules.expect.is_empty();
     let torrent_out: Option<PathBuf> = magnet::torrent_out(&args.torrent_out, file);
     // Bound first, like the session below: a bad or taken address fails
     // before any hashing or writing.

@@ -366,3 +366,43 @@ fn a_file_replaced_keeping_size_and_mtime_between_runs_is_caught_by_its_hash() {
     assert_eq!(status.code(), Some(3), "{devs:?}");
     assert!(JsonProc::find(&devs, "first_piece").is_none(), "{devs:?}");
 }
+
+/// Without `--json`, a seed that `--exit-after` ended says so on stdout
+/// after its magnet, and stderr stays empty: success prints no log line.
+#[test]
+fn exit_after_without_json_reports_on_stdout_and_nothing_on_stderr() {
+    use std::io::{BufRead, BufReader, Read};
+    let env = Env::new();
+    let src = source(&env, 1 << 20);
+    let mut c = env.cmd();
+    c.args(["--ip", &host(), "serve", "--exit-after", "1"])
+        .arg(&src)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut serve = c.spawn().unwrap();
+    let mut stdout = BufReader::new(serve.stdout.take().unwrap());
+    let mut magnet = String::new();
+    stdout.read_line(&mut magnet).unwrap();
+    assert!(magnet.starts_with("magnet:?"), "{magnet:?}");
+    let out = run(
+        download(&env, &host(), "d", magnet.trim(), &[]),
+        Duration::from_secs(60),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let status = wait_timeout(&mut serve, Duration::from_secs(60)).expect("serve exits");
+    assert!(status.success());
+    let mut rest = String::new();
+    stdout.read_to_string(&mut rest).unwrap();
+    let mut err = String::new();
+    serve
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(
+        rest.starts_with("served 1 path for ") && rest.contains(": 1 peer completed every path, "),
+        "{rest:?}"
+    );
+    assert_eq!(err, "");
+}
