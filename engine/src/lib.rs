@@ -26,6 +26,7 @@ pub mod storage;
 pub mod utc;
 pub mod wire;
 
+mod admission;
 mod dht;
 mod error;
 mod event;

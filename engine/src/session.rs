@@ -20,6 +20,7 @@ use rand::Rng;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::admission::Pending;
 use crate::dht::{Dht, DhtNodes};
 use crate::error::Error;
 use crate::event::{Stats, TorrentEvent};
@@ -412,6 +413,9 @@ async fn bind(config: &SessionConfig) -> Result<(TcpListener, Option<Dht>), Erro
 }
 
 async fn accept_loop(listener: TcpListener, routes: Routes) {
+    // Connections before their handshake names a torrent count too: one
+    // address may hold only a few of them (see `admission`).
+    let pending: Arc<Mutex<Pending>> = Arc::default();
     loop {
         let (mut stream, addr) = match listener.accept().await {
             Ok(s) => s,
@@ -421,6 +425,14 @@ async fn accept_loop(listener: TcpListener, routes: Routes) {
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
+        };
+        if !pending.lock().expect("pending lock").enter(addr.ip()) {
+            tracing::debug!(%addr, "incoming refused: too many connections awaiting a handshake");
+            continue;
+        }
+        let place = PendingPlace {
+            pending: pending.clone(),
+            ip: addr.ip(),
         };
         let routes = routes.clone();
         tokio::spawn(async move {
@@ -435,6 +447,7 @@ async fn accept_loop(listener: TcpListener, routes: Routes) {
                 Ok(Err(e)) => return tracing::debug!(%addr, "incoming handshake: {e}"),
                 Err(_) => return tracing::debug!(%addr, "incoming handshake timed out"),
             };
+            drop(place);
             let route = routes
                 .lock()
                 .expect("routes lock")
@@ -449,5 +462,18 @@ async fn accept_loop(listener: TcpListener, routes: Routes) {
                 }
             }
         });
+    }
+}
+
+/// A connection's place among those awaiting a handshake, given back when
+/// dropped (handshake read, failed or timed out).
+struct PendingPlace {
+    pending: Arc<Mutex<Pending>>,
+    ip: IpAddr,
+}
+
+impl Drop for PendingPlace {
+    fn drop(&mut self) {
+        self.pending.lock().expect("pending lock").leave(self.ip);
     }
 }

@@ -23,6 +23,7 @@ use rand::rngs::StdRng;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::admission;
 use crate::bitfield::Bitfield;
 use crate::builder::ScannedFile;
 use crate::choker::FirstUpload;
@@ -41,8 +42,6 @@ use download::Assembly;
 use metadata::MetadataFetch;
 use peers::Peer;
 
-/// Most connected peers per torrent.
-const MAX_PEERS: usize = 60;
 /// Most connection attempts in flight per torrent.
 const MAX_CONNECTING: usize = 16;
 /// Upload slots (see `choker`).
@@ -440,8 +439,11 @@ impl Torrent {
         let now = Instant::now();
         let finished = self.finished();
         let connecting = self.addrs.values().filter(|a| a.connecting).count();
-        let room = MAX_PEERS
-            .saturating_sub(self.peers.len())
+        // Dial only into free outgoing slots (admission keeps some for
+        // incoming peers), counting the dials under way.
+        let free = admission::room(&self.standings(), admission::Direction::Outgoing);
+        let room = free
+            .saturating_sub(connecting)
             .min(MAX_CONNECTING.saturating_sub(connecting));
         let due: Vec<SocketAddr> = self
             .addrs
@@ -483,6 +485,7 @@ impl Torrent {
         for p in self.peers.values_mut() {
             p.down_rate.tick(secs);
         }
+        self.close_silent(Instant::now());
         self.connect_more();
         self.expire_requests();
         self.request_metadata();

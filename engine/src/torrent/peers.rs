@@ -13,7 +13,8 @@ use tokio::sync::mpsc;
 
 use super::download::pipeline_depth;
 use super::metadata::{self, Fetched};
-use super::{MAX_PEERS, State, Torrent, UNCHOKE_SLOTS};
+use super::{State, Torrent, UNCHOKE_SLOTS};
+use crate::admission::{self, Admit, Direction, Standing};
 use crate::bitfield::Bitfield;
 use crate::choker::{self, Candidate};
 use crate::error::TorrentError;
@@ -79,6 +80,15 @@ pub(super) struct Peer {
     pub last_reject: Instant,
     pub pex_sent: HashSet<SocketAddrV4>,
     pub last_pex: Option<Instant>,
+    /// Who opened the connection (each side has its own slot budget).
+    pub direction: Direction,
+    /// When the connection was admitted.
+    pub since: Instant,
+    /// It has sent something beyond keep-alives and the extension
+    /// handshake; a peer silent past `admission::SILENT_GRACE` is closed.
+    pub spoken: bool,
+    /// The last interest, request, block or extension message from it.
+    pub last_useful: Option<Instant>,
 }
 
 impl Peer {
@@ -145,8 +155,22 @@ impl Torrent {
             }
             self.drop_peer(old, "duplicate connection");
         }
-        if self.peers.len() >= MAX_PEERS {
-            return;
+        let direction = match dialed {
+            Some(_) => Direction::Outgoing,
+            None => Direction::Incoming,
+        };
+        let now = Instant::now();
+        match admission::admit(&self.standings(), addr.ip(), direction, now) {
+            Admit::Accept => {}
+            Admit::Displace(old) => self.drop_peer(old, "displaced by a new peer"),
+            Admit::Refuse(why) => {
+                tracing::debug!(%addr, "connection refused: {why}");
+                if let Some(a) = dialed.and_then(|d| self.addrs.get_mut(&d)) {
+                    // Dial it again later, not at the next tick.
+                    a.failures += 1;
+                }
+                return;
+            }
         }
         let key = self.next_key;
         self.next_key += 1;
@@ -191,6 +215,10 @@ impl Torrent {
             last_reject: Instant::now(),
             pex_sent: HashSet::new(),
             last_pex: None,
+            direction,
+            since: now,
+            spoken: false,
+            last_useful: None,
         };
         if hs.supports_extensions() {
             let ext = ExtHandshake {
@@ -282,6 +310,7 @@ impl Torrent {
     /// Handles one message; an `Err` closes the connection (malformed or
     /// hostile input never takes the process down).
     fn on_message(&mut self, key: PeerKey, msg: Message) -> Result<(), String> {
+        self.note_activity(key, &msg);
         match msg {
             Message::KeepAlive
             | Message::Port(_)
@@ -341,6 +370,56 @@ impl Torrent {
             Message::Extended { id, payload } => self.on_extended(key, id, payload)?,
         }
         Ok(())
+    }
+
+    /// Records what a message says about the peer's use (see `admission`).
+    fn note_activity(&mut self, key: PeerKey, msg: &Message) {
+        let peer = self.peers.get_mut(&key).expect("present");
+        match msg {
+            Message::KeepAlive | Message::Port(_) | Message::Extended { id: 0, .. } => {}
+            Message::Interested
+            | Message::Request(_)
+            | Message::Piece { .. }
+            | Message::Extended { .. } => {
+                peer.spoken = true;
+                peer.last_useful = Some(Instant::now());
+            }
+            _ => peer.spoken = true,
+        }
+    }
+
+    /// The connected peers as admission sees them: a peer is useful while
+    /// it has pieces we want, wants ours and waits for an upload slot, has
+    /// our requests outstanding, or offers the metadata we are fetching.
+    pub(super) fn standings(&self) -> Vec<Standing<PeerKey>> {
+        let fetching = matches!(self.state, State::Metadata(_));
+        self.peers
+            .iter()
+            .map(|(k, p)| Standing {
+                key: *k,
+                ip: p.addr.ip(),
+                direction: p.direction,
+                since: p.since,
+                useful: p.am_interested
+                    || (p.peer_interested && p.am_choking)
+                    || !p.outstanding.is_empty()
+                    || (fetching && p.ext.as_ref().is_some_and(|e| e.metadata_size.is_some())),
+                last_useful: p.last_useful,
+            })
+            .collect()
+    }
+
+    /// Closes peers that said nothing within `admission::SILENT_GRACE`.
+    pub(super) fn close_silent(&mut self, now: Instant) {
+        let silent: Vec<PeerKey> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| admission::silent_too_long(p.since, p.spoken, now))
+            .map(|(k, _)| *k)
+            .collect();
+        for key in silent {
+            self.drop_peer(key, "said nothing after its handshake");
+        }
     }
 
     /// `Have(i)`, or `HaveAll` when `index` is `None`.
