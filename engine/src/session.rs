@@ -318,6 +318,26 @@ impl Session {
         .map_err(|_| Error::UnknownTorrent(id))
     }
 
+    /// Closes the connection of a torrent to the peer at `addr`, for a
+    /// reason the caller found (a sync peer that cannot prove the folder
+    /// key, say): the engine cannot judge a registered extension's
+    /// messages, so it counts them as use until the caller says otherwise.
+    /// A peer that is gone is skipped quietly.
+    pub async fn close_peer(
+        &self,
+        id: InfoHash,
+        addr: SocketAddr,
+        reason: &str,
+    ) -> Result<(), Error> {
+        let cmd = self.cmd(id)?;
+        cmd.send(TorrentCmd::ClosePeer {
+            addr,
+            reason: reason.to_string(),
+        })
+        .await
+        .map_err(|_| Error::UnknownTorrent(id))
+    }
+
     /// Stops a torrent, closing its connections, and waits for it. Its
     /// last event is [`crate::Event::Removed`].
     pub async fn remove(&self, id: InfoHash) -> Result<(), Error> {

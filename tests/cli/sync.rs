@@ -889,3 +889,99 @@ fn trash_days_bounds_the_trash() {
         "--trash-days 0 empties it"
     );
 }
+
+/// Issue 10, sync peers: a peer without the folder key, connecting again
+/// and again (a `sync` process with another key, and a scripted peer that
+/// opens hundreds of connections from one address: handshakes for a hash
+/// its wrong key gives, silence, garbage), gets no byte from the folder's
+/// peer and changes nothing, and a peer with the key still syncs meanwhile.
+#[test]
+fn a_peer_without_the_key_gets_nothing_and_an_honest_peer_still_syncs() {
+    let env = Env::new();
+    let a = Peer::new(&env, "a");
+    let b = Peer::new(&env, "b");
+    let x = Peer::new(&env, "x");
+    a.write("shared.txt", b"for key holders only");
+    a.write("dir/more.bin", &data(300_000, 5));
+    let key = a.key();
+    let _a_run = a.start(&[]);
+    let before = files(&a.dir());
+    let target: std::net::SocketAddr = a.addr().parse().unwrap();
+    let hostile: std::net::IpAddr = format!("127.{}.0.201", crate::util::test_net())
+        .parse()
+        .unwrap();
+    let flood = std::thread::spawn(move || wrong_key_flood(hostile, target, 400));
+    x.write("planted.txt", b"from an outsider");
+    let other_key = x.key();
+    for _ in 0..2 {
+        let (code, _, err) = x.once(&["--key", &other_key, "--peers", &a.addr(), "--timeout", "3"]);
+        assert_eq!(code, Some(3), "{err}");
+    }
+    let (code, _, err) = b.once(&["--key", &key, "--peers", &a.addr()]);
+    assert_eq!(code, Some(0), "{err}");
+    let (connects, answered) = flood.join().unwrap();
+    assert!(
+        connects >= 100,
+        "the scripted peer connected only {connects} times"
+    );
+    assert_eq!(
+        answered, 0,
+        "the folder's peer answered a peer without the key"
+    );
+    assert_same_folder(&a.dir(), &b.dir());
+    assert_eq!(
+        files(&a.dir()),
+        before,
+        "a peer without the key changed the folder"
+    );
+    assert!(x.read("shared.txt").is_none());
+}
+
+/// Opens up to `n` connections from `from` to `to` within 10 s, each
+/// sending a handshake for a random info-hash (what a wrong folder key
+/// computes), nothing, or garbage; returns how many connected and how many
+/// got any byte back.
+fn wrong_key_flood(from: std::net::IpAddr, to: std::net::SocketAddr, n: usize) -> (usize, usize) {
+    use socket2::{Domain, Socket, Type};
+    use std::io::{Read, Write};
+    let start = Instant::now();
+    let mut open = Vec::new();
+    let mut connects = 0;
+    for i in 0..n {
+        if start.elapsed() > Duration::from_secs(10) {
+            break;
+        }
+        let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        s.bind(&std::net::SocketAddr::new(from, 0).into()).unwrap();
+        if s.connect_timeout(&to.into(), Duration::from_secs(1))
+            .is_err()
+        {
+            continue;
+        }
+        connects += 1;
+        let mut stream: std::net::TcpStream = s.into();
+        let mut hs = vec![19u8];
+        hs.extend_from_slice(b"BitTorrent protocol");
+        hs.extend_from_slice(&[0, 0, 0, 0, 0, 0x10, 0, 0x04]);
+        hs.extend((0..20).map(|j| (i * 31 + j * 7) as u8));
+        hs.extend_from_slice(b"-XX0000-wrongkey0000");
+        let _ = match i % 3 {
+            0 => stream.write_all(&hs),
+            1 => Ok(()),
+            _ => stream.write_all(&[0xEE; 100]),
+        };
+        stream.set_nonblocking(true).unwrap();
+        open.push(stream);
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // Whatever each connection received by now (a closed one reads 0).
+    std::thread::sleep(Duration::from_millis(500));
+    let mut answered = 0;
+    for mut s in open {
+        let mut buf = [0u8; 128];
+        if matches!(s.read(&mut buf), Ok(k) if k > 0) {
+            answered += 1;
+        }
+    }
+    (connects, answered)
+}

@@ -70,6 +70,8 @@ pub(crate) enum TorrentCmd {
         name: String,
         payload: bytes::Bytes,
     },
+    /// Close the connection to this peer (see `Session::close_peer`).
+    ClosePeer { addr: SocketAddr, reason: String },
     /// Stop, close every connection, then answer.
     Stop(oneshot::Sender<()>),
 }
@@ -402,6 +404,17 @@ impl Torrent {
                 name,
                 payload,
             } => self.send_extension(addr, &name, payload),
+            TorrentCmd::ClosePeer { addr, reason } => {
+                let keys: Vec<PeerKey> = self
+                    .peers
+                    .iter()
+                    .filter(|(_, p)| p.addr == addr)
+                    .map(|(k, _)| *k)
+                    .collect();
+                for key in keys {
+                    self.drop_peer(key, &reason);
+                }
+            }
             TorrentCmd::Stop(_) => unreachable!("handled in run"),
         }
     }

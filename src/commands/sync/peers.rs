@@ -73,10 +73,20 @@ impl Run {
             .await;
     }
 
+    /// Closes a rendezvous connection whose peer has not proved the folder
+    /// key: the engine counts extension messages as use, so without this a
+    /// peer that only knows the swarm hash would keep its slot by talking.
+    async fn close(&self, addr: SocketAddr, reason: &str) {
+        let _ = self.session.close_peer(self.rendezvous, addr, reason).await;
+    }
+
     pub(super) async fn on_message(&mut self, addr: SocketAddr, payload: &[u8]) {
         let msg = match Message::decode(payload) {
             Ok(m) => m,
-            Err(e) => return tracing::debug!(%addr, "sync message refused: {e}"),
+            Err(e) => {
+                tracing::debug!(%addr, "sync message refused: {e}");
+                return self.close(addr, "sync message that does not decode").await;
+            }
         };
         match msg {
             Message::Hello {
@@ -85,8 +95,14 @@ impl Run {
                 can_write,
                 ..
             } => {
-                if !msg.verify_hello(self.folder.key()) || device == self.folder.device() {
-                    return tracing::debug!(%addr, "hello without proof of the folder key");
+                if !msg.verify_hello(self.folder.key()) {
+                    tracing::debug!(%addr, "hello without proof of the folder key");
+                    return self
+                        .close(addr, "hello without proof of the folder key")
+                        .await;
+                }
+                if device == self.folder.device() {
+                    return tracing::debug!(%addr, "hello from ourselves");
                 }
                 let listen = SocketAddr::new(addr.ip(), port);
                 tracing::debug!(%addr, %device, "hello: sending our index");
@@ -106,7 +122,8 @@ impl Run {
             }
             Message::Index { records, complete } => {
                 let Some(&device) = self.conns.get(&addr) else {
-                    return tracing::debug!(%addr, "index before hello");
+                    tracing::debug!(%addr, "index before hello");
+                    return self.close(addr, "index before hello").await;
                 };
                 tracing::debug!(%addr, records = records.len(), complete, "index");
                 let refused = self.folder.on_remote(device, records, complete);
@@ -117,7 +134,7 @@ impl Run {
             }
             Message::Want { packs } => {
                 let Some(&device) = self.conns.get(&addr) else {
-                    return;
+                    return self.close(addr, "want before hello").await;
                 };
                 let Some(listen) = self.folder.peers().get(&device).map(|p| p.addr) else {
                     return;
