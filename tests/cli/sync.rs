@@ -985,3 +985,114 @@ fn wrong_key_flood(from: std::net::IpAddr, to: std::net::SocketAddr, n: usize) -
     }
     (connects, answered)
 }
+
+/// Issue 10, sync peers: a peer that knows the folder's rendezvous swarm
+/// hash (it is announced on the DHT) but not the key, and says hello with a
+/// proof that fails, is closed at once and gets no index; the folder is
+/// unchanged.
+#[test]
+fn a_hello_without_proof_of_the_key_is_closed_and_gets_no_index() {
+    use p2pfile_engine::wire::{self, ExtHandshake, Handshake, Message};
+    use std::io::{Read, Write};
+    let env = Env::new();
+    let a = Peer::new(&env, "a");
+    a.write("shared.txt", b"for key holders only");
+    let ro = a.read_only_key();
+    let _a_run = a.start(&[]);
+    let before = files(&a.dir());
+    // The rendezvous hash: 20 bytes of SHA-256(tag || read || 20 zero bytes),
+    // the read secret being the first 32 bytes of a read-only key's body.
+    let body = ro.strip_prefix("p2pf-ro-").unwrap().to_ascii_uppercase();
+    let bytes = data_encoding::BASE32_NOPAD.decode(body.as_bytes()).unwrap();
+    use sha2::Digest;
+    let digest = sha2::Sha256::new()
+        .chain_update(b"p2pfile swarm v1")
+        .chain_update(&bytes[..32])
+        .chain_update([0u8; 20])
+        .finalize();
+    let mut swarm = [0u8; 20];
+    swarm.copy_from_slice(&digest[..20]);
+
+    let from: std::net::IpAddr = format!("127.{}.0.202", crate::util::test_net())
+        .parse()
+        .unwrap();
+    let to: std::net::SocketAddr = a.addr().parse().unwrap();
+    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    s.bind(&std::net::SocketAddr::new(from, 0).into()).unwrap();
+    s.connect_timeout(&to.into(), Duration::from_secs(5))
+        .unwrap();
+    let mut stream: std::net::TcpStream = s.into();
+    stream
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let mut out = bytes::BytesMut::new();
+    out.extend_from_slice(&Handshake::new(swarm, *b"-XX0000-nokey0000000").encode());
+    Message::Extended {
+        id: 0,
+        payload: bytes::Bytes::from_static(b"d1:md12:p2pfile_synci3eee"),
+    }
+    .encode(&mut out);
+    stream.write_all(&out).unwrap();
+
+    let mut buf = bytes::BytesMut::new();
+    let mut handshaken = false;
+    let mut said_hello = false;
+    let mut closed = false;
+    let mut got_index = false;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline {
+        let mut chunk = [0u8; 4096];
+        match stream.read(&mut chunk) {
+            Ok(0) => {
+                closed = true;
+                break;
+            }
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(_) => {
+                closed = true;
+                break;
+            }
+        }
+        if !handshaken {
+            if buf.len() < 68 {
+                continue;
+            }
+            let _ = buf.split_to(68);
+            handshaken = true;
+        }
+        while let Some(msg) = wire::decode(&mut buf).expect("a valid message") {
+            let Message::Extended { id, payload } = msg else {
+                continue;
+            };
+            if id == 0 {
+                let theirs = ExtHandshake::decode(&payload).unwrap();
+                let sync_id = theirs.ext_id("p2pfile_sync").expect("offers p2pfile_sync");
+                // A hello whose proof is zeros: the key is unknown.
+                let mut hello = b"d1:d8:\x01\x02\x03\x04\x05\x06\x07\x081:m32:".to_vec();
+                hello.extend_from_slice(&[0u8; 32]);
+                hello.extend_from_slice(b"1:pi4242e1:t5:hello1:wi1ee");
+                let mut out = bytes::BytesMut::new();
+                Message::Extended {
+                    id: sync_id,
+                    payload: bytes::Bytes::from(hello),
+                }
+                .encode(&mut out);
+                stream.write_all(&out).unwrap();
+                said_hello = true;
+            } else if payload.windows(7).any(|w| w == b"5:index") {
+                got_index = true;
+            }
+        }
+    }
+    assert!(handshaken, "the rendezvous swarm did not answer its hash");
+    assert!(said_hello, "no extension handshake from the folder's peer");
+    assert!(!got_index, "a peer without the key got the folder's index");
+    assert!(
+        closed,
+        "a hello without proof of the key kept its connection"
+    );
+    assert_eq!(files(&a.dir()), before);
+}
