@@ -1,6 +1,7 @@
 //! End-to-end tests of the `p2pfile` binary: separate processes on
 //! separate 127.0.0.x addresses, as on a fleet.
 
+mod admission;
 mod ansible;
 mod dht;
 mod errors;
