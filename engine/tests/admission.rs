@@ -14,22 +14,11 @@ use bytes::BytesMut;
 use p2pfile_engine::builder::build;
 use p2pfile_engine::metainfo::{Info, InfoHash};
 use p2pfile_engine::wire::{Handshake, Message};
-use p2pfile_engine::{Event, PortChoice, Session, SessionConfig, Source, Target, TorrentEvent};
+use p2pfile_engine::{Session, Source, Target};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
-use tokio::sync::mpsc::UnboundedReceiver;
 
-fn config(ip: [u8; 4]) -> SessionConfig {
-    SessionConfig {
-        ip: Ipv4Addr::from(ip),
-        port: PortChoice::Range(20000..=40000),
-        bootstrap: vec![],
-        dht: false,
-        upload_limit: 0,
-        download_limit: 0,
-        extensions: Vec::new(),
-    }
-}
+mod common;
 
 /// A hostile address: 127.N.0.`host`, `host` >= 200.
 fn hostile_ip(host: u8) -> IpAddr {
@@ -49,7 +38,9 @@ async fn seed(dir: &Path) -> (Session, Arc<Info>, Vec<u8>) {
     std::fs::write(&path, &content).unwrap();
     let built = build(&path).unwrap();
     let info = Arc::new(built.info);
-    let s = Session::start(config([127, 0, 0, 1])).await.unwrap();
+    let s = Session::start(common::config([127, 0, 0, 1], false, vec![]))
+        .await
+        .unwrap();
     s.add(
         Source::Info(info.clone()),
         Target::Seed { root: built.root },
@@ -129,20 +120,6 @@ fn rand_fill(b: &mut [u8]) {
     }
 }
 
-async fn wait_completed(events: &mut UnboundedReceiver<TorrentEvent>, id: InfoHash) {
-    while let Some(ev) = events.recv().await {
-        if ev.info_hash != id {
-            continue;
-        }
-        match ev.event {
-            Event::Completed => return,
-            Event::Failed { error } => panic!("failed: {error}"),
-            _ => {}
-        }
-    }
-    panic!("session stopped before the torrent completed");
-}
-
 /// An honest downloader on 127.0.0.1 fetches from `seed_addr`; returns the
 /// bytes it wrote, or `None` when it did not complete within `limit`.
 async fn honest_download(
@@ -150,7 +127,9 @@ async fn honest_download(
     seed_addr: SocketAddr,
     limit: Duration,
 ) -> Option<Vec<u8>> {
-    let s = Session::start(config([127, 0, 0, 1])).await.unwrap();
+    let s = Session::start(common::config([127, 0, 0, 1], false, vec![]))
+        .await
+        .unwrap();
     let mut events = s.events().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let id = s
@@ -160,7 +139,7 @@ async fn honest_download(
             vec![seed_addr],
         )
         .unwrap();
-    let done = tokio::time::timeout(limit, wait_completed(&mut events, id)).await;
+    let done = tokio::time::timeout(limit, common::wait_completed(&mut events, id)).await;
     s.shutdown().await;
     done.ok()?;
     Some(std::fs::read(dir.path().join(&info.name)).unwrap())

@@ -2,7 +2,6 @@
 //! DHT off (peers given directly) or through a local DHT, under an overall
 //! timeout.
 
-use std::net::Ipv4Addr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,23 +11,13 @@ use p2pfile_engine::builder::build;
 use p2pfile_engine::magnet::Magnet;
 use p2pfile_engine::metainfo::{FileEntry, Info, InfoHash, pad_to_pieces};
 use p2pfile_engine::{
-    AddTorrent, Error, Event, PortChoice, Session, SessionConfig, Source, Target, TorrentEvent,
-    TorrentOptions,
+    AddTorrent, Error, Event, Session, SessionConfig, Source, Target, TorrentEvent, TorrentOptions,
 };
 use sha1::{Digest, Sha1};
 use tokio::sync::mpsc::UnboundedReceiver;
 
-fn config(ip: [u8; 4], dht: bool, bootstrap: Vec<std::net::SocketAddr>) -> SessionConfig {
-    SessionConfig {
-        ip: Ipv4Addr::from(ip),
-        port: PortChoice::Range(20000..=40000),
-        bootstrap,
-        dht,
-        upload_limit: 0,
-        download_limit: 0,
-        extensions: Vec::new(),
-    }
-}
+mod common;
+use common::{config, wait_completed};
 
 fn make_tree(root: &Path) {
     std::fs::create_dir_all(root.join("a/b")).unwrap();
@@ -55,21 +44,6 @@ async fn start_seed(path: &Path, dht: bool) -> (Session, Arc<p2pfile_engine::met
     )
     .unwrap();
     (seed, info)
-}
-
-/// Waits for `id` to complete, failing the test on `Failed`.
-async fn wait_completed(events: &mut UnboundedReceiver<TorrentEvent>, id: InfoHash) {
-    while let Some(ev) = events.recv().await {
-        if ev.info_hash != id {
-            continue;
-        }
-        match ev.event {
-            Event::Completed => return,
-            Event::Failed { error } => panic!("failed: {error}"),
-            _ => {}
-        }
-    }
-    panic!("session stopped before the torrent completed");
 }
 
 fn assert_same_tree(a: &Path, b: &Path) {
