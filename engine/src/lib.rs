@@ -26,6 +26,11 @@ pub mod storage;
 pub mod utc;
 pub mod wire;
 
+/// Property-test strategies (issue #10); not a public interface.
+#[cfg(any(test, feature = "testing"))]
+#[doc(hidden)]
+pub mod arb;
+
 mod dht;
 mod error;
 mod event;

@@ -417,4 +417,159 @@ mod tests {
         bytes.extend_from_slice(&[9, 9, 9]);
         assert_eq!(decode_compact_peers(&bytes), peers);
     }
+
+    mod properties {
+        use super::*;
+        use crate::arb::{self, memory};
+        use proptest::prelude::*;
+
+        fn ext_handshake() -> impl Strategy<Value = ExtHandshake> {
+            (
+                prop::collection::btree_map("\\PC{0,12}", any::<u8>(), 0..5),
+                any::<Option<u32>>(),
+                any::<Option<u16>>(),
+                proptest::option::of("\\PC{0,20}"),
+                any::<Option<u32>>(),
+                any::<bool>(),
+            )
+                .prop_map(
+                    |(m, metadata_size, listen_port, client, reqq, upload_only)| ExtHandshake {
+                        m,
+                        metadata_size,
+                        listen_port,
+                        client,
+                        reqq,
+                        upload_only,
+                    },
+                )
+        }
+
+        fn metadata_msg() -> impl Strategy<Value = MetadataMsg> {
+            prop_oneof![
+                any::<u32>().prop_map(|piece| MetadataMsg::Request { piece }),
+                any::<u32>().prop_map(|piece| MetadataMsg::Reject { piece }),
+                (
+                    any::<u32>(),
+                    any::<u32>(),
+                    prop_oneof![arb::bytes(64), Just(vec![7; METADATA_PIECE_SIZE]),]
+                )
+                    .prop_map(|(piece, total_size, data)| MetadataMsg::Data {
+                        piece,
+                        total_size,
+                        data: Bytes::from(data),
+                    }),
+            ]
+        }
+
+        fn v4() -> impl Strategy<Value = SocketAddrV4> {
+            (any::<u32>(), any::<u16>()).prop_map(|(ip, port)| SocketAddrV4::new(ip.into(), port))
+        }
+
+        fn pex() -> impl Strategy<Value = PexMsg> {
+            (
+                prop::collection::vec(v4(), 0..8),
+                prop::collection::vec(v4(), 0..8),
+            )
+                .prop_map(|(added, dropped)| PexMsg { added, dropped })
+        }
+
+        /// Dicts shaped like the three payloads, with fields of any type
+        /// and value, and data after the dict as ut_metadata carries.
+        fn near_valid() -> impl Strategy<Value = Vec<u8>> {
+            let field = prop_oneof![
+                3 => arb::edge_int().prop_map(Value::Int),
+                1 => arb::value(),
+            ];
+            let key = prop::sample::select(vec![
+                &b"m"[..],
+                b"metadata_size",
+                b"p",
+                b"v",
+                b"reqq",
+                b"upload_only",
+                b"msg_type",
+                b"piece",
+                b"total_size",
+                b"added",
+                b"added.f",
+                b"dropped",
+            ]);
+            (
+                prop::collection::btree_map(key.prop_map(<[u8]>::to_vec), field, 0..6),
+                prop::collection::btree_map("\\PC{0,8}", arb::edge_int(), 0..4),
+                arb::bytes(40),
+            )
+                .prop_map(|(mut d, m, tail)| {
+                    if d.contains_key(&b"m"[..]) {
+                        let m = m.into_iter().map(|(k, v)| (k, Value::Int(v)));
+                        d.insert(b"m".to_vec(), Value::dict(m));
+                    }
+                    [bencode::encode(&Value::Dict(d)), tail].concat()
+                })
+        }
+
+        /// Every decoder on `payload`; none may hold more than the payload
+        /// justifies, and what decodes re-encodes to the same meaning.
+        fn decode_all(payload: &[u8]) {
+            let bytes = Bytes::copy_from_slice(payload);
+            let ((hs, meta, pex), held) = memory::peak(|| {
+                (
+                    ExtHandshake::decode(payload),
+                    MetadataMsg::decode(&bytes),
+                    PexMsg::decode(payload),
+                )
+            });
+            assert!(
+                held <= memory::bound(payload.len()),
+                "{held} for {}",
+                payload.len()
+            );
+            if let Ok(hs) = hs {
+                assert_eq!(ExtHandshake::decode(&hs.encode()), Ok(hs));
+            }
+            if let Ok(meta) = meta {
+                assert_eq!(MetadataMsg::decode(&Bytes::from(meta.encode())), Ok(meta));
+            }
+            if let Ok(pex) = pex {
+                assert_eq!(PexMsg::decode(&pex.encode()), Ok(pex));
+            }
+        }
+
+        proptest! {
+            #![proptest_config(arb::config(256))]
+
+            #[test]
+            fn arbitrary_payloads_decode_or_error(payload in arb::bytes(200)) {
+                decode_all(&payload);
+                let peers = decode_compact_peers(&payload);
+                prop_assert_eq!(peers.len(), payload.len() / 6);
+                prop_assert_eq!(encode_compact_peers(&peers), &payload[..peers.len() * 6]);
+            }
+
+            #[test]
+            fn near_valid_payloads_decode_or_error(payload in near_valid(), edits in arb::edits()) {
+                decode_all(&payload);
+                decode_all(&arb::apply(&payload, &edits));
+            }
+
+            #[test]
+            fn extension_handshakes_round_trip(hs in ext_handshake()) {
+                prop_assert_eq!(ExtHandshake::decode(&hs.encode()), Ok(hs));
+            }
+
+            #[test]
+            fn metadata_messages_round_trip(msg in metadata_msg(), edits in arb::edits()) {
+                let payload = Bytes::from(msg.encode());
+                prop_assert_eq!(MetadataMsg::decode(&payload), Ok(msg));
+                decode_all(&arb::apply(&payload, &edits));
+            }
+
+            #[test]
+            fn pex_messages_round_trip(msg in pex(), edits in arb::edits()) {
+                let payload = msg.encode();
+                prop_assert_eq!(PexMsg::decode(&payload), Ok(msg));
+                decode_all(&arb::apply(&payload, &edits));
+            }
+        }
+    }
 }
