@@ -389,7 +389,8 @@ pub fn decode(buf: &mut BytesMut) -> Result<Option<Message>, WireError> {
 mod ext;
 
 pub use ext::{
-    ExtHandshake, MetadataMsg, PEX_REACHABLE, PexMsg, decode_compact_peers, encode_compact_peers,
+    ExtHandshake, MAX_EXT_PAYLOAD, MetadataMsg, PEX_REACHABLE, PexMsg, decode_compact_peers,
+    encode_compact_peers,
 };
 
 #[cfg(test)]
