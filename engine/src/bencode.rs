@@ -619,7 +619,7 @@ mod tests {
         }
 
         proptest! {
-            #![proptest_config(arb::config(512))]
+            #![proptest_config(arb::config(1024))]
 
             #[test]
             fn arbitrary_bytes_decode_or_error(input in arb::bytes(256)) {

@@ -218,7 +218,7 @@ mod tests {
     }
 
     proptest! {
-        #![proptest_config(arb::config(256))]
+        #![proptest_config(arb::config(1024))]
 
         #[test]
         fn every_token_round_trips(token in arb::bytes(40)) {

@@ -261,7 +261,7 @@ mod tests {
         }
 
         proptest! {
-            #![proptest_config(arb::config(256))]
+            #![proptest_config(arb::config(1024))]
 
             #[test]
             fn every_magnet_round_trips(m in magnet()) {

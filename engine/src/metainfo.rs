@@ -927,7 +927,7 @@ mod tests {
         }
 
         proptest! {
-            #![proptest_config(arb::config(256))]
+            #![proptest_config(arb::config(1024))]
 
             #[test]
             fn arbitrary_bytes_parse_or_error(raw in arb::bytes(200)) {

@@ -590,7 +590,7 @@ mod tests {
         }
 
         proptest! {
-            #![proptest_config(arb::config(256))]
+            #![proptest_config(arb::config(1024))]
 
             #[test]
             fn arbitrary_payloads_decode_or_error(payload in arb::bytes(200)) {

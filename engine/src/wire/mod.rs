@@ -635,7 +635,7 @@ mod tests {
         }
 
         proptest! {
-            #![proptest_config(arb::config(256))]
+            #![proptest_config(arb::config(1024))]
 
             #[test]
             fn arbitrary_streams_decode_or_error(input in arb::bytes(300), chunks in chunks()) {
