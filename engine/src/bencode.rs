@@ -581,4 +581,92 @@ mod tests {
             Err(BencodeError::BadInteger { at: 0 })
         );
     }
+
+    mod properties {
+        use super::*;
+        use crate::arb::{self, memory};
+        use proptest::prelude::*;
+
+        /// Every entry point on `input`: an error or a value, and no more
+        /// memory than the input justifies.
+        fn decode_all(input: &[u8]) -> Result<Value, BencodeError> {
+            let (result, held) = memory::peak(|| {
+                let whole = decode(input);
+                let prefix = decode_prefix(input);
+                let info = raw_dict_value(input, b"info");
+                (whole, prefix, info)
+            });
+            assert!(
+                held <= memory::bound(input.len()),
+                "{held} bytes for {}",
+                input.len()
+            );
+            let (whole, prefix, info) = result;
+            match &prefix {
+                Ok((v, used)) => {
+                    assert!(*used <= input.len());
+                    assert_eq!(decode(&input[..*used]).as_ref(), Ok(v));
+                }
+                Err(e) => assert_eq!(whole.as_ref(), Err(e)),
+            }
+            if let Ok(Some(raw)) = info {
+                assert_eq!(
+                    decode(raw).as_ref(),
+                    whole.as_ref().map(|w| w.get(b"info").expect("found"))
+                );
+            }
+            whole
+        }
+
+        proptest! {
+            #![proptest_config(arb::config(1024))]
+
+            #[test]
+            fn arbitrary_bytes_decode_or_error(input in arb::bytes(256)) {
+                if let Ok(v) = decode_all(&input) {
+                    // What decodes re-encodes to something that decodes to it.
+                    prop_assert_eq!(decode(&encode(&v)), Ok(v));
+                }
+            }
+
+            #[test]
+            fn every_value_round_trips(v in arb::value()) {
+                let bytes = encode(&v);
+                prop_assert_eq!(decode_all(&bytes), Ok(v.clone()));
+                prop_assert_eq!(decode_prefix(&bytes), Ok((v.clone(), bytes.len())));
+                // The canonical encoding is the only one of its value.
+                prop_assert_eq!(encode(&decode(&bytes).unwrap()), bytes.clone());
+                if let Value::Dict(d) = &v {
+                    for (k, inner) in d {
+                        prop_assert_eq!(raw_dict_value(&bytes, k), Ok(Some(&encode(inner)[..])));
+                    }
+                }
+            }
+
+            #[test]
+            fn edited_encodings_decode_or_error(v in arb::value(), edits in arb::edits()) {
+                let _ = decode_all(&arb::apply(&encode(&v), &edits));
+            }
+
+            /// A string that declares more bytes than follow errors: 4 GiB
+            /// declared is never 4 GiB allocated.
+            #[test]
+            fn huge_declared_lengths_error(
+                v in arb::value(),
+                declared in prop_oneof![
+                    Just(u64::from(u32::MAX) + 1),
+                    Just(u64::MAX),
+                    1u64 << 20..1 << 40,
+                ],
+                tail in arb::bytes(32),
+            ) {
+                let head = [&b"d1:a"[..], &encode(&v), b"1:b"].concat();
+                let input = [&head[..], declared.to_string().as_bytes(), b":", &tail, b"e"].concat();
+                prop_assert_eq!(
+                    decode_all(&input),
+                    Err(BencodeError::TooLong { at: head.len() })
+                );
+            }
+        }
+    }
 }

@@ -182,4 +182,49 @@ mod tests {
         a.set(8);
         assert!(!a.lacks_any_of(&b));
     }
+
+    mod properties {
+        use super::*;
+        use crate::arb;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(arb::config(1024))]
+
+            /// A peer's bitfield message: accepted exactly when it has one
+            /// bit per piece and its spare bits are clear, and then read
+            /// bit for bit.
+            #[test]
+            fn any_bitfield_message_reads_or_is_refused(bytes in arb::bytes(40), len in 0usize..330) {
+                let valid = bytes.len() == len.div_ceil(8)
+                    && bytes.last().is_none_or(|&last| {
+                        let spare = bytes.len() * 8 - len;
+                        last & ((1u16 << spare) - 1) as u8 == 0
+                    });
+                match Bitfield::from_bytes(&bytes, len) {
+                    None => prop_assert!(!valid),
+                    Some(b) => {
+                        prop_assert!(valid);
+                        prop_assert_eq!(b.as_bytes(), &bytes[..]);
+                        prop_assert_eq!(b.len(), len);
+                        let ones: Vec<usize> = (0..len).filter(|&i| bytes[i / 8] & (0x80 >> (i % 8)) != 0).collect();
+                        prop_assert_eq!(b.count(), ones.len());
+                        prop_assert_eq!(b.iter_ones().collect::<Vec<_>>(), ones);
+                    }
+                }
+            }
+
+            #[test]
+            fn every_bitfield_round_trips(len in 0usize..330, picks in prop::collection::vec(any::<prop::sample::Index>(), 0..40)) {
+                let mut b = Bitfield::new(len);
+                if len > 0 {
+                    for i in picks {
+                        b.set(i.index(len));
+                    }
+                }
+                let back = Bitfield::from_bytes(b.as_bytes(), len).expect("its own bytes");
+                prop_assert_eq!(back, b);
+            }
+        }
+    }
 }

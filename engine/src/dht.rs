@@ -105,9 +105,7 @@ impl Dht {
         let n = tokio::time::timeout(Duration::from_secs(2), sock.recv(&mut buf))
             .await
             .map_err(|_| timeout("no get_peers answer from our own node"))??;
-        let token = bencode::decode(&buf[..n])
-            .ok()
-            .and_then(|v| v.get(b"r")?.get(b"token")?.as_bytes().map(<[u8]>::to_vec))
+        let token = reply_token(&buf[..n])
             .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidData, "no token"))?;
         sock.send(&query(
             "pfa1",
@@ -180,5 +178,57 @@ impl Dht {
         .await;
         let nodes = self.node.to_bootstrap().await;
         *self.nodes.lock().expect("nodes lock") = Some(nodes);
+    }
+}
+
+/// The token of a KRPC `get_peers` reply (`r.token`), the one DHT message
+/// p2pfile reads itself; mainline parses the rest.
+fn reply_token(reply: &[u8]) -> Option<Vec<u8>> {
+    let v = bencode::decode(reply).ok()?;
+    v.get(b"r")?.get(b"token")?.as_bytes().map(<[u8]>::to_vec)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::arb;
+    use proptest::prelude::*;
+
+    /// A `get_peers` reply as mainline sends it, with `token`.
+    fn reply(token: &[u8]) -> Vec<u8> {
+        bencode::encode(&Value::dict([
+            (
+                "r",
+                Value::dict([
+                    ("id", Value::from(vec![1u8; 20])),
+                    ("nodes", Value::from(vec![2u8; 26])),
+                    ("token", Value::from(token)),
+                ]),
+            ),
+            ("t", Value::from("pfg1")),
+            ("y", Value::from("r")),
+        ]))
+    }
+
+    #[test]
+    fn reads_the_token_of_a_reply() {
+        assert_eq!(reply_token(&reply(b"tok")), Some(b"tok".to_vec()));
+        assert_eq!(reply_token(b"d1:rd5:tokeni1eee"), None);
+        assert_eq!(reply_token(b"d1:eli201e5:erroree"), None);
+    }
+
+    proptest! {
+        #![proptest_config(arb::config(1024))]
+
+        #[test]
+        fn every_token_round_trips(token in arb::bytes(40)) {
+            prop_assert_eq!(reply_token(&reply(&token)), Some(token));
+        }
+
+        #[test]
+        fn any_datagram_reads_or_not(bytes in arb::bytes(200), token in arb::bytes(8), edits in arb::edits()) {
+            let _ = reply_token(&bytes);
+            let _ = reply_token(&arb::apply(&reply(&token), &edits));
+        }
     }
 }

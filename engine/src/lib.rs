@@ -27,6 +27,11 @@ pub mod utc;
 pub mod wire;
 
 mod admission;
+/// Property-test strategies (issue #10); not a public interface.
+#[cfg(any(test, feature = "testing"))]
+#[doc(hidden)]
+pub mod arb;
+
 mod dht;
 mod error;
 mod event;

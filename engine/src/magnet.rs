@@ -131,8 +131,10 @@ fn percent_decode(s: &str) -> Option<String> {
     while i < bytes.len() {
         match bytes[i] {
             b'%' => {
-                let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
-                out.push(u8::from_str_radix(hex, 16).ok()?);
+                // Digit by digit: `u8::from_str_radix` also reads a sign,
+                // so "%+0" passed as an escape.
+                let digit = |at: usize| char::from(*bytes.get(at)?).to_digit(16);
+                out.push((digit(i + 1)? << 4 | digit(i + 2)?) as u8);
                 i += 3;
             }
             b'+' => {
@@ -206,11 +208,92 @@ mod tests {
         ));
     }
 
+    /// Found by `percent_escapes_are_two_hex_digits`.
+    #[test]
+    fn a_sign_is_not_a_hex_digit() {
+        assert!(matches!(
+            format!("magnet:?xt=urn:btih:{HASH}&dn=%+0").parse::<Magnet>(),
+            Err(MagnetError::BadEncoding(_))
+        ));
+        assert_eq!(percent_decode("%41%2b"), Some("A+".to_string()));
+    }
+
     #[test]
     fn duplicate_peers_are_kept_once() {
         let m: Magnet = format!("magnet:?xt=urn:btih:{HASH}&x.pe=127.0.0.2:1&x.pe=127.0.0.2:1")
             .parse()
             .unwrap();
         assert_eq!(m.peers.len(), 1);
+    }
+
+    mod properties {
+        use super::*;
+        use crate::arb;
+        use proptest::prelude::*;
+
+        fn magnet() -> impl Strategy<Value = Magnet> {
+            (
+                prop::array::uniform20(any::<u8>()),
+                proptest::option::of("\\PC{0,24}"),
+                prop::collection::vec(arb::socket_addr(), 0..4),
+            )
+                .prop_map(|(hash, name, mut peers)| {
+                    let mut seen = Vec::new();
+                    peers.retain(|p| {
+                        let new = !seen.contains(p);
+                        seen.push(*p);
+                        new
+                    });
+                    Magnet {
+                        info_hash: InfoHash(hash),
+                        name,
+                        peers,
+                    }
+                })
+        }
+
+        /// Hex digits, the signs Rust's integer parser reads, anything.
+        fn escape_char() -> impl Strategy<Value = char> {
+            prop_oneof![
+                prop::sample::select(b"0123456789abcdefABCDEF+-".to_vec()).prop_map(char::from),
+                any::<char>(),
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(arb::config(1024))]
+
+            #[test]
+            fn every_magnet_round_trips(m in magnet()) {
+                prop_assert_eq!(m.to_string().parse::<Magnet>(), Ok(m));
+            }
+
+            #[test]
+            fn arbitrary_text_parses_or_errors(
+                text in prop_oneof!["\\PC{0,80}", "magnet:\\?[a-z.=&%:0-9A-F+\\[\\]]{0,80}"],
+            ) {
+                if let Ok(m) = text.parse::<Magnet>() {
+                    prop_assert_eq!(m.to_string().parse::<Magnet>(), Ok(m));
+                }
+            }
+
+            #[test]
+            fn edited_magnets_parse_or_error(m in magnet(), edits in arb::edits()) {
+                let edited = arb::apply(m.to_string().as_bytes(), &edits);
+                if let Ok(text) = String::from_utf8(edited) {
+                    if let Ok(m) = text.parse::<Magnet>() {
+                        prop_assert_eq!(m.to_string().parse::<Magnet>(), Ok(m));
+                    }
+                }
+            }
+
+            /// `%` must be followed by two hex digits, nothing else.
+            #[test]
+            fn percent_escapes_are_two_hex_digits(a in escape_char(), b in escape_char()) {
+                let hex = a.is_ascii_hexdigit() && b.is_ascii_hexdigit();
+                let decoded = percent_decode(&format!("%{a}{b}"));
+                prop_assert_eq!(decoded.is_some(), hex && u8::from_str_radix(&format!("{a}{b}"), 16).is_ok_and(|n| n < 0x80));
+            }
+        }
     }
 }

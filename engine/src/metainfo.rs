@@ -76,9 +76,11 @@ impl FromStr for InfoHash {
         let mut out = [0u8; 20];
         match s.len() {
             40 => {
-                for (i, chunk) in s.as_bytes().chunks(2).enumerate() {
-                    let hex = std::str::from_utf8(chunk).map_err(|_| bad())?;
-                    out[i] = u8::from_str_radix(hex, 16).map_err(|_| bad())?;
+                // Digit by digit: `u8::from_str_radix` also reads a sign,
+                // so "+a" passed for a pair of hex digits.
+                let digit = |b: u8| char::from(b).to_digit(16).ok_or_else(bad);
+                for (i, pair) in s.as_bytes().chunks(2).enumerate() {
+                    out[i] = (digit(pair[0])? << 4 | digit(pair[1])?) as u8;
                 }
             }
             32 => {
@@ -401,7 +403,13 @@ impl Info {
                 empty_dirs.push(parse_path(Some(d))?);
             }
         }
-        let total: u64 = files.iter().map(|f| f.length).sum();
+        // Checked: file lengths summing past 2^64 panicked here in debug
+        // builds and wrapped in release, where a total of exactly 2^64
+        // passed as an empty torrent of three exabyte-sized files.
+        let total = files
+            .iter()
+            .try_fold(0u64, |total, f| total.checked_add(f.length))
+            .ok_or_else(|| invalid("file lengths add up to more than 2^64 bytes"))?;
         let expected = total.div_ceil(piece_length as u64);
         if pieces.len() as u64 != expected {
             return Err(invalid(&format!(
@@ -561,6 +569,13 @@ mod tests {
         assert_eq!(b32.parse::<InfoHash>().unwrap(), h);
         assert!("abc".parse::<InfoHash>().is_err());
         assert!("zz".repeat(20).parse::<InfoHash>().is_err());
+        // Found by `info_hashes_round_trip_and_parse_only_hex_or_base32`.
+        assert!(
+            "00AaA0a000aAAA000aa0a0AaA0aAAA+a000aaA0A"
+                .parse::<InfoHash>()
+                .is_err()
+        );
+        assert!("+a".repeat(20).parse::<InfoHash>().is_err());
     }
 
     #[test]
@@ -631,6 +646,34 @@ mod tests {
             Err(MetainfoError::Bencode(_))
         ));
         assert!(Info::from_torrent_file(b"d3:fooi1ee").is_err());
+    }
+
+    /// Found by `near_valid_infos_parse_or_error`: lengths that add up to
+    /// exactly 2^64 (a panic in debug builds; in release the total wrapped
+    /// to 0 and the info passed with no pieces).
+    #[test]
+    fn file_lengths_past_u64_are_refused() {
+        let file = |length: i64, name: &str| {
+            Value::dict([
+                ("length", Value::from(length)),
+                ("path", Value::List(vec![Value::from(name)])),
+            ])
+        };
+        let info = Value::dict([
+            (
+                "files",
+                Value::List(vec![
+                    file(7_723_632_371_531_240_510, "a"),
+                    file(8_464_450_515_394_266_161, "b"),
+                    file(2_258_661_186_784_044_945, "c"),
+                ]),
+            ),
+            ("name", Value::from("x")),
+            ("piece length", Value::from(16384)),
+            ("pieces", Value::from("")),
+        ]);
+        let err = Info::from_bytes(&bencode::encode(&info)).unwrap_err();
+        assert!(err.to_string().contains("more than 2^64"), "{err}");
     }
 
     #[test]
@@ -744,5 +787,202 @@ mod tests {
             Info::new("x", 16384, vec![[0; 20]], vec![pad], vec![]),
             Err(MetainfoError::Invalid(_))
         ));
+    }
+
+    mod properties {
+        use super::*;
+        use crate::arb::{self, memory};
+        use proptest::prelude::*;
+
+        /// A name or path component p2pfile accepts.
+        fn component() -> impl Strategy<Value = String> {
+            "[^/\\\\\u{0}]{1,12}".prop_filter("not . or ..", |c| c != "." && c != "..")
+        }
+
+        fn attr(pad: bool) -> impl Strategy<Value = FileAttr> {
+            (any::<bool>(), any::<bool>(), any::<bool>(), any::<bool>()).prop_map(
+                move |(p, hidden, executable, symlink)| FileAttr {
+                    pad: p && pad,
+                    hidden,
+                    executable,
+                    symlink,
+                },
+            )
+        }
+
+        /// The fields of a valid info dictionary: single or multi-file.
+        #[allow(clippy::type_complexity)]
+        fn fields() -> impl Strategy<Value = (String, u32, Vec<FileEntry>, Vec<Vec<String>>)> {
+            let file = (
+                prop::collection::vec(component(), 1..4),
+                0u64..100_000,
+                attr(true),
+            )
+                .prop_map(|(path, length, attr)| FileEntry { path, length, attr });
+            let files = prop_oneof![
+                (0u64..100_000, attr(false)).prop_map(|(length, attr)| (
+                    vec![FileEntry {
+                        path: vec![],
+                        length,
+                        attr
+                    }],
+                    vec![]
+                )),
+                (
+                    prop::collection::vec(file, 1..6),
+                    prop::collection::vec(prop::collection::vec(component(), 1..3), 0..3),
+                ),
+            ];
+            let piece_length = prop_oneof![(14u32..=26).prop_map(|s| 1 << s), 1u32..100_000];
+            (component(), piece_length, files)
+                .prop_map(|(name, pl, (files, dirs))| (name, pl, files, dirs))
+        }
+
+        /// Info dictionaries with every field present or absent, of any
+        /// type, at the edges of its range, or invalid.
+        fn near_valid_info() -> impl Strategy<Value = Value> {
+            // Mostly valid fields, so that a case gets past the early
+            // checks to the later ones.
+            let name = prop_oneof![
+                4 => component().prop_map(Value::from),
+                1 => prop::sample::select(vec!["", ".", "..", "a/b", "a\\b", "a\0"]).prop_map(Value::from),
+                1 => arb::value(),
+            ];
+            let int = || prop_oneof![3 => arb::edge_int().prop_map(Value::Int), 1 => arb::value()];
+            let piece_length =
+                prop_oneof![3 => (14u32..=26).prop_map(|s| Value::Int(1 << s)), 1 => int()];
+            let path = prop_oneof![
+                4 => prop::collection::vec(component().prop_map(Value::from), 1..3).prop_map(Value::List),
+                1 => prop::collection::vec(component().prop_map(Value::from), 0..3).prop_map(Value::List),
+                1 => arb::value(),
+            ];
+            let file = (int(), path.clone(), proptest::option::of(arb::bytes(3))).prop_map(
+                |(length, path, attr)| {
+                    let mut d = vec![("length", length), ("path", path)];
+                    if let Some(a) = attr {
+                        d.push(("attr", Value::Bytes(a)));
+                    }
+                    Value::dict(d)
+                },
+            );
+            (
+                proptest::option::weighted(0.9, name),
+                proptest::option::weighted(0.9, piece_length),
+                proptest::option::weighted(0.9, (0usize..6, prop::bool::weighted(0.9))),
+                proptest::option::of(int()),
+                proptest::option::weighted(
+                    0.9,
+                    prop::collection::vec(file, 0..5).prop_map(Value::List),
+                ),
+                proptest::option::of(prop::collection::vec(path, 0..3).prop_map(Value::List)),
+            )
+                .prop_map(|(name, piece_length, pieces, length, files, dirs)| {
+                    let mut d: Vec<(&[u8], Value)> = Vec::new();
+                    let mut put = |k: &'static [u8], v: Option<Value>| {
+                        if let Some(v) = v {
+                            d.push((k, v));
+                        }
+                    };
+                    put(b"name", name);
+                    put(b"piece length", piece_length);
+                    put(
+                        b"pieces",
+                        pieces
+                            .map(|(n, whole)| Value::Bytes(vec![9; n * 20 + usize::from(!whole)])),
+                    );
+                    put(b"length", length);
+                    put(b"files", files);
+                    put(EMPTY_DIRS_KEY, dirs);
+                    Value::dict(d)
+                })
+        }
+
+        /// Both entry points on an info dict's bytes; what parses is valid
+        /// and re-parses from its own torrent file.
+        fn parse_all(raw: &[u8]) {
+            let torrent = [&b"d4:info"[..], raw, b"e"].concat();
+            let ((info, file), held) =
+                memory::peak(|| (Info::from_bytes(raw), Info::from_torrent_file(&torrent)));
+            assert!(
+                held <= memory::bound(torrent.len()),
+                "{held} for {}",
+                torrent.len()
+            );
+            assert_eq!(info.is_ok(), file.is_ok());
+            if let Ok(info) = info {
+                let total = info
+                    .files
+                    .iter()
+                    .try_fold(0u64, |t, f| t.checked_add(f.length));
+                let total = total.expect("an accepted info's length fits a u64");
+                assert_eq!(
+                    info.piece_count() as u64,
+                    total.div_ceil(u64::from(info.piece_length))
+                );
+                assert_eq!(
+                    Info::from_torrent_file(&info.to_torrent_file()).ok(),
+                    Some(info)
+                );
+            }
+        }
+
+        proptest! {
+            #![proptest_config(arb::config(1024))]
+
+            #[test]
+            fn arbitrary_bytes_parse_or_error(raw in arb::bytes(200)) {
+                parse_all(&raw);
+                let _ = Info::from_torrent_file(&raw);
+            }
+
+            #[test]
+            fn near_valid_infos_parse_or_error(info in near_valid_info(), edits in arb::edits()) {
+                let raw = bencode::encode(&info);
+                parse_all(&raw);
+                parse_all(&arb::apply(&raw, &edits));
+            }
+
+            #[test]
+            fn every_info_round_trips((name, piece_length, files, dirs) in fields(), seed in any::<u8>()) {
+                let total: u64 = files.iter().map(|f| f.length).sum();
+                let count = total.div_ceil(u64::from(piece_length)) as usize;
+                let pieces: Vec<[u8; 20]> =
+                    (0..count).map(|i| [seed.wrapping_add(i as u8); 20]).collect();
+                let info = Info::new(&name, piece_length, pieces.clone(), files.clone(), dirs.clone()).unwrap();
+                let back = Info::from_torrent_file(&info.to_torrent_file()).unwrap();
+                prop_assert_eq!(&back.name, &name);
+                prop_assert_eq!(back.piece_length, piece_length);
+                prop_assert_eq!(&back.pieces, &pieces);
+                prop_assert_eq!(&back.files, &files);
+                prop_assert_eq!(back.single_file, files[0].path.is_empty());
+                let dirs = if back.single_file { vec![] } else { dirs };
+                prop_assert_eq!(&back.empty_dirs, &dirs);
+                prop_assert_eq!(back.info_hash(), info.info_hash());
+            }
+
+            #[test]
+            fn info_hashes_round_trip_and_parse_only_hex_or_base32(
+                hash in prop::array::uniform20(any::<u8>()),
+                text in prop_oneof![
+                    // Pairs of hex digits, or of a sign and a digit, which
+                    // Rust's integer parser also reads.
+                    prop::collection::vec(
+                        prop_oneof![9 => "[0-9a-fA-F]{2}", 1 => "[+-][0-9a-f]"],
+                        20,
+                    )
+                    .prop_map(|p| p.concat()),
+                    "[A-Za-z2-7]{32}",
+                    "\\PC{0,50}",
+                ],
+            ) {
+                let h = InfoHash(hash);
+                prop_assert_eq!(h.to_string().parse::<InfoHash>().ok(), Some(h));
+                prop_assert_eq!(h.to_string().to_uppercase().parse::<InfoHash>().ok(), Some(h));
+                let hex = text.len() == 40 && text.bytes().all(|b| b.is_ascii_hexdigit());
+                let base32 = text.len() == 32
+                    && text.bytes().all(|b| matches!(b.to_ascii_uppercase(), b'A'..=b'Z' | b'2'..=b'7'));
+                prop_assert_eq!(text.parse::<InfoHash>().is_ok(), hex || base32, "{:?}", text);
+            }
+        }
     }
 }

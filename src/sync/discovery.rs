@@ -1358,6 +1358,33 @@ mod tests {
     }
 
     proptest! {
+        #![proptest_config(p2pfile_engine::arb::config(512))]
+
+        #[test]
+        fn every_announcement_round_trips(
+            device in any::<u64>(),
+            port in 1..=u16::MAX,
+            time in 0..=i64::MAX as u64,
+            nonce in any::<Nonce>(),
+            skew in 0..=MAX_CLOCK_SKEW_SECS,
+        ) {
+            let k = key(11);
+            let bytes = encode_announcement(&k, DeviceId(device), port, time, nonce);
+            prop_assert!(bytes.len() <= MAX_PACKET);
+            let want = Announcement { device: DeviceId(device), port, time, nonce };
+            prop_assert_eq!(decode_announcement(&k, &bytes, time.saturating_add(skew)), Ok(want));
+            prop_assert_eq!(decode_announcement(&k, &bytes, time.saturating_sub(skew)), Ok(want));
+        }
+
+        #[test]
+        fn edited_packets_never_panic_nor_pass(edits in p2pfile_engine::arb::edits()) {
+            let k = key(12);
+            let good = packet(&k, 5, 7000, NOW, 1);
+            let bytes = p2pfile_engine::arb::apply(&good, &edits);
+            prop_assume!(bytes != good);
+            prop_assert!(decode_announcement(&k, &bytes, NOW).is_err());
+        }
+
         #[test]
         fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..700)) {
             let mut screen = Screen::new(key(9), DeviceId(1));

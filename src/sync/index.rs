@@ -1072,6 +1072,29 @@ pub(crate) mod tests {
     }
 
     proptest! {
+        #![proptest_config(p2pfile_engine::arb::config(512))]
+
+        #[test]
+        fn every_record_round_trips(r in crate::sync::arb::record()) {
+            prop_assert_eq!(FileRecord::decode(&r.encode()), Ok(r));
+        }
+
+        #[test]
+        fn every_batch_round_trips(records in crate::sync::arb::batch(6)) {
+            prop_assert_eq!(decode_batch(&encode_batch(&records).unwrap()), Ok(records));
+        }
+
+        #[test]
+        fn edited_records_decode_or_error(
+            r in crate::sync::arb::record(),
+            edits in p2pfile_engine::arb::edits(),
+        ) {
+            let bytes = p2pfile_engine::arb::apply(&r.encode(), &edits);
+            if let Ok(back) = FileRecord::decode(&bytes) {
+                prop_assert_eq!(FileRecord::decode(&back.encode()), Ok(back));
+            }
+        }
+
         #[test]
         fn decode_never_panics_on_garbage(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
             let _ = decode_batch(&bytes);

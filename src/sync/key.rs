@@ -530,4 +530,42 @@ mod tests {
             assert!(!msg.contains(&secret[..8]), "{msg}");
         }
     }
+
+    mod properties {
+        use super::*;
+        use p2pfile_engine::arb::{apply, config, edits};
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(config(1024))]
+
+            #[test]
+            fn every_key_round_trips(seed in any::<[u8; 32]>(), read_only in any::<bool>()) {
+                let k = FolderKey::from_seed(seed);
+                let k = if read_only { k.read_only() } else { k };
+                let back: FolderKey = k.to_string().parse().unwrap();
+                prop_assert_eq!(back.to_string(), k.to_string());
+                prop_assert_eq!(back.folder_id(), k.folder_id());
+                prop_assert_eq!(back.can_write(), k.can_write());
+            }
+
+            /// A typed key with a few characters wrong, missing or extra:
+            /// refused or read, never a panic.
+            #[test]
+            fn edited_keys_parse_or_error(seed in any::<[u8; 32]>(), read_only in any::<bool>(), edits in edits()) {
+                let k = FolderKey::from_seed(seed);
+                let k = if read_only { k.read_only() } else { k };
+                if let Ok(text) = String::from_utf8(apply(k.to_string().as_bytes(), &edits)) {
+                    if let Ok(back) = text.parse::<FolderKey>() {
+                        prop_assert_eq!(back.to_string().parse::<FolderKey>().map(|b| b.folder_id()), Ok(back.folder_id()));
+                    }
+                }
+            }
+
+            #[test]
+            fn arbitrary_text_parses_or_errors(text in "(p2pf-r[wo]-)?\\PC{0,110}") {
+                let _ = text.parse::<FolderKey>();
+            }
+        }
+    }
 }

@@ -36,6 +36,8 @@
 //! announcements by broadcast and multicast.
 
 pub mod apply;
+#[cfg(test)]
+mod arb;
 pub mod discovery;
 pub mod folder;
 pub mod index;

@@ -409,4 +409,54 @@ mod tests {
         }
         assert_eq!(total, 2500);
     }
+
+    mod properties {
+        use super::*;
+        use crate::sync::arb;
+        use p2pfile_engine::arb::{apply, bytes, config, edits};
+        use proptest::prelude::*;
+
+        /// What decodes re-encodes to the same message.
+        fn decode_checked(bytes: &[u8]) {
+            if let Ok(m) = Message::decode(bytes) {
+                assert_eq!(Message::decode(&m.encode()), Ok(m));
+            }
+        }
+
+        proptest! {
+            #![proptest_config(config(512))]
+
+            #[test]
+            fn every_message_round_trips(m in arb::message()) {
+                prop_assert_eq!(Message::decode(&m.encode()), Ok(m));
+            }
+
+            #[test]
+            fn arbitrary_bytes_decode_or_error(bytes in bytes(300)) {
+                decode_checked(&bytes);
+            }
+
+            #[test]
+            fn edited_messages_decode_or_error(m in arb::message(), edits in edits()) {
+                decode_checked(&apply(&m.encode(), &edits));
+            }
+        }
+
+        proptest! {
+            // Each case encodes 200 KiB.
+            #![proptest_config(config(16))]
+
+            /// A `want` over the cap is refused, however its ids are split
+            /// into packs.
+            #[test]
+            fn wants_over_the_cap_are_refused(split in 1usize..MAX_WANTS) {
+                let ids = vec![[7u8; 20]; MAX_WANTS + 1];
+                let packs = vec![ids[..split].to_vec(), ids[split..].to_vec()];
+                prop_assert_eq!(
+                    Message::decode(&Message::Want { packs }.encode()),
+                    Err(ProtocolError::Field("p"))
+                );
+            }
+        }
+    }
 }

@@ -7,6 +7,23 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use bytes::Bytes;
 
 use super::{METADATA_PIECE_SIZE, WireError};
+
+/// Largest extension handshake or ut_pex payload, and largest ut_metadata
+/// dict, that is decoded at all. Real ones are a few hundred bytes (a
+/// handshake with a dozen extensions, a pex message of 50 peers). The
+/// 1 MiB message limit alone let one message cost 113 MiB: bencode decodes
+/// to up to 114 times its size (a list of one-entry dicts, `d0:lee`, each
+/// a B-tree node of about 680 bytes; measured by
+/// `payloads_are_capped_before_decoding`), so 64 KiB holds at most ~7 MiB.
+pub const MAX_EXT_PAYLOAD: usize = 64 * 1024;
+
+/// Refuses a payload over [`MAX_EXT_PAYLOAD`] before it is decoded.
+fn capped<'a>(payload: &'a [u8], what: &'static str) -> Result<&'a [u8], WireError> {
+    if payload.len() > MAX_EXT_PAYLOAD {
+        return Err(WireError::BadExtension(what));
+    }
+    Ok(payload)
+}
 use crate::bencode::{self, Value};
 
 /// BEP 10 extension handshake (extended message id 0), a bencoded dict.
@@ -64,7 +81,7 @@ impl ExtHandshake {
     /// fields of the wrong type or range, and `m` entries that are not a
     /// UTF-8 name with an id in 0..=255 are ignored rather than fatal.
     pub fn decode(payload: &[u8]) -> Result<Self, WireError> {
-        let v = bencode::decode(payload)?;
+        let v = bencode::decode(capped(payload, "extension handshake over 64 KiB")?)?;
         if v.as_dict().is_none() {
             return Err(WireError::BadExtension("extension handshake is not a dict"));
         }
@@ -145,7 +162,17 @@ impl MetadataMsg {
     /// without copying. Bytes after the dict of a request or reject carry
     /// no meaning and are ignored.
     pub fn decode(payload: &Bytes) -> Result<Self, WireError> {
-        let (v, used) = bencode::decode_prefix(payload)?;
+        // The dict ends within the cap, or it is refused: only raw piece
+        // data (at most 16 KiB, checked below) may follow it.
+        let head = &payload[..payload.len().min(MAX_EXT_PAYLOAD)];
+        let (v, used) = bencode::decode_prefix(head).map_err(|e| match e {
+            bencode::BencodeError::UnexpectedEnd | bencode::BencodeError::TooLong { .. }
+                if head.len() < payload.len() =>
+            {
+                WireError::BadExtension("ut_metadata dict over 64 KiB")
+            }
+            e => WireError::Bencode(e),
+        })?;
         let int = |key: &[u8]| {
             v.get(key)
                 .and_then(Value::as_int)
@@ -206,7 +233,7 @@ impl PexMsg {
 
     /// Parse a ut_pex payload; missing or mistyped lists count as empty.
     pub fn decode(payload: &[u8]) -> Result<Self, WireError> {
-        let v = bencode::decode(payload)?;
+        let v = bencode::decode(capped(payload, "ut_pex message over 64 KiB")?)?;
         if v.as_dict().is_none() {
             return Err(WireError::BadExtension("ut_pex message is not a dict"));
         }
@@ -416,5 +443,187 @@ mod tests {
         assert_eq!(bytes, [1, 2, 3, 4, 0, 5]);
         bytes.extend_from_slice(&[9, 9, 9]);
         assert_eq!(decode_compact_peers(&bytes), peers);
+    }
+
+    /// A payload of the 1 MiB message limit made of one-entry dicts: each
+    /// 6 bytes (`d0:lee`) decode to a B-tree node of about 680 bytes.
+    fn amplifying_payload() -> Vec<u8> {
+        let n = (super::super::MAX_MESSAGE_LEN - 16) / 6;
+        [&b"d1:ml"[..], &b"d0:lee".repeat(n), b"ee"].concat()
+    }
+
+    /// Before the cap, this payload was accepted as an extension handshake
+    /// and as a pex message, and its decoding held 113 MiB.
+    #[test]
+    fn payloads_are_capped_before_decoding() {
+        use crate::arb::memory;
+        let payload = amplifying_payload();
+        let bytes = Bytes::from(payload.clone());
+        let (results, held) = memory::peak(|| {
+            (
+                ExtHandshake::decode(&payload).is_err(),
+                MetadataMsg::decode(&bytes).is_err(),
+                PexMsg::decode(&payload).is_err(),
+            )
+        });
+        assert_eq!(results, (true, true, true));
+        // 7.4 MB measured (ut_metadata decodes the first 64 KiB), from
+        // 118.8 MB before the cap.
+        assert!(held <= memory::bound(MAX_EXT_PAYLOAD), "{held} bytes held");
+    }
+
+    mod properties {
+        use super::*;
+        use crate::arb::{self, memory};
+        use proptest::prelude::*;
+
+        fn ext_handshake() -> impl Strategy<Value = ExtHandshake> {
+            (
+                prop::collection::btree_map("\\PC{0,12}", any::<u8>(), 0..5),
+                any::<Option<u32>>(),
+                any::<Option<u16>>(),
+                proptest::option::of("\\PC{0,20}"),
+                any::<Option<u32>>(),
+                any::<bool>(),
+            )
+                .prop_map(
+                    |(m, metadata_size, listen_port, client, reqq, upload_only)| ExtHandshake {
+                        m,
+                        metadata_size,
+                        listen_port,
+                        client,
+                        reqq,
+                        upload_only,
+                    },
+                )
+        }
+
+        fn metadata_msg() -> impl Strategy<Value = MetadataMsg> {
+            prop_oneof![
+                any::<u32>().prop_map(|piece| MetadataMsg::Request { piece }),
+                any::<u32>().prop_map(|piece| MetadataMsg::Reject { piece }),
+                (
+                    any::<u32>(),
+                    any::<u32>(),
+                    prop_oneof![arb::bytes(64), Just(vec![7; METADATA_PIECE_SIZE]),]
+                )
+                    .prop_map(|(piece, total_size, data)| MetadataMsg::Data {
+                        piece,
+                        total_size,
+                        data: Bytes::from(data),
+                    }),
+            ]
+        }
+
+        fn v4() -> impl Strategy<Value = SocketAddrV4> {
+            (any::<u32>(), any::<u16>()).prop_map(|(ip, port)| SocketAddrV4::new(ip.into(), port))
+        }
+
+        fn pex() -> impl Strategy<Value = PexMsg> {
+            (
+                prop::collection::vec(v4(), 0..8),
+                prop::collection::vec(v4(), 0..8),
+            )
+                .prop_map(|(added, dropped)| PexMsg { added, dropped })
+        }
+
+        /// Dicts shaped like the three payloads, with fields of any type
+        /// and value, and data after the dict as ut_metadata carries.
+        fn near_valid() -> impl Strategy<Value = Vec<u8>> {
+            let field = prop_oneof![
+                3 => arb::edge_int().prop_map(Value::Int),
+                1 => arb::value(),
+            ];
+            let key = prop::sample::select(vec![
+                &b"m"[..],
+                b"metadata_size",
+                b"p",
+                b"v",
+                b"reqq",
+                b"upload_only",
+                b"msg_type",
+                b"piece",
+                b"total_size",
+                b"added",
+                b"added.f",
+                b"dropped",
+            ]);
+            (
+                prop::collection::btree_map(key.prop_map(<[u8]>::to_vec), field, 0..6),
+                prop::collection::btree_map("\\PC{0,8}", arb::edge_int(), 0..4),
+                arb::bytes(40),
+            )
+                .prop_map(|(mut d, m, tail)| {
+                    if d.contains_key(&b"m"[..]) {
+                        let m = m.into_iter().map(|(k, v)| (k, Value::Int(v)));
+                        d.insert(b"m".to_vec(), Value::dict(m));
+                    }
+                    [bencode::encode(&Value::Dict(d)), tail].concat()
+                })
+        }
+
+        /// Every decoder on `payload`; none may hold more than the payload
+        /// justifies, and what decodes re-encodes to the same meaning.
+        fn decode_all(payload: &[u8]) {
+            let bytes = Bytes::copy_from_slice(payload);
+            let ((hs, meta, pex), held) = memory::peak(|| {
+                (
+                    ExtHandshake::decode(payload),
+                    MetadataMsg::decode(&bytes),
+                    PexMsg::decode(payload),
+                )
+            });
+            assert!(
+                held <= memory::bound(payload.len()),
+                "{held} for {}",
+                payload.len()
+            );
+            if let Ok(hs) = hs {
+                assert_eq!(ExtHandshake::decode(&hs.encode()), Ok(hs));
+            }
+            if let Ok(meta) = meta {
+                assert_eq!(MetadataMsg::decode(&Bytes::from(meta.encode())), Ok(meta));
+            }
+            if let Ok(pex) = pex {
+                assert_eq!(PexMsg::decode(&pex.encode()), Ok(pex));
+            }
+        }
+
+        proptest! {
+            #![proptest_config(arb::config(1024))]
+
+            #[test]
+            fn arbitrary_payloads_decode_or_error(payload in arb::bytes(200)) {
+                decode_all(&payload);
+                let peers = decode_compact_peers(&payload);
+                prop_assert_eq!(peers.len(), payload.len() / 6);
+                prop_assert_eq!(encode_compact_peers(&peers), &payload[..peers.len() * 6]);
+            }
+
+            #[test]
+            fn near_valid_payloads_decode_or_error(payload in near_valid(), edits in arb::edits()) {
+                decode_all(&payload);
+                decode_all(&arb::apply(&payload, &edits));
+            }
+
+            #[test]
+            fn extension_handshakes_round_trip(hs in ext_handshake()) {
+                prop_assert_eq!(ExtHandshake::decode(&hs.encode()), Ok(hs));
+            }
+
+            #[test]
+            fn metadata_messages_round_trip(msg in metadata_msg(), edits in arb::edits()) {
+                let payload = Bytes::from(msg.encode());
+                prop_assert_eq!(MetadataMsg::decode(&payload), Ok(msg));
+                decode_all(&arb::apply(&payload, &edits));
+            }
+
+            #[test]
+            fn pex_messages_round_trip(msg in pex(), edits in arb::edits()) {
+                let payload = msg.encode();
+                prop_assert_eq!(PexMsg::decode(&payload), Ok(msg));
+                decode_all(&arb::apply(&payload, &edits));
+            }
+        }
     }
 }

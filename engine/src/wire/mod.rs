@@ -389,7 +389,8 @@ pub fn decode(buf: &mut BytesMut) -> Result<Option<Message>, WireError> {
 mod ext;
 
 pub use ext::{
-    ExtHandshake, MetadataMsg, PEX_REACHABLE, PexMsg, decode_compact_peers, encode_compact_peers,
+    ExtHandshake, MAX_EXT_PAYLOAD, MetadataMsg, PEX_REACHABLE, PexMsg, decode_compact_peers,
+    encode_compact_peers,
 };
 
 #[cfg(test)]
@@ -581,5 +582,133 @@ mod tests {
             Handshake::decode(&bytes),
             Err(WireError::BadHandshake(_))
         ));
+    }
+
+    mod properties {
+        use super::*;
+        use crate::arb::{self, memory};
+        use proptest::prelude::*;
+
+        /// Feeds `input` in chunks of the given sizes, decoding after each,
+        /// as a connection's reader does. Checks what every call promises
+        /// and returns the messages and whether the stream was refused.
+        fn feed(input: &[u8], chunks: &[usize]) -> (Vec<Message>, bool) {
+            let mut buf = BytesMut::new();
+            let mut out = Vec::new();
+            let mut rest = input;
+            let mut chunks = chunks.iter().cycle();
+            while !rest.is_empty() {
+                let n = (*chunks.next().expect("cycle")).clamp(1, rest.len());
+                buf.extend_from_slice(&rest[..n]);
+                rest = &rest[n..];
+                loop {
+                    let before = buf.clone();
+                    let (result, held) = memory::peak(|| decode(&mut buf));
+                    // Growing for a declared length stops at the limit.
+                    assert!(held <= 4 + MAX_MESSAGE_LEN + 64, "{held}");
+                    match result {
+                        Ok(Some(msg)) => {
+                            // Decoding is exact: the message re-encodes to
+                            // the bytes it was decoded from.
+                            let used = before.len() - buf.len();
+                            let mut again = BytesMut::new();
+                            msg.encode(&mut again);
+                            assert_eq!(&again[..], &before[..used]);
+                            out.push(msg);
+                        }
+                        Ok(None) => {
+                            assert_eq!(buf, before, "partial input must not be consumed");
+                            break;
+                        }
+                        Err(_) => {
+                            assert_eq!(buf, before, "an error leaves the buffer");
+                            return (out, true);
+                        }
+                    }
+                }
+            }
+            (out, false)
+        }
+
+        fn chunks() -> impl Strategy<Value = Vec<usize>> {
+            prop::collection::vec(1usize..80, 1..8)
+        }
+
+        proptest! {
+            #![proptest_config(arb::config(1024))]
+
+            #[test]
+            fn arbitrary_streams_decode_or_error(input in arb::bytes(300), chunks in chunks()) {
+                feed(&input, &chunks);
+            }
+
+            #[test]
+            fn every_message_round_trips_in_any_chunking(
+                msgs in prop::collection::vec(arb::message(), 0..8),
+                chunks in chunks(),
+            ) {
+                let mut bytes = BytesMut::new();
+                for m in &msgs {
+                    m.encode(&mut bytes);
+                }
+                prop_assert_eq!(bytes.len(), msgs.iter().map(Message::encoded_len).sum::<usize>());
+                prop_assert_eq!(feed(&bytes, &chunks), (msgs, false));
+            }
+
+            #[test]
+            fn edited_streams_decode_or_error(
+                msgs in prop::collection::vec(arb::message(), 1..4),
+                edits in arb::edits(),
+                chunks in chunks(),
+            ) {
+                let mut bytes = BytesMut::new();
+                for m in &msgs {
+                    m.encode(&mut bytes);
+                }
+                feed(&arb::apply(&bytes, &edits), &chunks);
+            }
+
+            /// A length prefix over the limit errors from its first four
+            /// bytes, before any buffer grows for it.
+            #[test]
+            fn oversized_lengths_error_before_reserving(
+                len in MAX_MESSAGE_LEN as u32 + 1..=u32::MAX,
+                tail in arb::bytes(16),
+            ) {
+                let mut buf = BytesMut::with_capacity(32);
+                buf.put_u32(len);
+                buf.extend_from_slice(&tail);
+                let cap = buf.capacity();
+                let (result, held) = memory::peak(|| decode(&mut buf));
+                prop_assert_eq!(result, Err(WireError::MessageTooLong(len as usize)));
+                prop_assert_eq!(buf.capacity(), cap);
+                prop_assert_eq!(held, 0);
+            }
+
+            #[test]
+            fn any_handshake_decodes_or_errors(
+                mut hs in prop::array::uniform::<_, HANDSHAKE_LEN>(any::<u8>()),
+                valid in any::<bool>(),
+            ) {
+                if valid {
+                    hs[0] = 19;
+                    hs[1..20].copy_from_slice(PROTOCOL);
+                }
+                match Handshake::decode(&hs) {
+                    Ok(parsed) => prop_assert_eq!(parsed.encode(), hs),
+                    Err(_) => prop_assert!(!valid),
+                }
+            }
+
+            #[test]
+            fn every_handshake_round_trips(
+                reserved in prop::array::uniform8(any::<u8>()),
+                info_hash in prop::array::uniform20(any::<u8>()),
+                peer_id in prop::array::uniform20(any::<u8>()),
+            ) {
+                let hs = Handshake { reserved, info_hash, peer_id };
+                prop_assert_eq!(Handshake::decode(&hs.encode()), Ok(hs));
+            }
+        }
     }
 }
