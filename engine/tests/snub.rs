@@ -1,0 +1,191 @@
+//! Peers that never answer some requests (issue #10, "snubbing"): a
+//! scripted peer claims every piece and leaves every third one unanswered.
+//! The downloader must still get everything that peer does serve, and,
+//! beside an honest seed, complete byte-identical.
+//!
+//! Hostile peers bind 127.N.0.200+ (N = `P2PFILE_TEST_NET`, default 1).
+
+mod common;
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{Script, Seen, scripted_peer};
+use p2pfile_engine::builder::build;
+use p2pfile_engine::{Event, PortChoice, Session, SessionConfig, Source, Target};
+
+fn config() -> SessionConfig {
+    SessionConfig {
+        ip: Ipv4Addr::LOCALHOST,
+        port: PortChoice::Range(20000..=40000),
+        bootstrap: vec![],
+        dht: false,
+        upload_limit: 0,
+        download_limit: 0,
+        extensions: Vec::new(),
+    }
+}
+
+/// An address for a hostile peer: 127.N.0.`host`, any port.
+fn hostile_addr(host: u8) -> SocketAddr {
+    let net = std::env::var("P2PFILE_TEST_NET")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(1u8);
+    SocketAddr::from(([127, net, 0, host], 0))
+}
+
+/// Size of the test file: 1024 pieces of 256 KiB. The unanswered third
+/// must exceed what the downloader keeps started (twice its 32 MiB
+/// assembly budget), or the old code never ran out of pieces to start.
+const SIZE: usize = 256 << 20;
+
+/// Writes `SIZE` bytes that are never zero and differ from piece to piece:
+/// a 1 MiB pattern, rotated a little further for each MiB.
+fn write_content(path: &std::path::Path) {
+    use std::io::Write;
+    let base: Vec<u8> = (0..1usize << 20)
+        .map(|i| ((i * 31 + i / 4099) % 251) as u8 + 1)
+        .collect();
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    for mib in 0..SIZE >> 20 {
+        let at = (mib * 7919) % base.len();
+        f.write_all(&base[at..]).unwrap();
+        f.write_all(&base[..at]).unwrap();
+    }
+    f.flush().unwrap();
+}
+
+/// Every third piece is never answered.
+fn all_but_every_third(index: u32) -> bool {
+    index % 3 != 0
+}
+
+/// The test file in a new directory, and its torrent.
+fn torrent() -> (tempfile::TempDir, Arc<p2pfile_engine::metainfo::Info>) {
+    let src = tempfile::tempdir().unwrap();
+    write_content(&src.path().join("data.bin"));
+    let info = Arc::new(build(&src.path().join("data.bin")).unwrap().info);
+    (src, info)
+}
+
+fn script(info: &p2pfile_engine::metainfo::Info, src: &std::path::Path, delay: Duration) -> Script {
+    Script {
+        content: Arc::new(src.join("data.bin")),
+        piece_length: info.piece_length as usize,
+        pieces: info.piece_count(),
+        answers: all_but_every_third,
+        delay,
+    }
+}
+
+/// (a) Alone, the peer that leaves every third piece unanswered still
+/// gives the downloader every piece it does answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_ignores_some_requests_still_serves_the_rest() {
+    let (src, info) = torrent();
+    let pieces = info.piece_count();
+    let served = (0..pieces as u32)
+        .filter(|i| all_but_every_third(*i))
+        .count() as u64;
+    let (peer, seen) =
+        scripted_peer(hostile_addr(200), script(&info, src.path(), Duration::ZERO)).await;
+    let s = Session::start(config()).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let id = s
+        .add(
+            Source::Info(info.clone()),
+            Target::download(dir.path().to_path_buf()),
+            vec![peer],
+        )
+        .unwrap();
+    let mut stats = s.watch_stats(id).unwrap();
+    let started = Instant::now();
+    let got = tokio::time::timeout(
+        Duration::from_secs(60),
+        stats.wait_for(|st| st.pieces_verified >= served),
+    )
+    .await
+    .is_ok();
+    let last = stats.borrow().clone();
+    eprintln!(
+        "ignoring peer alone: {} of {served} served pieces ({} of {pieces}), {} bytes, after {:.1} s; \
+         peer saw {} requests, {} cancels",
+        last.pieces_verified,
+        last.pieces_verified,
+        last.have,
+        started.elapsed().as_secs_f64(),
+        Seen::get(&seen.requests),
+        Seen::get(&seen.cancels),
+    );
+    assert!(
+        got,
+        "only {} of the {served} pieces the peer serves arrived within 60 s",
+        last.pieces_verified
+    );
+    assert_eq!(
+        last.pieces_verified, served,
+        "the ignored pieces cannot arrive"
+    );
+    s.shutdown().await;
+}
+
+/// (b) Beside an honest seed, the download completes byte-identical.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_ignores_some_requests_does_not_hold_back_a_seed() {
+    let (src, info) = torrent();
+    let seed = Session::start(config()).await.unwrap();
+    seed.add(
+        Source::Info(info.clone()),
+        Target::Seed {
+            root: src.path().join("data.bin"),
+        },
+        vec![],
+    )
+    .unwrap();
+    let (peer, seen) =
+        scripted_peer(hostile_addr(201), script(&info, src.path(), Duration::ZERO)).await;
+    let s = Session::start(config()).await.unwrap();
+    let mut events = s.events().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let started = Instant::now();
+    let id = s
+        .add(
+            Source::Info(info.clone()),
+            Target::download(dir.path().to_path_buf()),
+            vec![peer, seed.local_addr()],
+        )
+        .unwrap();
+    let done = tokio::time::timeout(Duration::from_secs(90), async {
+        while let Some(ev) = events.recv().await {
+            match ev.event {
+                Event::Completed if ev.info_hash == id => return,
+                Event::Failed { error } => panic!("failed: {error}"),
+                _ => {}
+            }
+        }
+        panic!("session stopped before completion");
+    })
+    .await;
+    eprintln!(
+        "ignoring peer beside a seed: {} after {:.1} s; peer saw {} requests, sent {} blocks, {} cancels",
+        if done.is_ok() {
+            "completed"
+        } else {
+            "timed out"
+        },
+        started.elapsed().as_secs_f64(),
+        Seen::get(&seen.requests),
+        Seen::get(&seen.blocks_sent),
+        Seen::get(&seen.cancels),
+    );
+    assert!(done.is_ok(), "download did not complete within 90 s");
+    let got = std::fs::read(dir.path().join("data.bin")).unwrap();
+    assert!(
+        got == std::fs::read(src.path().join("data.bin")).unwrap(),
+        "byte-identical"
+    );
+    s.shutdown().await;
+    seed.shutdown().await;
+}
