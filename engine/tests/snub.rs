@@ -41,15 +41,15 @@ fn hostile_addr(host: u8) -> SocketAddr {
 /// assembly budget), or the old code never ran out of pieces to start.
 const SIZE: usize = 256 << 20;
 
-/// Writes `SIZE` bytes that are never zero and differ from piece to piece:
+/// Writes `size` bytes that are never zero and differ from piece to piece:
 /// a 1 MiB pattern, rotated a little further for each MiB.
-fn write_content(path: &std::path::Path) {
+fn write_content(path: &std::path::Path, size: usize) {
     use std::io::Write;
     let base: Vec<u8> = (0..1usize << 20)
         .map(|i| ((i * 31 + i / 4099) % 251) as u8 + 1)
         .collect();
     let mut f = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
-    for mib in 0..SIZE >> 20 {
+    for mib in 0..size >> 20 {
         let at = (mib * 7919) % base.len();
         f.write_all(&base[at..]).unwrap();
         f.write_all(&base[..at]).unwrap();
@@ -63,9 +63,9 @@ fn all_but_every_third(index: u32) -> bool {
 }
 
 /// The test file in a new directory, and its torrent.
-fn torrent() -> (tempfile::TempDir, Arc<p2pfile_engine::metainfo::Info>) {
+fn torrent(size: usize) -> (tempfile::TempDir, Arc<p2pfile_engine::metainfo::Info>) {
     let src = tempfile::tempdir().unwrap();
-    write_content(&src.path().join("data.bin"));
+    write_content(&src.path().join("data.bin"), size);
     let info = Arc::new(build(&src.path().join("data.bin")).unwrap().info);
     (src, info)
 }
@@ -84,7 +84,7 @@ fn script(info: &p2pfile_engine::metainfo::Info, src: &std::path::Path, delay: D
 /// gives the downloader every piece it does answer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_that_ignores_some_requests_still_serves_the_rest() {
-    let (src, info) = torrent();
+    let (src, info) = torrent(SIZE);
     let pieces = info.piece_count();
     let served = (0..pieces as u32)
         .filter(|i| all_but_every_third(*i))
@@ -134,7 +134,7 @@ async fn a_peer_that_ignores_some_requests_still_serves_the_rest() {
 /// (b) Beside an honest seed, the download completes byte-identical.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_that_ignores_some_requests_does_not_hold_back_a_seed() {
-    let (src, info) = torrent();
+    let (src, info) = torrent(SIZE);
     let seed = Session::start(config()).await.unwrap();
     seed.add(
         Source::Info(info.clone()),
@@ -188,4 +188,94 @@ async fn a_peer_that_ignores_some_requests_does_not_hold_back_a_seed() {
     );
     s.shutdown().await;
     seed.shutdown().await;
+}
+
+/// A slow but honest peer (in order, 350 ms a block: ~46 KiB/s, like an
+/// `--upload-limit`) is never taken for a snubbing one: no request to it
+/// is cancelled, it stays connected, and the download completes. Its queue
+/// of 16 requests takes 5.6 s: a fixed timeout of a few seconds would fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_peer_that_answers_everything_is_not_snubbed() {
+    let (src, info) = torrent(1 << 20);
+    let mut slow = script(&info, src.path(), Duration::from_millis(350));
+    slow.answers = |_| true;
+    let (peer, seen) = scripted_peer(hostile_addr(202), slow).await;
+    let s = Session::start(config()).await.unwrap();
+    let mut events = s.events().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let started = Instant::now();
+    let id = s
+        .add(
+            Source::Info(info.clone()),
+            Target::download(dir.path().to_path_buf()),
+            vec![peer],
+        )
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(120), async {
+        while let Some(ev) = events.recv().await {
+            match ev.event {
+                Event::Completed if ev.info_hash == id => return,
+                Event::Failed { error } => panic!("failed: {error}"),
+                Event::PeerDisconnected { reason, .. } => panic!("slow peer dropped: {reason}"),
+                _ => {}
+            }
+        }
+    })
+    .await
+    .expect("the slow peer's download completed within 120 s");
+    eprintln!(
+        "slow honest peer: completed after {:.1} s; {} requests, {} cancels, {} connections",
+        started.elapsed().as_secs_f64(),
+        Seen::get(&seen.requests),
+        Seen::get(&seen.cancels),
+        Seen::get(&seen.connections),
+    );
+    assert_eq!(Seen::get(&seen.cancels), 0, "no request timed out");
+    assert_eq!(Seen::get(&seen.connections), 1);
+    let got = std::fs::read(dir.path().join("data.bin")).unwrap();
+    assert!(got == std::fs::read(src.path().join("data.bin")).unwrap());
+    s.shutdown().await;
+}
+
+/// A peer that claims every piece and answers no request at all is closed
+/// once it has served nothing for `SERVES_NOTHING` (30 s), its requests
+/// having been handed back at each stall.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_serves_nothing_is_closed() {
+    let (src, info) = torrent(1 << 20);
+    let mut mute = script(&info, src.path(), Duration::ZERO);
+    mute.answers = |_| false;
+    let (peer, seen) = scripted_peer(hostile_addr(203), mute).await;
+    let s = Session::start(config()).await.unwrap();
+    let mut events = s.events().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let started = Instant::now();
+    s.add(
+        Source::Info(info.clone()),
+        Target::download(dir.path().to_path_buf()),
+        vec![peer],
+    )
+    .unwrap();
+    let reason = tokio::time::timeout(Duration::from_secs(90), async {
+        while let Some(ev) = events.recv().await {
+            if let Event::PeerDisconnected { reason, .. } = ev.event {
+                return reason;
+            }
+        }
+        panic!("session stopped");
+    })
+    .await
+    .expect("the mute peer was closed within 90 s");
+    eprintln!(
+        "mute peer: closed after {:.1} s ({reason}); {} requests, {} cancels",
+        started.elapsed().as_secs_f64(),
+        Seen::get(&seen.requests),
+        Seen::get(&seen.cancels),
+    );
+    assert!(reason.contains("sent no block"), "{reason}");
+    assert!(
+        Seen::get(&seen.cancels) > 0,
+        "its requests were handed back first"
+    );
+    s.shutdown().await;
 }
