@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 
 use common::{Script, Seen, scripted_peer};
 use p2pfile_engine::builder::build;
-use p2pfile_engine::{Event, PortChoice, Session, SessionConfig, Source, Target};
+use p2pfile_engine::metainfo::{Info, InfoHash};
+use p2pfile_engine::{Event, PortChoice, Session, SessionConfig, Source, Target, TorrentEvent};
+use tokio::sync::mpsc::UnboundedReceiver;
 
 fn config() -> SessionConfig {
     SessionConfig {
@@ -63,20 +65,79 @@ fn all_but_every_third(index: u32) -> bool {
 }
 
 /// The test file in a new directory, and its torrent.
-fn torrent(size: usize) -> (tempfile::TempDir, Arc<p2pfile_engine::metainfo::Info>) {
+fn torrent(size: usize) -> (tempfile::TempDir, Arc<Info>) {
     let src = tempfile::tempdir().unwrap();
     write_content(&src.path().join("data.bin"), size);
     let info = Arc::new(build(&src.path().join("data.bin")).unwrap().info);
     (src, info)
 }
 
-fn script(info: &p2pfile_engine::metainfo::Info, src: &std::path::Path, delay: Duration) -> Script {
+fn script(info: &Info, src: &std::path::Path, delay: Duration) -> Script {
     Script {
         content: Arc::new(src.join("data.bin")),
         piece_length: info.piece_length as usize,
         pieces: info.piece_count(),
         answers: all_but_every_third,
         delay,
+    }
+}
+
+/// A downloading session, started with `peers`.
+struct Downloader {
+    s: Session,
+    events: UnboundedReceiver<TorrentEvent>,
+    dir: tempfile::TempDir,
+    id: InfoHash,
+    started: Instant,
+}
+
+async fn downloader(info: &Arc<Info>, peers: Vec<SocketAddr>) -> Downloader {
+    let s = Session::start(config()).await.unwrap();
+    let events = s.events().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let started = Instant::now();
+    let id = s
+        .add(
+            Source::Info(info.clone()),
+            Target::download(dir.path().to_path_buf()),
+            peers,
+        )
+        .unwrap();
+    Downloader {
+        s,
+        events,
+        dir,
+        id,
+        started,
+    }
+}
+
+impl Downloader {
+    /// Waits up to `secs` for completion: false on timeout. Panics when
+    /// the torrent fails, or (`no_drops`) when a peer is disconnected.
+    async fn completed(&mut self, secs: u64, no_drops: bool) -> bool {
+        let (events, id) = (&mut self.events, self.id);
+        tokio::time::timeout(Duration::from_secs(secs), async {
+            while let Some(ev) = events.recv().await {
+                match ev.event {
+                    Event::Completed if ev.info_hash == id => return,
+                    Event::Failed { error } => panic!("failed: {error}"),
+                    Event::PeerDisconnected { reason, .. } if no_drops => {
+                        panic!("peer dropped: {reason}")
+                    }
+                    _ => {}
+                }
+            }
+            panic!("session stopped before completion");
+        })
+        .await
+        .is_ok()
+    }
+
+    /// Whether the download is byte-identical to the file in `src`.
+    fn same_as(&self, src: &std::path::Path) -> bool {
+        std::fs::read(self.dir.path().join("data.bin")).unwrap()
+            == std::fs::read(src.join("data.bin")).unwrap()
     }
 }
 
@@ -91,17 +152,8 @@ async fn a_peer_that_ignores_some_requests_still_serves_the_rest() {
         .count() as u64;
     let (peer, seen) =
         scripted_peer(hostile_addr(200), script(&info, src.path(), Duration::ZERO)).await;
-    let s = Session::start(config()).await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let id = s
-        .add(
-            Source::Info(info.clone()),
-            Target::download(dir.path().to_path_buf()),
-            vec![peer],
-        )
-        .unwrap();
-    let mut stats = s.watch_stats(id).unwrap();
-    let started = Instant::now();
+    let d = downloader(&info, vec![peer]).await;
+    let mut stats = d.s.watch_stats(d.id).unwrap();
     let got = tokio::time::timeout(
         Duration::from_secs(60),
         stats.wait_for(|st| st.pieces_verified >= served),
@@ -115,7 +167,7 @@ async fn a_peer_that_ignores_some_requests_still_serves_the_rest() {
         last.pieces_verified,
         last.pieces_verified,
         last.have,
-        started.elapsed().as_secs_f64(),
+        d.started.elapsed().as_secs_f64(),
         Seen::get(&seen.requests),
         Seen::get(&seen.cancels),
     );
@@ -128,7 +180,7 @@ async fn a_peer_that_ignores_some_requests_still_serves_the_rest() {
         last.pieces_verified, served,
         "the ignored pieces cannot arrive"
     );
-    s.shutdown().await;
+    d.s.shutdown().await;
 }
 
 /// (b) Beside an honest seed, the download completes byte-identical.
@@ -146,47 +198,19 @@ async fn a_peer_that_ignores_some_requests_does_not_hold_back_a_seed() {
     .unwrap();
     let (peer, seen) =
         scripted_peer(hostile_addr(201), script(&info, src.path(), Duration::ZERO)).await;
-    let s = Session::start(config()).await.unwrap();
-    let mut events = s.events().unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let started = Instant::now();
-    let id = s
-        .add(
-            Source::Info(info.clone()),
-            Target::download(dir.path().to_path_buf()),
-            vec![peer, seed.local_addr()],
-        )
-        .unwrap();
-    let done = tokio::time::timeout(Duration::from_secs(90), async {
-        while let Some(ev) = events.recv().await {
-            match ev.event {
-                Event::Completed if ev.info_hash == id => return,
-                Event::Failed { error } => panic!("failed: {error}"),
-                _ => {}
-            }
-        }
-        panic!("session stopped before completion");
-    })
-    .await;
+    let mut d = downloader(&info, vec![peer, seed.local_addr()]).await;
+    let done = d.completed(90, false).await;
     eprintln!(
         "ignoring peer beside a seed: {} after {:.1} s; peer saw {} requests, sent {} blocks, {} cancels",
-        if done.is_ok() {
-            "completed"
-        } else {
-            "timed out"
-        },
-        started.elapsed().as_secs_f64(),
+        if done { "completed" } else { "timed out" },
+        d.started.elapsed().as_secs_f64(),
         Seen::get(&seen.requests),
         Seen::get(&seen.blocks_sent),
         Seen::get(&seen.cancels),
     );
-    assert!(done.is_ok(), "download did not complete within 90 s");
-    let got = std::fs::read(dir.path().join("data.bin")).unwrap();
-    assert!(
-        got == std::fs::read(src.path().join("data.bin")).unwrap(),
-        "byte-identical"
-    );
-    s.shutdown().await;
+    assert!(done, "download did not complete within 90 s");
+    assert!(d.same_as(src.path()), "byte-identical");
+    d.s.shutdown().await;
     seed.shutdown().await;
 }
 
@@ -200,41 +224,22 @@ async fn a_slow_peer_that_answers_everything_is_not_snubbed() {
     let mut slow = script(&info, src.path(), Duration::from_millis(350));
     slow.answers = |_| true;
     let (peer, seen) = scripted_peer(hostile_addr(202), slow).await;
-    let s = Session::start(config()).await.unwrap();
-    let mut events = s.events().unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let started = Instant::now();
-    let id = s
-        .add(
-            Source::Info(info.clone()),
-            Target::download(dir.path().to_path_buf()),
-            vec![peer],
-        )
-        .unwrap();
-    tokio::time::timeout(Duration::from_secs(120), async {
-        while let Some(ev) = events.recv().await {
-            match ev.event {
-                Event::Completed if ev.info_hash == id => return,
-                Event::Failed { error } => panic!("failed: {error}"),
-                Event::PeerDisconnected { reason, .. } => panic!("slow peer dropped: {reason}"),
-                _ => {}
-            }
-        }
-    })
-    .await
-    .expect("the slow peer's download completed within 120 s");
+    let mut d = downloader(&info, vec![peer]).await;
+    assert!(
+        d.completed(120, true).await,
+        "the slow peer's download completed within 120 s"
+    );
     eprintln!(
         "slow honest peer: completed after {:.1} s; {} requests, {} cancels, {} connections",
-        started.elapsed().as_secs_f64(),
+        d.started.elapsed().as_secs_f64(),
         Seen::get(&seen.requests),
         Seen::get(&seen.cancels),
         Seen::get(&seen.connections),
     );
     assert_eq!(Seen::get(&seen.cancels), 0, "no request timed out");
     assert_eq!(Seen::get(&seen.connections), 1);
-    let got = std::fs::read(dir.path().join("data.bin")).unwrap();
-    assert!(got == std::fs::read(src.path().join("data.bin")).unwrap());
-    s.shutdown().await;
+    assert!(d.same_as(src.path()), "byte-identical");
+    d.s.shutdown().await;
 }
 
 /// A peer that claims every piece and answers no request at all is closed
@@ -246,18 +251,9 @@ async fn a_peer_that_serves_nothing_is_closed() {
     let mut mute = script(&info, src.path(), Duration::ZERO);
     mute.answers = |_| false;
     let (peer, seen) = scripted_peer(hostile_addr(203), mute).await;
-    let s = Session::start(config()).await.unwrap();
-    let mut events = s.events().unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let started = Instant::now();
-    s.add(
-        Source::Info(info.clone()),
-        Target::download(dir.path().to_path_buf()),
-        vec![peer],
-    )
-    .unwrap();
+    let mut d = downloader(&info, vec![peer]).await;
     let reason = tokio::time::timeout(Duration::from_secs(90), async {
-        while let Some(ev) = events.recv().await {
+        while let Some(ev) = d.events.recv().await {
             if let Event::PeerDisconnected { reason, .. } = ev.event {
                 return reason;
             }
@@ -268,7 +264,7 @@ async fn a_peer_that_serves_nothing_is_closed() {
     .expect("the mute peer was closed within 90 s");
     eprintln!(
         "mute peer: closed after {:.1} s ({reason}); {} requests, {} cancels",
-        started.elapsed().as_secs_f64(),
+        d.started.elapsed().as_secs_f64(),
         Seen::get(&seen.requests),
         Seen::get(&seen.cancels),
     );
@@ -277,5 +273,5 @@ async fn a_peer_that_serves_nothing_is_closed() {
         Seen::get(&seen.cancels) > 0,
         "its requests were handed back first"
     );
-    s.shutdown().await;
+    d.s.shutdown().await;
 }
