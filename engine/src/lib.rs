@@ -13,7 +13,8 @@
 //!   [`utc`]: timestamps for names people read.
 //! - `peer`: one connection's tasks; `torrent`: the coordinator that owns
 //!   picker, choker, peers and storage; `dht`: the private DHT;
-//!   [`session`]: listener, DHT, rate limits, and the public handle.
+//!   [`session`]: listener, DHT, rate limits, and the public handle;
+//!   `snub`: when a peer's requests count as unanswered (pure timers).
 
 pub mod bencode;
 pub mod bitfield;
@@ -40,6 +41,7 @@ mod placement;
 pub mod rate;
 pub mod session;
 mod shared;
+mod snub;
 mod torrent;
 
 pub use dht::DhtNodes;

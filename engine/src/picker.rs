@@ -13,7 +13,10 @@
 //!   one of `received` or `cancelled`;
 //! - the number of started pieces stays at or under `max_partial`, except
 //!   that a peer which can help no started piece may start one more, up to
-//!   twice the limit (so one slow piece cannot stall a peer).
+//!   twice the limit (so one slow piece cannot stall a peer). Pieces whose
+//!   requests timed out (see [`Picker::timed_out`]) and that nobody was
+//!   asked for since do not count: a peer that claims pieces and never
+//!   sends them would otherwise fill the limit and stop the download.
 //!
 //! Padding (BEP 47) at the end of a piece is never requested: its blocks
 //! cover only the data before it, the last one shortened, and a piece of
@@ -43,6 +46,8 @@ enum Block {
 struct Partial {
     blocks: Vec<Block>,
     received: usize,
+    /// A request for it timed out and none was sent since.
+    stalled: bool,
 }
 
 /// What a received block meant.
@@ -111,6 +116,11 @@ impl Picker {
     /// Number of started pieces.
     pub fn partial_count(&self) -> usize {
         self.partial.len()
+    }
+
+    /// Started pieces that count against the limit: those not stalled.
+    fn started_count(&self) -> usize {
+        self.partial.values().filter(|p| !p.stalled).count()
     }
 
     /// Length of piece `index`.
@@ -233,7 +243,7 @@ impl Picker {
             } else {
                 self.max_partial * 2
             };
-            if self.partial.len() >= limit {
+            if self.started_count() >= limit {
                 break;
             }
             let Some(index) = self.rarest(has, rng) else {
@@ -245,6 +255,7 @@ impl Picker {
                 Partial {
                     blocks,
                     received: 0,
+                    stalled: false,
                 },
             );
             self.take_free(index, max, &mut out);
@@ -311,6 +322,9 @@ impl Picker {
                 picked.push(b);
             }
         }
+        if !picked.is_empty() {
+            p.stalled = false;
+        }
         for b in picked {
             out.push(self.block(index, b));
         }
@@ -358,6 +372,17 @@ impl Picker {
                 Block::Requested(_) => Block::Free,
                 other => other,
             };
+        }
+    }
+
+    /// A requested block did not arrive in time from that peer (see
+    /// `crate::snub`): it is free again, and its piece no longer counts
+    /// against the limit of started pieces until someone is asked for it,
+    /// so the peers that do answer can start others.
+    pub fn timed_out(&mut self, req: &BlockRequest) {
+        self.cancelled(req);
+        if let Some(p) = self.partial.get_mut(&req.index) {
+            p.stalled = true;
         }
     }
 
@@ -635,5 +660,58 @@ mod tests {
         r.add_peer(&only);
         assert!(r.pick(&only, 10, |_| false, &mut rng()).is_empty());
         assert_eq!(r.partial_count(), 0);
+    }
+
+    #[test]
+    fn timed_out_pieces_do_not_pin_the_started_limit() {
+        let mut p = picker(10, 2);
+        let all = Bitfield::full(10);
+        p.add_peer(&all);
+        // A peer that never answers: it is asked for four pieces (twice the
+        // limit), then every request times out.
+        let lost = p.pick(&all, 100, |_| false, &mut rng());
+        assert_eq!(p.partial_count(), 4);
+        assert!(
+            p.pick(&all, 100, |_| false, &mut rng()).is_empty(),
+            "pinned"
+        );
+        for r in &lost {
+            p.timed_out(r);
+        }
+        // Another peer, lacking those pieces, can start new ones.
+        let mut others = Bitfield::full(10);
+        for r in &lost {
+            others.clear(r.index as usize);
+        }
+        let fresh = p.pick(&others, 100, |_| false, &mut rng());
+        assert_eq!(fresh.len(), 8, "four more pieces started: {fresh:?}");
+        assert_eq!(p.partial_count(), 8);
+        // A peer holding a timed-out piece finishes it first: its blocks
+        // are free again, and it counts against the limit again.
+        let again = p.pick(&all, 2, |_| false, &mut rng());
+        assert_eq!(again.len(), 2);
+        assert!(lost.iter().any(|r| r.index == again[0].index), "{again:?}");
+        assert_eq!(p.started_count(), 5);
+    }
+
+    #[test]
+    fn a_timed_out_block_can_be_picked_elsewhere_and_in_endgame() {
+        let mut p = picker(1, 4);
+        let all = Bitfield::full(1);
+        p.add_peer(&all);
+        p.add_peer(&all);
+        let a = p.pick(&all, 10, |_| false, &mut rng());
+        assert_eq!(a.len(), 2);
+        p.timed_out(&a[0]);
+        assert!(!p.in_endgame(), "the timed-out block is free again");
+        // The second peer gets the freed block, not a duplicate of a[1].
+        let b = p.pick(&all, 1, |r| !a.contains(r), &mut rng());
+        assert_eq!(b, vec![a[0]]);
+        // Everything requested again: endgame duplicates still work.
+        assert!(p.in_endgame());
+        let dup = p.pick(&all, 10, |r| b.contains(r), &mut rng());
+        assert_eq!(dup, vec![a[1]]);
+        assert_eq!(p.received(&a[1]), Received::Stored);
+        assert_eq!(p.received(&b[0]), Received::PieceComplete);
     }
 }

@@ -15,11 +15,9 @@ use crate::error::TorrentError;
 use crate::event::Event;
 use crate::peer::PeerKey;
 use crate::picker::Received;
+use crate::snub::SERVES_NOTHING;
 use crate::wire::{BLOCK_SIZE, BlockRequest, Message};
 
-/// A peer that sent nothing for this long while owing us blocks has its
-/// requests handed to others.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(8);
 /// How long a peer's refusal of a piece keeps us from asking it again
 /// when we have nothing else to ask it for.
 const REJECT_MEMORY: Duration = Duration::from_secs(1);
@@ -63,6 +61,38 @@ pub(super) fn pipeline_depth(rate: f64, rtt: f64, received: usize, reqq: Option<
         .min(reqq.unwrap_or(DEFAULT_REQQ).max(1))
 }
 
+/// Pieces kept requested, at the least, from a peer that left requests
+/// unanswered. Its newest requests may all fall on pieces it skips; then
+/// it answers nothing until the next tick lets more out (see
+/// `crate::snub::probe_after`), and its rate, and so its pipeline, fall.
+/// With one piece in flight (16 blocks, the slow-start floor, is one
+/// 256 KiB piece) every skipped piece cost a second: 169 to 607 of 682
+/// served pieces in a minute.
+const SKIPPER_PIECES: usize = 8;
+
+/// The pipeline for a peer that skipped requests: `depth`, but at least
+/// [`SKIPPER_PIECES`] pieces of `piece_blocks` (within [`MAX_DEPTH`] and
+/// `reqq`), so one more skipped piece cannot hold all of it.
+pub(super) fn skipper_depth(depth: usize, piece_blocks: usize, reqq: Option<usize>) -> usize {
+    depth
+        .max((SKIPPER_PIECES * piece_blocks).min(MAX_DEPTH))
+        .min(reqq.unwrap_or(DEFAULT_REQQ).max(1))
+}
+
+/// Requests to keep in flight to `peer`.
+fn depth(l: &Live, peer: &Peer) -> usize {
+    let depth = peer.queue_depth();
+    if peer.snubbed.count() == 0 {
+        return depth;
+    }
+    let reqq = peer.ext.as_ref().and_then(|e| e.reqq).map(|q| q as usize);
+    skipper_depth(
+        depth,
+        l.info.piece_length.div_ceil(BLOCK_SIZE) as usize,
+        reqq,
+    )
+}
+
 impl Torrent {
     /// Verifies, without requesting anything, the pieces that are padding
     /// only: their bytes are known to be zeros.
@@ -100,12 +130,13 @@ impl Torrent {
         self.downloaded += data.len() as u64;
         self.down_rate.add(data.len() as u64);
         peer.down_rate.add(data.len() as u64);
-        if !peer.outstanding.remove(&req) {
-            // Late after a cancel or choke, or never asked for.
+        if !peer.outstanding.received(&req, Instant::now()) {
+            // Late after a cancel, choke or timeout, or never asked for.
             return;
         }
-        peer.last_block = Instant::now();
         peer.blocks_received += 1;
+        // It does serve this piece after all.
+        peer.snubbed.clear(index as usize);
         match l.picker.received(&req) {
             Received::Unwanted => {}
             outcome => {
@@ -189,24 +220,43 @@ impl Torrent {
         self.publish_stats();
     }
 
-    /// Cancels requests to peers that went quiet, so others can serve them.
+    /// Takes back requests a peer left unanswered (see `crate::snub`), so
+    /// others can serve them; closes peers that serve nothing at all.
     pub(super) fn expire_requests(&mut self) {
         let State::Live(l) = &mut self.state else {
             return;
         };
         let now = Instant::now();
         let mut stalled = Vec::new();
+        let mut starved = Vec::new();
         for (k, p) in self.peers.iter_mut() {
-            if p.outstanding.is_empty() || now.duration_since(p.last_block) < REQUEST_TIMEOUT {
+            if p.outstanding.serves_nothing(now) {
+                starved.push(*k);
                 continue;
             }
-            let lost: Vec<_> = p.outstanding.drain().collect();
-            for req in lost {
-                l.picker.cancelled(&req);
+            // Skipped while it answers later requests: snubbed for those
+            // pieces, still asked for the others.
+            let mut late = p.outstanding.take_overtaken(now);
+            // Silent altogether: all of it goes to others this tick.
+            let silent = p.outstanding.take_stalled(now, p.down_rate.get());
+            if !silent.is_empty() {
+                stalled.push(*k);
+            }
+            late.extend(silent);
+            for req in late {
+                l.picker.timed_out(&req);
+                p.snubbed.set(req.index as usize);
                 p.send(Message::Cancel(req));
             }
-            p.last_block = now;
-            stalled.push(*k);
+        }
+        for k in starved {
+            self.drop_peer(
+                k,
+                &format!(
+                    "sent no block for {} s while owing some",
+                    SERVES_NOTHING.as_secs()
+                ),
+            );
         }
         let keys: Vec<_> = self
             .peers
@@ -292,40 +342,66 @@ impl Torrent {
 }
 
 fn fill(l: &mut Live, peer: &mut Peer, rng: &mut impl rand::Rng) {
-    if peer.peer_choking || !peer.am_interested || l.finished || l.verifying >= l.max_verifying {
+    if peer.peer_choking || !peer.am_interested || l.finished {
+        peer.outstanding.idle();
         return;
     }
-    // Refill in batches of at least a quarter of the depth, so a fast
-    // peer is not sent one request per received block.
-    let depth = peer.queue_depth();
-    if peer.outstanding.len() > depth - depth / 4 {
+    if l.verifying >= l.max_verifying {
         return;
     }
-    if peer.rejected.count() > 0 {
-        // Ask this peer for what it did not refuse. If that gives nothing
-        // (the refused pieces may be the started ones, pinning our partial
-        // limit), forget refusals older than a second and ask again: the
-        // peer that got them may be gone, or never connected to us. The
-        // one-second tick retries, so this never spins on the wire.
-        let has = peer.has.difference(&peer.rejected);
-        if fill_from(l, peer, &has, rng) > 0 || peer.last_reject.elapsed() < REJECT_MEMORY {
+    if peer
+        .outstanding
+        .room(depth(l, peer), Instant::now(), peer.down_rate.get())
+        == 0
+    {
+        return;
+    }
+    if peer.rejected.count() > 0 || peer.snubbed.count() > 0 {
+        // Ask this peer for what it did not refuse nor leave unanswered.
+        // If that gives nothing (the refused pieces may be the started
+        // ones, pinning our partial limit), forget refusals older than a
+        // second and ask again: the peer that got them may be gone, or
+        // never connected to us. The one-second tick retries, so this
+        // never spins on the wire.
+        let has = peer
+            .has
+            .difference(&peer.rejected)
+            .difference(&peer.snubbed);
+        if fill_from(l, peer, &has, rng) > 0 {
             return;
         }
-        peer.rejected.clear_all();
+        if peer.rejected.count() > 0 {
+            if peer.last_reject.elapsed() < REJECT_MEMORY {
+                return;
+            }
+            peer.rejected.clear_all();
+        }
     }
-    let has = peer.has.clone();
+    // Pieces it left unanswered: again only those nobody else has (its
+    // own announcement is the one count of availability).
+    let mut has = peer.has.clone();
+    for i in peer.snubbed.iter_ones() {
+        if l.picker.availability(i as u32) > 1 {
+            has.clear(i);
+        }
+    }
     fill_from(l, peer, &has, rng);
+    // Nothing owed and nothing asked: not starving us, just idle.
+    peer.outstanding.idle();
 }
 
 /// Sends up to a pipeline's worth of requests for pieces in `has`; returns
 /// how many.
 fn fill_from(l: &mut Live, peer: &mut Peer, has: &Bitfield, rng: &mut impl rand::Rng) -> usize {
-    let want = peer.queue_depth() - peer.outstanding.len();
+    let want = peer
+        .outstanding
+        .room(depth(l, peer), Instant::now(), peer.down_rate.get());
     let outstanding = &peer.outstanding;
     let picks = l.picker.pick(has, want, |r| outstanding.contains(r), rng);
     let n = picks.len();
+    let now = Instant::now();
     for req in picks {
-        peer.outstanding.insert(req);
+        peer.outstanding.insert(req, now);
         peer.send(Message::Request(req));
     }
     n
@@ -419,6 +495,15 @@ mod tests {
     fn long_round_trip_keeps_four_of_them() {
         // 8 MiB/s with 100 ms: 0.4 s of it, 205 blocks.
         assert_eq!(pipeline_depth(8.0 * MIB, 0.1, 999, None), 204);
+    }
+
+    #[test]
+    fn a_skipping_peer_keeps_eight_pieces_requested() {
+        assert_eq!(skipper_depth(16, 16, None), 128);
+        assert_eq!(skipper_depth(300, 16, Some(500)), 300, "never less");
+        assert_eq!(skipper_depth(16, 256, None), DEFAULT_REQQ);
+        assert_eq!(skipper_depth(16, 256, Some(5000)), MAX_DEPTH);
+        assert_eq!(skipper_depth(16, 16, Some(20)), 20, "within reqq");
     }
 
     #[test]

@@ -22,6 +22,7 @@ use crate::event::Event;
 use crate::metainfo::Info;
 use crate::peer::{self, PeerCmd, PeerEvent, PeerKey};
 use crate::rate::RateEstimate;
+use crate::snub::Requests;
 use crate::wire::{BlockRequest, ExtHandshake, Handshake, Message, MetadataMsg, PexMsg};
 
 /// Our extension ids (BEP 10): what peers must use when sending to us.
@@ -58,9 +59,8 @@ pub(super) struct Peer {
     pub am_interested: bool,
     pub peer_choking: bool,
     pub peer_interested: bool,
-    /// Requests we sent and have not seen answered.
-    pub outstanding: HashSet<BlockRequest>,
-    pub last_block: Instant,
+    /// Requests we sent and have not seen answered, with their timers.
+    pub outstanding: Requests,
     pub down_rate: RateEstimate,
     /// The kernel's smoothed round-trip time of the connection in µs, kept
     /// up to date by its reader task; 0 until known.
@@ -78,6 +78,10 @@ pub(super) struct Peer {
     pub rejected: Bitfield,
     /// When the peer last refused a request.
     pub last_reject: Instant,
+    /// Pieces this peer left a request for unanswered (snubbed us for);
+    /// asked of others, and of it again only when nobody else has them.
+    /// Forgotten when it sends a block of the piece.
+    pub snubbed: Bitfield,
     pub pex_sent: HashSet<SocketAddrV4>,
     pub last_pex: Option<Instant>,
     /// Who opened the connection (each side has its own slot budget).
@@ -202,8 +206,7 @@ impl Torrent {
             am_interested: false,
             peer_choking: true,
             peer_interested: false,
-            outstanding: HashSet::new(),
-            last_block: Instant::now(),
+            outstanding: Requests::new(),
             down_rate: RateEstimate::default(),
             rtt_us,
             blocks_received: 0,
@@ -213,6 +216,7 @@ impl Torrent {
             seen_incomplete: false,
             rejected: Bitfield::new(0),
             last_reject: Instant::now(),
+            snubbed: Bitfield::new(0),
             pex_sent: HashSet::new(),
             last_pex: None,
             direction,
@@ -242,6 +246,7 @@ impl Torrent {
                 let have = l.picker.have();
                 peer.has = Bitfield::new(have.len());
                 peer.rejected = Bitfield::new(have.len());
+                peer.snubbed = Bitfield::new(have.len());
                 if fast && have.is_full() {
                     peer.send(Message::HaveAll);
                 } else if fast && have.count() == 0 {
@@ -272,7 +277,7 @@ impl Torrent {
         match &mut self.state {
             State::Live(l) => {
                 l.picker.remove_peer(&peer.has);
-                for req in &peer.outstanding {
+                for req in peer.outstanding.iter() {
                     l.picker.cancelled(req);
                 }
             }
@@ -319,7 +324,7 @@ impl Torrent {
             Message::Choke => {
                 let peer = self.peers.get_mut(&key).expect("present");
                 peer.peer_choking = true;
-                let lost: Vec<_> = peer.outstanding.drain().collect();
+                let lost = peer.outstanding.drain();
                 if let State::Live(l) = &mut self.state {
                     for req in &lost {
                         l.picker.cancelled(req);
@@ -500,6 +505,7 @@ impl Torrent {
             }
             peer.has = has;
             peer.rejected = Bitfield::new(n);
+            peer.snubbed = Bitfield::new(n);
             l.picker.add_peer(&peer.has);
             for i in l.picker.have().iter_ones() {
                 peer.send(Message::Have(i as u32));

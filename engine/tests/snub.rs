@@ -1,0 +1,277 @@
+//! Peers that never answer some requests (issue #10, "snubbing"): a
+//! scripted peer claims every piece and leaves every third one unanswered.
+//! The downloader must still get everything that peer does serve, and,
+//! beside an honest seed, complete byte-identical.
+//!
+//! Hostile peers bind 127.N.0.200+ (N = `P2PFILE_TEST_NET`, default 1).
+
+mod common;
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{Script, Seen, scripted_peer};
+use p2pfile_engine::builder::build;
+use p2pfile_engine::metainfo::{Info, InfoHash};
+use p2pfile_engine::{Event, PortChoice, Session, SessionConfig, Source, Target, TorrentEvent};
+use tokio::sync::mpsc::UnboundedReceiver;
+
+fn config() -> SessionConfig {
+    SessionConfig {
+        ip: Ipv4Addr::LOCALHOST,
+        port: PortChoice::Range(20000..=40000),
+        bootstrap: vec![],
+        dht: false,
+        upload_limit: 0,
+        download_limit: 0,
+        extensions: Vec::new(),
+    }
+}
+
+/// An address for a hostile peer: 127.N.0.`host`, any port.
+fn hostile_addr(host: u8) -> SocketAddr {
+    let net = std::env::var("P2PFILE_TEST_NET")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(1u8);
+    SocketAddr::from(([127, net, 0, host], 0))
+}
+
+/// Size of the test file: 1024 pieces of 256 KiB. The unanswered third
+/// must exceed what the downloader keeps started (twice its 32 MiB
+/// assembly budget), or the old code never ran out of pieces to start.
+const SIZE: usize = 256 << 20;
+
+/// Writes `size` bytes that are never zero and differ from piece to piece:
+/// a 1 MiB pattern, rotated a little further for each MiB.
+fn write_content(path: &std::path::Path, size: usize) {
+    use std::io::Write;
+    let base: Vec<u8> = (0..1usize << 20)
+        .map(|i| ((i * 31 + i / 4099) % 251) as u8 + 1)
+        .collect();
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
+    for mib in 0..size >> 20 {
+        let at = (mib * 7919) % base.len();
+        f.write_all(&base[at..]).unwrap();
+        f.write_all(&base[..at]).unwrap();
+    }
+    f.flush().unwrap();
+}
+
+/// Every third piece is never answered.
+fn all_but_every_third(index: u32) -> bool {
+    index % 3 != 0
+}
+
+/// The test file in a new directory, and its torrent.
+fn torrent(size: usize) -> (tempfile::TempDir, Arc<Info>) {
+    let src = tempfile::tempdir().unwrap();
+    write_content(&src.path().join("data.bin"), size);
+    let info = Arc::new(build(&src.path().join("data.bin")).unwrap().info);
+    (src, info)
+}
+
+fn script(info: &Info, src: &std::path::Path, delay: Duration) -> Script {
+    Script {
+        content: Arc::new(src.join("data.bin")),
+        piece_length: info.piece_length as usize,
+        pieces: info.piece_count(),
+        answers: all_but_every_third,
+        delay,
+    }
+}
+
+/// A downloading session, started with `peers`.
+struct Downloader {
+    s: Session,
+    events: UnboundedReceiver<TorrentEvent>,
+    dir: tempfile::TempDir,
+    id: InfoHash,
+    started: Instant,
+}
+
+async fn downloader(info: &Arc<Info>, peers: Vec<SocketAddr>) -> Downloader {
+    let s = Session::start(config()).await.unwrap();
+    let events = s.events().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let started = Instant::now();
+    let id = s
+        .add(
+            Source::Info(info.clone()),
+            Target::download(dir.path().to_path_buf()),
+            peers,
+        )
+        .unwrap();
+    Downloader {
+        s,
+        events,
+        dir,
+        id,
+        started,
+    }
+}
+
+impl Downloader {
+    /// Waits up to `secs` for completion: false on timeout. Panics when
+    /// the torrent fails, or (`no_drops`) when a peer is disconnected.
+    async fn completed(&mut self, secs: u64, no_drops: bool) -> bool {
+        let (events, id) = (&mut self.events, self.id);
+        tokio::time::timeout(Duration::from_secs(secs), async {
+            while let Some(ev) = events.recv().await {
+                match ev.event {
+                    Event::Completed if ev.info_hash == id => return,
+                    Event::Failed { error } => panic!("failed: {error}"),
+                    Event::PeerDisconnected { reason, .. } if no_drops => {
+                        panic!("peer dropped: {reason}")
+                    }
+                    _ => {}
+                }
+            }
+            panic!("session stopped before completion");
+        })
+        .await
+        .is_ok()
+    }
+
+    /// Whether the download is byte-identical to the file in `src`.
+    fn same_as(&self, src: &std::path::Path) -> bool {
+        std::fs::read(self.dir.path().join("data.bin")).unwrap()
+            == std::fs::read(src.join("data.bin")).unwrap()
+    }
+}
+
+/// (a) Alone, the peer that leaves every third piece unanswered still
+/// gives the downloader every piece it does answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_ignores_some_requests_still_serves_the_rest() {
+    let (src, info) = torrent(SIZE);
+    let pieces = info.piece_count();
+    let served = (0..pieces as u32)
+        .filter(|i| all_but_every_third(*i))
+        .count() as u64;
+    let (peer, seen) =
+        scripted_peer(hostile_addr(200), script(&info, src.path(), Duration::ZERO)).await;
+    let d = downloader(&info, vec![peer]).await;
+    let mut stats = d.s.watch_stats(d.id).unwrap();
+    let got = tokio::time::timeout(
+        Duration::from_secs(60),
+        stats.wait_for(|st| st.pieces_verified >= served),
+    )
+    .await
+    .is_ok();
+    let last = stats.borrow().clone();
+    eprintln!(
+        "ignoring peer alone: {} of {served} served pieces ({} of {pieces}), {} bytes, after {:.1} s; \
+         peer saw {} requests, {} cancels",
+        last.pieces_verified,
+        last.pieces_verified,
+        last.have,
+        d.started.elapsed().as_secs_f64(),
+        Seen::get(&seen.requests),
+        Seen::get(&seen.cancels),
+    );
+    assert!(
+        got,
+        "only {} of the {served} pieces the peer serves arrived within 60 s",
+        last.pieces_verified
+    );
+    assert_eq!(
+        last.pieces_verified, served,
+        "the ignored pieces cannot arrive"
+    );
+    d.s.shutdown().await;
+}
+
+/// (b) Beside an honest seed, the download completes byte-identical.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_ignores_some_requests_does_not_hold_back_a_seed() {
+    let (src, info) = torrent(SIZE);
+    let seed = Session::start(config()).await.unwrap();
+    seed.add(
+        Source::Info(info.clone()),
+        Target::Seed {
+            root: src.path().join("data.bin"),
+        },
+        vec![],
+    )
+    .unwrap();
+    let (peer, seen) =
+        scripted_peer(hostile_addr(201), script(&info, src.path(), Duration::ZERO)).await;
+    let mut d = downloader(&info, vec![peer, seed.local_addr()]).await;
+    let done = d.completed(90, false).await;
+    eprintln!(
+        "ignoring peer beside a seed: {} after {:.1} s; peer saw {} requests, sent {} blocks, {} cancels",
+        if done { "completed" } else { "timed out" },
+        d.started.elapsed().as_secs_f64(),
+        Seen::get(&seen.requests),
+        Seen::get(&seen.blocks_sent),
+        Seen::get(&seen.cancels),
+    );
+    assert!(done, "download did not complete within 90 s");
+    assert!(d.same_as(src.path()), "byte-identical");
+    d.s.shutdown().await;
+    seed.shutdown().await;
+}
+
+/// A slow but honest peer (in order, 350 ms a block: ~46 KiB/s, like an
+/// `--upload-limit`) is never taken for a snubbing one: no request to it
+/// is cancelled, it stays connected, and the download completes. Its queue
+/// of 16 requests takes 5.6 s: a fixed timeout of a few seconds would fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_peer_that_answers_everything_is_not_snubbed() {
+    let (src, info) = torrent(1 << 20);
+    let mut slow = script(&info, src.path(), Duration::from_millis(350));
+    slow.answers = |_| true;
+    let (peer, seen) = scripted_peer(hostile_addr(202), slow).await;
+    let mut d = downloader(&info, vec![peer]).await;
+    assert!(
+        d.completed(120, true).await,
+        "the slow peer's download completed within 120 s"
+    );
+    eprintln!(
+        "slow honest peer: completed after {:.1} s; {} requests, {} cancels, {} connections",
+        d.started.elapsed().as_secs_f64(),
+        Seen::get(&seen.requests),
+        Seen::get(&seen.cancels),
+        Seen::get(&seen.connections),
+    );
+    assert_eq!(Seen::get(&seen.cancels), 0, "no request timed out");
+    assert_eq!(Seen::get(&seen.connections), 1);
+    assert!(d.same_as(src.path()), "byte-identical");
+    d.s.shutdown().await;
+}
+
+/// A peer that claims every piece and answers no request at all is closed
+/// once it has served nothing for `SERVES_NOTHING` (30 s), its requests
+/// having been handed back at each stall.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_serves_nothing_is_closed() {
+    let (src, info) = torrent(1 << 20);
+    let mut mute = script(&info, src.path(), Duration::ZERO);
+    mute.answers = |_| false;
+    let (peer, seen) = scripted_peer(hostile_addr(203), mute).await;
+    let mut d = downloader(&info, vec![peer]).await;
+    let reason = tokio::time::timeout(Duration::from_secs(90), async {
+        while let Some(ev) = d.events.recv().await {
+            if let Event::PeerDisconnected { reason, .. } = ev.event {
+                return reason;
+            }
+        }
+        panic!("session stopped");
+    })
+    .await
+    .expect("the mute peer was closed within 90 s");
+    eprintln!(
+        "mute peer: closed after {:.1} s ({reason}); {} requests, {} cancels",
+        d.started.elapsed().as_secs_f64(),
+        Seen::get(&seen.requests),
+        Seen::get(&seen.cancels),
+    );
+    assert!(reason.contains("sent no block"), "{reason}");
+    assert!(
+        Seen::get(&seen.cancels) > 0,
+        "its requests were handed back first"
+    );
+    d.s.shutdown().await;
+}
