@@ -239,6 +239,9 @@ struct Torrent {
     pieces_verified: u64,
     hash_failures: u64,
     last_choke: Instant,
+    /// Addresses of peers that sent metadata not matching the info-hash:
+    /// not dialled, not accepted.
+    bad_metadata: HashSet<std::net::IpAddr>,
 }
 
 /// The channels the session keeps for a running torrent.
@@ -293,6 +296,7 @@ pub(crate) fn spawn(shared: Arc<Shared>, p: Params) -> Spawned {
         pieces_verified: 0,
         hash_failures: 0,
         last_choke: Instant::now(),
+        bad_metadata: HashSet::new(),
     };
     let _ = t.add_addrs(p.peers);
     if let Some(info) = p.info {
@@ -447,6 +451,7 @@ impl Torrent {
             .addrs
             .iter()
             .filter(|(_, a)| !(a.connecting || a.connected || a.banned || (finished && a.seed)))
+            .filter(|(addr, _)| !self.bad_metadata.contains(&addr.ip()))
             .filter(|(_, a)| match a.last_attempt {
                 None => true,
                 Some(at) => {

@@ -128,6 +128,9 @@ impl Torrent {
         let Ok(addr) = stream.peer_addr() else {
             return;
         };
+        if self.bad_metadata.contains(&addr.ip()) {
+            return tracing::debug!(%addr, "refused: it sent bad metadata");
+        }
         let ours = self.shared.peer_id;
         if hs.peer_id == ours || matches!(self.state, super::State::Failed) {
             if let Some(d) = dialed.and_then(|d| self.addrs.get_mut(&d)) {
@@ -531,7 +534,9 @@ impl Torrent {
                     self.emit(Event::ExtensionsReady { addr, names });
                 }
                 if let (State::Metadata(fetch), Some(size)) = (&mut self.state, size) {
-                    fetch.offer_size(size);
+                    if !fetch.offer_size(key, size) {
+                        tracing::debug!(%addr, size, "metadata size refused");
+                    }
                     self.request_metadata();
                 }
                 self.send_pex_to(key, true);
@@ -555,10 +560,11 @@ impl Torrent {
                         };
                         match fetch.on_message(key, other, self.content_hash) {
                             Fetched::Pending => self.request_metadata(),
-                            Fetched::Corrupt => {
-                                return Err(
-                                    "sent metadata that does not match the info-hash".into()
-                                );
+                            Fetched::Bad(keys) => {
+                                for bad in keys {
+                                    self.bad_metadata_from(bad);
+                                }
+                                self.request_metadata();
                             }
                             Fetched::Complete(raw) => match Info::from_bytes(&raw) {
                                 Ok(info) => self.got_info(Arc::new(info)),
@@ -622,16 +628,13 @@ impl Torrent {
         let State::Metadata(fetch) = &mut self.state else {
             return;
         };
-        let offering: Vec<PeerKey> = self
+        let can_ask: Vec<PeerKey> = self
             .peers
             .iter()
-            .filter(|(_, p)| {
-                p.ext.as_ref().is_some_and(|e| e.metadata_size.is_some())
-                    && p.ext_id("ut_metadata").is_some()
-            })
+            .filter(|(_, p)| p.ext_id("ut_metadata").is_some())
             .map(|(k, _)| *k)
             .collect();
-        for (key, piece) in fetch.requests(&offering, Instant::now()) {
+        for (key, piece) in fetch.requests(&can_ask, Instant::now()) {
             let peer = &self.peers[&key];
             let id = peer.ext_id("ut_metadata").expect("filtered");
             peer.send(Message::Extended {
@@ -639,6 +642,19 @@ impl Torrent {
                 payload: MetadataMsg::Request { piece }.encode().into(),
             });
         }
+    }
+
+    /// A peer sent metadata that cannot be the info-hash's: drop it and
+    /// refuse its address for the rest of this torrent's life, so it is
+    /// neither redialled nor let back in.
+    fn bad_metadata_from(&mut self, key: PeerKey) {
+        let Some(peer) = self.peers.get(&key) else {
+            return;
+        };
+        let ip = peer.addr.ip();
+        tracing::debug!(addr = %peer.addr, "sent metadata that does not match the info-hash");
+        self.bad_metadata.insert(ip);
+        self.drop_peer(key, "sent metadata that does not match the info-hash");
     }
 
     pub(super) fn send_pex(&mut self) {

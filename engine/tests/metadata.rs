@@ -1,0 +1,284 @@
+//! Metadata poisoning (issue #10): a magnet download whose peers include one
+//! hostile peer, beside an honest seed, must complete byte-identical every
+//! time. The hostile peer is a small scripted peer on
+//! `p2pfile_engine::wire`, bound to 127.N.0.200+ (N = `P2PFILE_TEST_NET`).
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use p2pfile_engine::builder::build;
+use p2pfile_engine::magnet::Magnet;
+use p2pfile_engine::metainfo::Info;
+use p2pfile_engine::wire::{self, ExtHandshake, Handshake, Message, MetadataMsg};
+use p2pfile_engine::{Event, PortChoice, Session, SessionConfig, Source, Target};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Downloads per case.
+const RUNS: usize = 10;
+/// One download's limit: the honest seed is on loopback, so a download that
+/// has not finished by then is stuck behind the hostile peer.
+const RUN_LIMIT: Duration = Duration::from_secs(15);
+/// The id the hostile peer wants ut_metadata messages under.
+const HOSTILE_UT_METADATA: u8 = 3;
+
+fn config() -> SessionConfig {
+    SessionConfig {
+        ip: Ipv4Addr::LOCALHOST,
+        port: PortChoice::Range(20000..=40000),
+        bootstrap: Vec::new(),
+        dht: false,
+        upload_limit: 0,
+        download_limit: 0,
+        extensions: Vec::new(),
+    }
+}
+
+/// 127.N.0.`host` with N from `P2PFILE_TEST_NET`, so parallel test runs of
+/// different helpers never share a hostile address.
+fn hostile_ip(host: u8) -> Ipv4Addr {
+    let net = std::env::var("P2PFILE_TEST_NET")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    Ipv4Addr::new(127, net, 0, host)
+}
+
+/// How the hostile peer lies about the metadata.
+#[derive(Clone, Copy, Debug)]
+enum Lie {
+    /// The right size, but bytes that do not hash to the info-hash.
+    WrongBytes,
+    /// An absurd size (about 4 GiB), and junk for every piece asked.
+    AbsurdSize,
+    /// A plausible but wrong size, and junk of that size.
+    WrongSize,
+    /// The right size, and no answer to any request.
+    Silent,
+}
+
+/// A tree whose info dictionary spans several 16 KiB metadata pieces, so the
+/// downloader can spread requests over peers.
+fn make_tree(root: &Path) {
+    // Long names make a large info dictionary from few files.
+    let long = "a-long-file-name-that-makes-the-info-dictionary-large".repeat(3);
+    for d in 0..5 {
+        let dir = root.join(format!("directory-{d}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        for f in 0..50 {
+            let body: Vec<u8> = (0..(100 + f * 7)).map(|i| (i * 31 + d + f) as u8).collect();
+            std::fs::write(dir.join(format!("{long}-{f:03}.bin")), body).unwrap();
+        }
+    }
+}
+
+/// Starts the hostile peer; it answers every connection alike.
+async fn start_hostile(ip: Ipv4Addr, lie: Lie, real: Arc<Vec<u8>>) -> SocketAddr {
+    let l = tokio::net::TcpListener::bind((ip, 0)).await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = l.accept().await {
+            tokio::spawn(hostile_conn(stream, lie, real.clone()));
+        }
+    });
+    addr
+}
+
+async fn hostile_conn(
+    mut s: tokio::net::TcpStream,
+    lie: Lie,
+    real: Arc<Vec<u8>>,
+) -> std::io::Result<()> {
+    let mut hs = [0u8; 68];
+    s.read_exact(&mut hs).await?;
+    let theirs = Handshake::decode(&hs).expect("handshake");
+    let mut reserved = [0u8; 8];
+    reserved[5] |= 0x10;
+    let ours = Handshake {
+        reserved,
+        info_hash: theirs.info_hash,
+        peer_id: *b"-XX0000-metadatalies",
+    };
+    let size = match lie {
+        Lie::WrongBytes | Lie::Silent => real.len(),
+        Lie::AbsurdSize => 0xFFFF_0000,
+        Lie::WrongSize => real.len() + 5000,
+    };
+    let ext = ExtHandshake {
+        m: [("ut_metadata".to_string(), HOSTILE_UT_METADATA)].into(),
+        metadata_size: Some(size as u32),
+        ..Default::default()
+    };
+    let mut out = BytesMut::new();
+    out.extend_from_slice(&ours.encode());
+    Message::Extended {
+        id: 0,
+        payload: ext.encode().into(),
+    }
+    .encode(&mut out);
+    s.write_all(&out).await?;
+    let mut their_id = None;
+    let mut buf = BytesMut::new();
+    // Bounded: the connection ends after this many reads.
+    for _ in 0..10_000 {
+        while let Some(msg) = wire::decode(&mut buf).expect("valid message") {
+            let Message::Extended { id, payload } = msg else {
+                continue;
+            };
+            if id == 0 {
+                their_id = ExtHandshake::decode(&payload)
+                    .ok()
+                    .and_then(|e| e.ext_id("ut_metadata"));
+                continue;
+            }
+            let (Some(their_id), Ok(MetadataMsg::Request { piece })) =
+                (their_id, MetadataMsg::decode(&payload))
+            else {
+                continue;
+            };
+            let start = piece as usize * wire::METADATA_PIECE_SIZE;
+            let len = size.saturating_sub(start).min(wire::METADATA_PIECE_SIZE);
+            let data = match lie {
+                Lie::Silent => continue,
+                Lie::WrongBytes => {
+                    let mut d = real[start..start + len].to_vec();
+                    d.iter_mut().for_each(|b| *b ^= 0x55);
+                    d
+                }
+                Lie::AbsurdSize | Lie::WrongSize => vec![0xAA; len],
+            };
+            let mut out = BytesMut::new();
+            Message::Extended {
+                id: their_id,
+                payload: MetadataMsg::Data {
+                    piece,
+                    total_size: size as u32,
+                    data: Bytes::from(data),
+                }
+                .encode()
+                .into(),
+            }
+            .encode(&mut out);
+            s.write_all(&out).await?;
+        }
+        if s.read_buf(&mut buf).await? == 0 {
+            break;
+        }
+    }
+    Ok(())
+}
+
+fn assert_same_tree(a: &Path, b: &Path) {
+    let out = std::process::Command::new("diff")
+        .arg("-r")
+        .arg(a)
+        .arg(b)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "trees differ: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+/// One magnet download with the hostile peer listed first: whether it
+/// completed within [`RUN_LIMIT`] with the seed's bytes.
+async fn download_once(magnet: &Magnet, root: &Path) -> bool {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Session::start(config()).await.unwrap();
+    let mut events = s.events().unwrap();
+    let id = s
+        .add(
+            Source::Magnet(magnet.clone()),
+            Target::download(dir.path().to_path_buf()),
+            vec![],
+        )
+        .unwrap();
+    let done = tokio::time::timeout(RUN_LIMIT, async {
+        while let Some(ev) = events.recv().await {
+            if ev.info_hash != id {
+                continue;
+            }
+            match ev.event {
+                Event::Completed => return true,
+                Event::Failed { error } => {
+                    eprintln!("failed: {error}");
+                    return false;
+                }
+                _ => {}
+            }
+        }
+        false
+    })
+    .await
+    .unwrap_or(false);
+    s.shutdown().await;
+    if done {
+        assert_same_tree(root, &dir.path().join("tree"));
+    }
+    done
+}
+
+/// Runs [`RUNS`] magnet downloads beside one hostile peer and one honest
+/// seed, and asserts that every one completed byte-identical.
+async fn every_download_completes_beside(lie: Lie, host: u8) {
+    let src = tempfile::tempdir().unwrap();
+    let root = src.path().join("tree");
+    make_tree(&root);
+    let built = build(&root).unwrap();
+    let info: Arc<Info> = Arc::new(built.info);
+    assert!(
+        info.as_bytes().len() > 2 * wire::METADATA_PIECE_SIZE,
+        "info of {} bytes spans several metadata pieces",
+        info.as_bytes().len()
+    );
+    let seed = Session::start(config()).await.unwrap();
+    seed.add(
+        Source::Info(info.clone()),
+        Target::Seed { root: built.root },
+        vec![],
+    )
+    .unwrap();
+    let hostile = start_hostile(hostile_ip(host), lie, Arc::new(info.as_bytes().to_vec())).await;
+    let magnet = Magnet {
+        info_hash: info.info_hash(),
+        name: Some(info.name.clone()),
+        peers: vec![hostile, seed.local_addr()],
+    };
+    let mut completed = 0;
+    let started = std::time::Instant::now();
+    for _ in 0..RUNS {
+        if download_once(&magnet, &root).await {
+            completed += 1;
+        }
+    }
+    seed.shutdown().await;
+    eprintln!(
+        "{lie:?}: {completed} of {RUNS} downloads completed in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    assert_eq!(completed, RUNS, "{lie:?}: downloads that completed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metadata_that_does_not_match_the_info_hash() {
+    every_download_completes_beside(Lie::WrongBytes, 200).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_absurd_metadata_size_with_junk() {
+    every_download_completes_beside(Lie::AbsurdSize, 201).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plausible_but_wrong_metadata_size() {
+    every_download_completes_beside(Lie::WrongSize, 202).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_never_answers_metadata_requests() {
+    every_download_completes_beside(Lie::Silent, 203).await;
+}
