@@ -5,6 +5,7 @@ mod ansible;
 mod dht;
 mod errors;
 mod interop;
+mod metadata;
 mod metrics;
 mod packaging;
 mod placement;
