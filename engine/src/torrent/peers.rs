@@ -67,7 +67,6 @@ pub(super) struct Peer {
     /// Blocks received from this peer (drives slow start).
     pub blocks_received: usize,
     pub uploaded: u64,
-    pub hash_fails: u32,
     /// The peer has announced what it has (bitfield, HAVE-ALL/NONE or a HAVE).
     pub announced: bool,
     /// It lacked pieces when it first announced.
@@ -128,6 +127,10 @@ impl Torrent {
         let Ok(addr) = stream.peer_addr() else {
             return;
         };
+        if self.shared.is_banned(addr.ip()) {
+            // Banned while its connection or handshake was under way.
+            return tracing::debug!(%addr, "refused: banned");
+        }
         let ours = self.shared.peer_id;
         if hs.peer_id == ours || matches!(self.state, super::State::Failed) {
             if let Some(d) = dialed.and_then(|d| self.addrs.get_mut(&d)) {
@@ -184,7 +187,6 @@ impl Torrent {
             rtt_us,
             blocks_received: 0,
             uploaded: 0,
-            hash_fails: 0,
             announced: false,
             seen_incomplete: false,
             rejected: Bitfield::new(0),
