@@ -488,7 +488,13 @@ impl Torrent {
     /// [`crate::bans::Bans::strike`]); reports a new ban. Once the IP is
     /// banned, closes this torrent's connections to it (other torrents of
     /// the session close theirs at their next tick) and returns true.
-    fn ban_peer(&mut self, key: PeerKey, reason: BanReason, strike: bool, why: &str) -> bool {
+    pub(super) fn ban_peer(
+        &mut self,
+        key: PeerKey,
+        reason: BanReason,
+        strike: bool,
+        why: &str,
+    ) -> bool {
         let Some(p) = self.peers.get(&key) else {
             return false;
         };
