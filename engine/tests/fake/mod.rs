@@ -6,8 +6,8 @@
 #![allow(dead_code)]
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use bytes::{Bytes, BytesMut};
 use p2pfile_engine::wire::{self, Handshake, Message};
@@ -32,22 +32,35 @@ pub struct FakeSeed {
     pub addr: SocketAddr,
     /// Connections accepted so far.
     pub connections: Arc<AtomicUsize>,
+    /// Where each came from.
+    pub sources: Arc<Mutex<Vec<IpAddr>>>,
 }
 
 impl FakeSeed {
     pub fn connections(&self) -> usize {
         self.connections.load(Ordering::SeqCst)
     }
+
+    /// Connections accepted from `ip`.
+    pub fn connections_from(&self, ip: IpAddr) -> usize {
+        let sources = self.sources.lock().unwrap();
+        sources.iter().filter(|s| **s == ip).count()
+    }
 }
 
 /// The IPv4 address 127.<P2PFILE_TEST_NET>.0.<host>, for hostile peers
 /// (host numbers >= 200 so they do not clash with the CLI tests' hosts).
 pub fn hostile_ip(host: u8) -> IpAddr {
-    let net: u8 = std::env::var("P2PFILE_TEST_NET")
+    IpAddr::from([127, test_net(), 0, host])
+}
+
+/// `P2PFILE_TEST_NET` (0 when unset): tests that run at once use their
+/// own 127.<N>.0.0/16.
+pub fn test_net() -> u8 {
+    std::env::var("P2PFILE_TEST_NET")
         .ok()
         .and_then(|n| n.parse().ok())
-        .unwrap_or(0);
-    IpAddr::from([127, net, 0, host])
+        .unwrap_or(0)
 }
 
 /// Starts a fake seed of `content` (cut in `piece_length` pieces) on `ip`.
@@ -60,18 +73,25 @@ pub async fn fake_seed(
     let listener = tokio::net::TcpListener::bind((ip, 0)).await.unwrap();
     let addr = listener.local_addr().unwrap();
     let connections = Arc::new(AtomicUsize::new(0));
+    let sources = Arc::new(Mutex::new(Vec::new()));
     let count = connections.clone();
+    let from = sources.clone();
     tokio::spawn(async move {
         for _ in 0..MAX_CONNECTIONS {
-            let Ok((stream, _)) = listener.accept().await else {
+            let Ok((stream, peer)) = listener.accept().await else {
                 return;
             };
+            from.lock().unwrap().push(peer.ip());
             count.fetch_add(1, Ordering::SeqCst);
             let content = content.clone();
             tokio::spawn(serve(stream, content, piece_length, how));
         }
     });
-    FakeSeed { addr, connections }
+    FakeSeed {
+        addr,
+        connections,
+        sources,
+    }
 }
 
 async fn serve(
