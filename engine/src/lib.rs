@@ -13,7 +13,8 @@
 //!   [`utc`]: timestamps for names people read.
 //! - `peer`: one connection's tasks; `torrent`: the coordinator that owns
 //!   picker, choker, peers and storage; `dht`: the private DHT;
-//!   [`session`]: listener, DHT, rate limits, and the public handle.
+//!   [`session`]: listener, DHT, rate limits, and the public handle;
+//!   `bans`: the session's ban list with expiry (pure, clock passed in).
 
 pub mod bencode;
 pub mod bitfield;
@@ -26,6 +27,7 @@ pub mod storage;
 pub mod utc;
 pub mod wire;
 
+mod bans;
 mod dht;
 mod error;
 mod event;
@@ -36,6 +38,7 @@ pub mod session;
 mod shared;
 mod torrent;
 
+pub use bans::BanReason;
 pub use dht::DhtNodes;
 pub use error::{Error, TorrentError};
 pub use event::{Event, Phase, Stats, TorrentEvent};

@@ -166,9 +166,10 @@ impl Session {
             dht,
             extensions: config.extensions.clone(),
             events: events_tx,
+            bans: Mutex::default(),
         });
         let routes: Routes = Arc::default();
-        let accept = tokio::spawn(accept_loop(listener, routes.clone()));
+        let accept = tokio::spawn(accept_loop(listener, routes.clone(), shared.clone()));
         Ok(Session {
             shared,
             routes,
@@ -411,7 +412,7 @@ async fn bind(config: &SessionConfig) -> Result<(TcpListener, Option<Dht>), Erro
     Err(Error::NoFreePort { ip, first, last })
 }
 
-async fn accept_loop(listener: TcpListener, routes: Routes) {
+async fn accept_loop(listener: TcpListener, routes: Routes, shared: Arc<Shared>) {
     loop {
         let (mut stream, addr) = match listener.accept().await {
             Ok(s) => s,
@@ -422,6 +423,12 @@ async fn accept_loop(listener: TcpListener, routes: Routes) {
                 continue;
             }
         };
+        if shared.is_banned(addr.ip()) {
+            // Closed before its handshake is read: a banned host costs one
+            // accept and one close.
+            tracing::debug!(%addr, "refused: banned");
+            continue;
+        }
         let routes = routes.clone();
         tokio::spawn(async move {
             let _ = stream.set_nodelay(true);

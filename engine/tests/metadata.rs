@@ -185,8 +185,10 @@ fn assert_same_tree(a: &Path, b: &Path) {
 }
 
 /// One magnet download with the hostile peer listed first: whether it
-/// completed within [`RUN_LIMIT`] with the seed's bytes.
+/// completed within [`RUN_LIMIT`] with the seed's bytes. The honest seed
+/// (the magnet's last peer) must never be banned.
 async fn download_once(magnet: &Magnet, root: &Path) -> bool {
+    let honest = *magnet.peers.last().expect("the seed");
     let dir = tempfile::tempdir().unwrap();
     let s = Session::start(config()).await.unwrap();
     let mut events = s.events().unwrap();
@@ -204,6 +206,9 @@ async fn download_once(magnet: &Magnet, root: &Path) -> bool {
             }
             match ev.event {
                 Event::Completed => return true,
+                Event::PeerBanned { addr, reason } => {
+                    assert_ne!(addr.ip(), honest.ip(), "honest seed banned for {reason}");
+                }
                 Event::Failed { error } => {
                     eprintln!("failed: {error}");
                     return false;

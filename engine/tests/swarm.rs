@@ -833,7 +833,7 @@ async fn padding_only_pieces_and_inner_padding() {
 
 /// A peer that claims every piece and answers requests with the true data,
 /// except piece 0, which it sends as zeros: the downloader's counters show
-/// each verified piece and each hash failure.
+/// each verified piece and each hash failure (until the peer is banned).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stats_count_verified_pieces_and_hash_failures() {
     use p2pfile_engine::wire::{self, Handshake, Message};
@@ -901,6 +901,7 @@ async fn stats_count_verified_pieces_and_hash_failures() {
         let s = Session::start(config([127, 0, 0, 1], false, vec![]))
             .await
             .unwrap();
+        let mut events = s.events().unwrap();
         let dir = tempfile::tempdir().unwrap();
         let id = s
             .add(
@@ -909,12 +910,31 @@ async fn stats_count_verified_pieces_and_hash_failures() {
                 vec![liar_addr],
             )
             .unwrap();
-        let mut stats = s.watch_stats(id).unwrap();
-        let last = stats
-            .wait_for(|st| st.pieces_verified == pieces as u64 - 1 && st.hash_failures >= 1)
-            .await
-            .unwrap()
-            .clone();
+        // The liar alone sent piece 0, so it is banned on its first hash
+        // failure; pieces already being hashed then still land.
+        let (mut verified, mut failed) = (0u64, 0u64);
+        let mut count = |ev: &Event| match ev {
+            Event::PieceVerified { .. } => verified += 1,
+            Event::HashFailed { .. } => failed += 1,
+            _ => {}
+        };
+        loop {
+            let ev = events.recv().await.unwrap().event;
+            count(&ev);
+            if matches!(ev, Event::PeerBanned { .. }) {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        while let Ok(ev) = events.try_recv() {
+            count(&ev.event);
+        }
+        let last = s.stats(id).unwrap();
+        assert!(failed >= 1);
+        assert_eq!(
+            (last.pieces_verified, last.hash_failures),
+            (verified, failed)
+        );
         assert!(last.have < info.total_length(), "piece 0 is never verified");
         s.shutdown().await;
     })

@@ -1,7 +1,7 @@
 //! The peer table: one entry per connection, and what each wire message
 //! does to it.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::{SocketAddr, SocketAddrV4};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -14,6 +14,7 @@ use tokio::sync::mpsc;
 use super::download::pipeline_depth;
 use super::metadata::{self, Fetched};
 use super::{MAX_PEERS, State, Torrent, UNCHOKE_SLOTS};
+use crate::bans::BanReason;
 use crate::bitfield::Bitfield;
 use crate::choker::{self, Candidate};
 use crate::error::TorrentError;
@@ -37,6 +38,20 @@ pub(super) const PEX_FAST: Duration = Duration::from_millis(250);
 const PEX_SLOW: Duration = Duration::from_secs(15);
 /// Largest block we serve; clients ask 16 KiB, some allow up to 128 KiB.
 const MAX_SERVED_BLOCK: u32 = 128 * 1024;
+/// Times one connection is served the same block; later requests for it
+/// are refused. A downloader asks a block again only after a choke, a
+/// reject or a request timeout dropped it: once or twice in a run. A peer
+/// asking for one block thousands of times (we served one 5,000 times
+/// before this limit) makes us read and send the same bytes for nothing.
+pub(super) const MAX_REQUESTS_PER_BLOCK: u8 = 3;
+/// Requests for one block, served or refused, that make a flood and ban
+/// the peer ([`BanReason::RequestFlood`]): well past what any honest
+/// re-request reaches, soon enough that a flood costs a few messages.
+pub(super) const FLOOD_REQUESTS: u8 = 16;
+/// Distinct blocks remembered per connection for the two limits above.
+/// Beyond it the memory is cleared: a downloader asking for many distinct
+/// blocks is downloading, and this bounds the table to ~100 KiB a peer.
+const REQUEST_MEMORY: usize = 4096;
 /// One connection as the coordinator sees it.
 pub(super) struct Peer {
     pub addr: SocketAddr,
@@ -67,7 +82,6 @@ pub(super) struct Peer {
     /// Blocks received from this peer (drives slow start).
     pub blocks_received: usize,
     pub uploaded: u64,
-    pub hash_fails: u32,
     /// The peer has announced what it has (bitfield, HAVE-ALL/NONE or a HAVE).
     pub announced: bool,
     /// It lacked pieces when it first announced.
@@ -79,6 +93,9 @@ pub(super) struct Peer {
     pub last_reject: Instant,
     pub pex_sent: HashSet<SocketAddrV4>,
     pub last_pex: Option<Instant>,
+    /// How often the peer asked for each block (see
+    /// [`MAX_REQUESTS_PER_BLOCK`]), up to [`REQUEST_MEMORY`] blocks.
+    pub requested: HashMap<BlockRequest, u8>,
 }
 
 impl Peer {
@@ -128,8 +145,9 @@ impl Torrent {
         let Ok(addr) = stream.peer_addr() else {
             return;
         };
-        if self.bad_metadata.contains(&addr.ip()) {
-            return tracing::debug!(%addr, "refused: it sent bad metadata");
+        if self.shared.is_banned(addr.ip()) {
+            // Banned while its connection or handshake was under way.
+            return tracing::debug!(%addr, "refused: banned");
         }
         let ours = self.shared.peer_id;
         if hs.peer_id == ours || matches!(self.state, super::State::Failed) {
@@ -187,13 +205,13 @@ impl Torrent {
             rtt_us,
             blocks_received: 0,
             uploaded: 0,
-            hash_fails: 0,
             announced: false,
             seen_incomplete: false,
             rejected: Bitfield::new(0),
             last_reject: Instant::now(),
             pex_sent: HashSet::new(),
             last_pex: None,
+            requested: HashMap::new(),
         };
         if hs.supports_extensions() {
             let ext = ExtHandshake {
@@ -264,6 +282,7 @@ impl Torrent {
     pub(super) fn on_peer_event(&mut self, key: PeerKey, ev: PeerEvent) {
         match ev {
             PeerEvent::Closed(reason) => self.drop_peer(key, &reason),
+            PeerEvent::Violation(why) => self.violation(key, &why),
             PeerEvent::SourceChanged(path) => self.source_changed(path),
             PeerEvent::Uploaded(n) => {
                 self.uploaded += n;
@@ -276,9 +295,18 @@ impl Torrent {
                 if self.peers.contains_key(&key)
                     && let Err(why) = self.on_message(key, msg)
                 {
-                    self.drop_peer(key, &why);
+                    self.violation(key, &why);
                 }
             }
+        }
+    }
+
+    /// The peer broke the protocol: close it, and ban its address the
+    /// second time (see [`BanReason::strikes`]), so a broken client is
+    /// not redialled every second.
+    fn violation(&mut self, key: PeerKey, why: &str) {
+        if !self.ban_peer(key, BanReason::ProtocolViolation, true, why) {
+            self.drop_peer(key, why);
         }
     }
 
@@ -476,6 +504,26 @@ impl Torrent {
     }
 
     fn on_request(&mut self, key: PeerKey, req: BlockRequest) {
+        let peer = self.peers.get_mut(&key).expect("present");
+        if peer.requested.len() >= REQUEST_MEMORY && !peer.requested.contains_key(&req) {
+            peer.requested.clear();
+        }
+        let asked = peer.requested.entry(req).or_insert(0);
+        *asked = asked.saturating_add(1);
+        let asked = *asked;
+        if asked >= FLOOD_REQUESTS {
+            let why = format!("asked for one block {asked} times");
+            if !self.ban_peer(key, BanReason::RequestFlood, false, &why) {
+                self.drop_peer(key, &why);
+            }
+            return;
+        }
+        if asked > MAX_REQUESTS_PER_BLOCK {
+            if peer.fast {
+                peer.send(Message::RejectRequest(req));
+            }
+            return;
+        }
         let peers = &self.peers;
         let peer = &peers[&key];
         let State::Live(l) = &mut self.state else {
@@ -561,8 +609,11 @@ impl Torrent {
                         match fetch.on_message(key, other, self.content_hash) {
                             Fetched::Pending => self.request_metadata(),
                             Fetched::Bad(keys) => {
+                                let why = "sent metadata that does not match the info-hash";
                                 for bad in keys {
-                                    self.bad_metadata_from(bad);
+                                    if !self.ban_peer(bad, BanReason::BadMetadata, false, why) {
+                                        self.drop_peer(bad, why);
+                                    }
                                 }
                                 self.request_metadata();
                             }
@@ -642,19 +693,6 @@ impl Torrent {
                 payload: MetadataMsg::Request { piece }.encode().into(),
             });
         }
-    }
-
-    /// A peer sent metadata that cannot be the info-hash's: drop it and
-    /// refuse its address for the rest of this torrent's life, so it is
-    /// neither redialled nor let back in.
-    fn bad_metadata_from(&mut self, key: PeerKey) {
-        let Some(peer) = self.peers.get(&key) else {
-            return;
-        };
-        let ip = peer.addr.ip();
-        tracing::debug!(addr = %peer.addr, "sent metadata that does not match the info-hash");
-        self.bad_metadata.insert(ip);
-        self.drop_peer(key, "sent metadata that does not match the info-hash");
     }
 
     pub(super) fn send_pex(&mut self) {
