@@ -4,6 +4,7 @@
 mod ansible;
 mod dht;
 mod errors;
+mod hostile;
 mod interop;
 mod metadata;
 mod metrics;
