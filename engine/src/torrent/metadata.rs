@@ -18,9 +18,10 @@ use crate::wire::{METADATA_PIECE_SIZE, MetadataMsg};
 
 /// Largest `metadata_size` we fetch; a peer announcing more is not asked.
 /// The largest info dictionary p2pfile builds in practice, 10,000 files
-/// with 60-byte paths (about 1 MiB of file entries) over 1 TiB of content
-/// (262,144 pieces of 4 MiB: 5 MiB of piece hashes), is about 6.2 MiB, so
-/// 8 MiB leaves room. An assembly holds at most this much, and there is at
+/// with 60-byte paths over 1 TiB of content (262,144 pieces of 4 MiB: 5 MiB
+/// of piece hashes), is 6,312,946 bytes (6.0 MiB, measured by
+/// `cap::the_cap_covers_ten_thousand_files_over_a_tebibyte`), so 8 MiB
+/// leaves room. An assembly holds at most this much, and there is at
 /// most one per size that a connected peer offers. libtorrent allows
 /// 30 MiB (`max_metadata_size`); a 4 GiB claim with junk costs us nothing.
 pub(crate) const MAX_METADATA_SIZE: usize = 8 << 20;
@@ -520,5 +521,40 @@ mod tests {
             serve(Some(&raw), 3),
             MetadataMsg::Reject { piece: 3 }
         ));
+    }
+}
+
+#[cfg(test)]
+mod cap {
+    use super::MAX_METADATA_SIZE;
+    use crate::metainfo::{FileEntry, Info, MAX_PIECE_LENGTH};
+
+    /// The cap covers the largest info dictionary we build in practice:
+    /// 10,000 files with 60-byte paths over 1 TiB in 4 MiB pieces.
+    #[test]
+    fn the_cap_covers_ten_thousand_files_over_a_tebibyte() {
+        let each = (1u64 << 40) / 10_000;
+        let files = (0..10_000).map(|i| {
+            let path = vec![
+                "release-1.4".to_string(),
+                format!("subdirectory-{:03}", i / 100),
+                format!("a-file-name-of-some-length-{i:05}.extension"),
+            ];
+            FileEntry::new(path, each)
+        });
+        let files: Vec<FileEntry> = files.collect();
+        let total: u64 = files.iter().map(|f| f.length).sum();
+        let pieces = total.div_ceil(MAX_PIECE_LENGTH as u64) as usize;
+        let info = Info::new(
+            "release",
+            MAX_PIECE_LENGTH,
+            vec![[7; 20]; pieces],
+            files,
+            vec![],
+        )
+        .unwrap();
+        let len = info.as_bytes().len();
+        assert!(len > 6 << 20, "{len} bytes: measured 6,312,946");
+        assert!(len < MAX_METADATA_SIZE, "{len} bytes");
     }
 }
