@@ -3,26 +3,25 @@
 //! time. The hostile peer is a small scripted peer on
 //! `p2pfile_engine::wire`, bound to 127.N.0.200+ (N = `P2PFILE_TEST_NET`).
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::Ipv4Addr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
 use p2pfile_engine::builder::build;
 use p2pfile_engine::magnet::Magnet;
 use p2pfile_engine::metainfo::Info;
-use p2pfile_engine::wire::{self, ExtHandshake, Handshake, Message, MetadataMsg};
+use p2pfile_engine::wire;
 use p2pfile_engine::{Event, PortChoice, Session, SessionConfig, Source, Target};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+mod fake;
+use fake::{MetadataLie as Lie, fake_metadata_peer, hostile_ip};
 
 /// Downloads per case.
 const RUNS: usize = 10;
 /// One download's limit: the honest seed is on loopback, so a download that
 /// has not finished by then is stuck behind the hostile peer.
 const RUN_LIMIT: Duration = Duration::from_secs(15);
-/// The id the hostile peer wants ut_metadata messages under.
-const HOSTILE_UT_METADATA: u8 = 3;
 
 fn config() -> SessionConfig {
     SessionConfig {
@@ -34,29 +33,6 @@ fn config() -> SessionConfig {
         download_limit: 0,
         extensions: Vec::new(),
     }
-}
-
-/// 127.N.0.`host` with N from `P2PFILE_TEST_NET`, so parallel test runs of
-/// different helpers never share a hostile address.
-fn hostile_ip(host: u8) -> Ipv4Addr {
-    let net = std::env::var("P2PFILE_TEST_NET")
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0);
-    Ipv4Addr::new(127, net, 0, host)
-}
-
-/// How the hostile peer lies about the metadata.
-#[derive(Clone, Copy, Debug)]
-enum Lie {
-    /// The right size, but bytes that do not hash to the info-hash.
-    WrongBytes,
-    /// An absurd size (about 4 GiB), and junk for every piece asked.
-    AbsurdSize,
-    /// A plausible but wrong size, and junk of that size.
-    WrongSize,
-    /// The right size, and no answer to any request.
-    Silent,
 }
 
 /// A tree whose info dictionary spans several 16 KiB metadata pieces, so the
@@ -72,102 +48,6 @@ fn make_tree(root: &Path) {
             std::fs::write(dir.join(format!("{long}-{f:03}.bin")), body).unwrap();
         }
     }
-}
-
-/// Starts the hostile peer; it answers every connection alike.
-async fn start_hostile(ip: Ipv4Addr, lie: Lie, real: Arc<Vec<u8>>) -> SocketAddr {
-    let l = tokio::net::TcpListener::bind((ip, 0)).await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = l.accept().await {
-            tokio::spawn(hostile_conn(stream, lie, real.clone()));
-        }
-    });
-    addr
-}
-
-async fn hostile_conn(
-    mut s: tokio::net::TcpStream,
-    lie: Lie,
-    real: Arc<Vec<u8>>,
-) -> std::io::Result<()> {
-    let mut hs = [0u8; 68];
-    s.read_exact(&mut hs).await?;
-    let theirs = Handshake::decode(&hs).expect("handshake");
-    let mut reserved = [0u8; 8];
-    reserved[5] |= 0x10;
-    let ours = Handshake {
-        reserved,
-        info_hash: theirs.info_hash,
-        peer_id: *b"-XX0000-metadatalies",
-    };
-    let size = match lie {
-        Lie::WrongBytes | Lie::Silent => real.len(),
-        Lie::AbsurdSize => 0xFFFF_0000,
-        Lie::WrongSize => real.len() + 5000,
-    };
-    let ext = ExtHandshake {
-        m: [("ut_metadata".to_string(), HOSTILE_UT_METADATA)].into(),
-        metadata_size: Some(size as u32),
-        ..Default::default()
-    };
-    let mut out = BytesMut::new();
-    out.extend_from_slice(&ours.encode());
-    Message::Extended {
-        id: 0,
-        payload: ext.encode().into(),
-    }
-    .encode(&mut out);
-    s.write_all(&out).await?;
-    let mut their_id = None;
-    let mut buf = BytesMut::new();
-    // Bounded: the connection ends after this many reads.
-    for _ in 0..10_000 {
-        while let Some(msg) = wire::decode(&mut buf).expect("valid message") {
-            let Message::Extended { id, payload } = msg else {
-                continue;
-            };
-            if id == 0 {
-                their_id = ExtHandshake::decode(&payload)
-                    .ok()
-                    .and_then(|e| e.ext_id("ut_metadata"));
-                continue;
-            }
-            let (Some(their_id), Ok(MetadataMsg::Request { piece })) =
-                (their_id, MetadataMsg::decode(&payload))
-            else {
-                continue;
-            };
-            let start = piece as usize * wire::METADATA_PIECE_SIZE;
-            let len = size.saturating_sub(start).min(wire::METADATA_PIECE_SIZE);
-            let data = match lie {
-                Lie::Silent => continue,
-                Lie::WrongBytes => {
-                    let mut d = real[start..start + len].to_vec();
-                    d.iter_mut().for_each(|b| *b ^= 0x55);
-                    d
-                }
-                Lie::AbsurdSize | Lie::WrongSize => vec![0xAA; len],
-            };
-            let mut out = BytesMut::new();
-            Message::Extended {
-                id: their_id,
-                payload: MetadataMsg::Data {
-                    piece,
-                    total_size: size as u32,
-                    data: Bytes::from(data),
-                }
-                .encode()
-                .into(),
-            }
-            .encode(&mut out);
-            s.write_all(&out).await?;
-        }
-        if s.read_buf(&mut buf).await? == 0 {
-            break;
-        }
-    }
-    Ok(())
 }
 
 fn assert_same_tree(a: &Path, b: &Path) {
@@ -247,7 +127,8 @@ async fn every_download_completes_beside(lie: Lie, host: u8) {
         vec![],
     )
     .unwrap();
-    let hostile = start_hostile(hostile_ip(host), lie, Arc::new(info.as_bytes().to_vec())).await;
+    let real = Arc::new(info.as_bytes().to_vec());
+    let hostile = fake_metadata_peer(hostile_ip(host), lie, real).await.addr;
     let magnet = Magnet {
         info_hash: info.info_hash(),
         name: Some(info.name.clone()),

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::{Bytes, BytesMut};
-use p2pfile_engine::wire::{self, Handshake, Message};
+use p2pfile_engine::wire::{self, ExtHandshake, Handshake, Message, MetadataMsg};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Most connections a fake peer accepts, and messages it reads on each:
@@ -190,4 +190,127 @@ pub async fn next_message(
             Ok(_) => {}
         }
     }
+}
+
+/// How the hostile peer lies about the metadata.
+#[derive(Clone, Copy, Debug)]
+pub enum MetadataLie {
+    /// The right size, but bytes that do not hash to the info-hash.
+    WrongBytes,
+    /// An absurd size (about 4 GiB), and junk for every piece asked.
+    AbsurdSize,
+    /// A plausible but wrong size, and junk of that size.
+    WrongSize,
+    /// The right size, and no answer to any request.
+    Silent,
+}
+
+/// Starts a peer on `ip` that offers the metadata `real` (the info
+/// dictionary's bytes) and lies about it as `lie` says, on every
+/// connection alike. It announces no pieces.
+pub async fn fake_metadata_peer(ip: IpAddr, lie: MetadataLie, real: Arc<Vec<u8>>) -> FakeSeed {
+    let listener = tokio::net::TcpListener::bind((ip, 0)).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let connections = Arc::new(AtomicUsize::new(0));
+    let sources = Arc::new(Mutex::new(Vec::new()));
+    let count = connections.clone();
+    let from = sources.clone();
+    tokio::spawn(async move {
+        for _ in 0..MAX_CONNECTIONS {
+            let Ok((stream, peer)) = listener.accept().await else {
+                return;
+            };
+            from.lock().unwrap().push(peer.ip());
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(lie_about_metadata(stream, lie, real.clone()));
+        }
+    });
+    FakeSeed {
+        addr,
+        connections,
+        sources,
+    }
+}
+
+async fn lie_about_metadata(
+    mut s: tokio::net::TcpStream,
+    lie: MetadataLie,
+    real: Arc<Vec<u8>>,
+) -> std::io::Result<()> {
+    let mut hs = [0u8; 68];
+    s.read_exact(&mut hs).await?;
+    let theirs = Handshake::decode(&hs).expect("handshake");
+    let mut reserved = [0u8; 8];
+    reserved[5] |= 0x10;
+    let ours = Handshake {
+        reserved,
+        info_hash: theirs.info_hash,
+        peer_id: *b"-XX0000-metadatalies",
+    };
+    let size = match lie {
+        MetadataLie::WrongBytes | MetadataLie::Silent => real.len(),
+        MetadataLie::AbsurdSize => 0xFFFF_0000,
+        MetadataLie::WrongSize => real.len() + 5000,
+    };
+    let ext = ExtHandshake {
+        m: [("ut_metadata".to_string(), 3)].into(),
+        metadata_size: Some(size as u32),
+        ..Default::default()
+    };
+    let mut out = BytesMut::new();
+    out.extend_from_slice(&ours.encode());
+    Message::Extended {
+        id: 0,
+        payload: ext.encode().into(),
+    }
+    .encode(&mut out);
+    s.write_all(&out).await?;
+    let mut their_id = None;
+    let mut buf = BytesMut::new();
+    for _ in 0..MAX_MESSAGES {
+        while let Some(msg) = wire::decode(&mut buf).expect("valid message") {
+            let Message::Extended { id, payload } = msg else {
+                continue;
+            };
+            if id == 0 {
+                their_id = ExtHandshake::decode(&payload)
+                    .ok()
+                    .and_then(|e| e.ext_id("ut_metadata"));
+                continue;
+            }
+            let (Some(their_id), Ok(MetadataMsg::Request { piece })) =
+                (their_id, MetadataMsg::decode(&payload))
+            else {
+                continue;
+            };
+            let start = piece as usize * wire::METADATA_PIECE_SIZE;
+            let len = size.saturating_sub(start).min(wire::METADATA_PIECE_SIZE);
+            let data = match lie {
+                MetadataLie::Silent => continue,
+                MetadataLie::WrongBytes => {
+                    let mut d = real[start..start + len].to_vec();
+                    d.iter_mut().for_each(|b| *b ^= 0x55);
+                    d
+                }
+                MetadataLie::AbsurdSize | MetadataLie::WrongSize => vec![0xAA; len],
+            };
+            let mut out = BytesMut::new();
+            Message::Extended {
+                id: their_id,
+                payload: MetadataMsg::Data {
+                    piece,
+                    total_size: size as u32,
+                    data: Bytes::from(data),
+                }
+                .encode()
+                .into(),
+            }
+            .encode(&mut out);
+            s.write_all(&out).await?;
+        }
+        if s.read_buf(&mut buf).await? == 0 {
+            break;
+        }
+    }
+    Ok(())
 }
