@@ -431,8 +431,10 @@ mod tests {
         let _ = raw;
     }
 
-    #[test]
-    fn a_mixed_failure_asks_one_peer_at_a_time_and_names_the_liar() {
+    /// Peers 1 and 2 offer 40,000 bytes of metadata and `liar` answers
+    /// junk: the first attempt fails with pieces from both, and blames
+    /// nobody.
+    fn after_a_mixed_failure(liar: PeerKey) -> (MetadataFetch, Vec<u8>, InfoHash, Instant) {
         let (raw, hash) = meta(40_000);
         let mut f = MetadataFetch::default();
         let now = Instant::now();
@@ -440,9 +442,15 @@ mod tests {
         f.offer_size(2, raw.len() as u32);
         let reqs = f.requests(&[1, 2], now);
         assert!(
-            answer(&mut f, &reqs, &raw, hash, &[1]).is_empty(),
+            answer(&mut f, &reqs, &raw, hash, &[liar]).is_empty(),
             "two senders: nobody can be blamed yet"
         );
+        (f, raw, hash, now)
+    }
+
+    #[test]
+    fn a_mixed_failure_asks_one_peer_at_a_time_and_names_the_liar() {
+        let (mut f, raw, hash, now) = after_a_mixed_failure(1);
         let reqs = f.requests(&[1, 2], now);
         assert_eq!(reqs, vec![(1, 0), (1, 1), (1, 2)], "all from one peer");
         assert_eq!(
@@ -459,13 +467,7 @@ mod tests {
 
     #[test]
     fn a_mixed_failure_with_an_honest_first_owner_completes() {
-        let (raw, hash) = meta(40_000);
-        let mut f = MetadataFetch::default();
-        let now = Instant::now();
-        f.offer_size(1, raw.len() as u32);
-        f.offer_size(2, raw.len() as u32);
-        let reqs = f.requests(&[1, 2], now);
-        assert!(answer(&mut f, &reqs, &raw, hash, &[2]).is_empty());
+        let (mut f, raw, hash, now) = after_a_mixed_failure(2);
         let reqs = f.requests(&[1, 2], now);
         // A late junk piece from the other peer does not spoil the attempt.
         let junk = MetadataMsg::Data {

@@ -70,6 +70,19 @@ pub async fn fake_seed(
     piece_length: usize,
     how: Misbehaviour,
 ) -> FakeSeed {
+    listen(ip, move |stream| {
+        serve(stream, content.clone(), piece_length, how)
+    })
+    .await
+}
+
+/// Listens on `ip` and runs `conn` on each of at most [`MAX_CONNECTIONS`]
+/// connections, counting them.
+async fn listen<F, Fut>(ip: IpAddr, conn: F) -> FakeSeed
+where
+    F: Fn(tokio::net::TcpStream) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = std::io::Result<()>> + Send + 'static,
+{
     let listener = tokio::net::TcpListener::bind((ip, 0)).await.unwrap();
     let addr = listener.local_addr().unwrap();
     let connections = Arc::new(AtomicUsize::new(0));
@@ -83,8 +96,7 @@ pub async fn fake_seed(
             };
             from.lock().unwrap().push(peer.ip());
             count.fetch_add(1, Ordering::SeqCst);
-            let content = content.clone();
-            tokio::spawn(serve(stream, content, piece_length, how));
+            tokio::spawn(conn(stream));
         }
     });
     FakeSeed {
@@ -209,27 +221,10 @@ pub enum MetadataLie {
 /// dictionary's bytes) and lies about it as `lie` says, on every
 /// connection alike. It announces no pieces.
 pub async fn fake_metadata_peer(ip: IpAddr, lie: MetadataLie, real: Arc<Vec<u8>>) -> FakeSeed {
-    let listener = tokio::net::TcpListener::bind((ip, 0)).await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let connections = Arc::new(AtomicUsize::new(0));
-    let sources = Arc::new(Mutex::new(Vec::new()));
-    let count = connections.clone();
-    let from = sources.clone();
-    tokio::spawn(async move {
-        for _ in 0..MAX_CONNECTIONS {
-            let Ok((stream, peer)) = listener.accept().await else {
-                return;
-            };
-            from.lock().unwrap().push(peer.ip());
-            count.fetch_add(1, Ordering::SeqCst);
-            tokio::spawn(lie_about_metadata(stream, lie, real.clone()));
-        }
-    });
-    FakeSeed {
-        addr,
-        connections,
-        sources,
-    }
+    listen(ip, move |stream| {
+        lie_about_metadata(stream, lie, real.clone())
+    })
+    .await
 }
 
 async fn lie_about_metadata(
