@@ -287,3 +287,66 @@ async fn a_request_flood_for_one_block_is_refused_and_banned() {
     .await
     .expect("finished in time");
 }
+
+/// A peer that corrupts every block, connected together with an honest
+/// seed, with pieces of 16 blocks that both contribute to: the download
+/// completes byte-identical, the liar is banned and the honest seed is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_liar_sharing_pieces_with_an_honest_seed_cannot_stop_the_download() {
+    use p2pfile_engine::metainfo::FileEntry;
+    use sha1::{Digest, Sha1};
+    const PIECE: u32 = 256 * 1024;
+    tokio::time::timeout(Duration::from_secs(60), async {
+        let src = tempfile::tempdir().unwrap();
+        let data = Arc::new(content(16 * PIECE as usize, 5));
+        let path = src.path().join("big.bin");
+        std::fs::write(&path, &*data).unwrap();
+        let pieces = data
+            .chunks(PIECE as usize)
+            .map(|c| Sha1::digest(c).into())
+            .collect();
+        let entries = vec![FileEntry::new(vec![], data.len() as u64)];
+        let info = Arc::new(Info::new("big.bin", PIECE, pieces, entries, vec![]).unwrap());
+        let seed = Session::start(config()).await.unwrap();
+        seed.add(
+            Source::Info(info.clone()),
+            Target::Seed { root: path },
+            vec![],
+        )
+        .unwrap();
+        let liar = fake_seed(
+            hostile_ip(207),
+            data.clone(),
+            PIECE as usize,
+            Misbehaviour::Corrupt(|_| true),
+        )
+        .await;
+        let mut own = config();
+        own.ip = Ipv4Addr::from([127, test_net(), 0, 211]);
+        let s = Session::start(own).await.unwrap();
+        let mut events = s.events().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        s.add(
+            Source::Info(info.clone()),
+            Target::download(dir.path()),
+            vec![liar.addr, seed.local_addr()],
+        )
+        .unwrap();
+        let seen = until_completed(&mut events).await;
+        assert!(std::fs::read(dir.path().join("big.bin")).unwrap() == *data);
+        let bans: Vec<_> = seen.iter().filter_map(ban).collect();
+        let failed = seen
+            .iter()
+            .filter(|e| matches!(e, Event::HashFailed { .. }))
+            .count();
+        eprintln!("FIGURE mixed: failed pieces {failed}, bans {bans:?}");
+        assert!(
+            bans.iter().all(|(a, _)| a.ip() == hostile_ip(207)),
+            "{bans:?}"
+        );
+        s.shutdown().await;
+        seed.shutdown().await;
+    })
+    .await
+    .expect("finished in time");
+}

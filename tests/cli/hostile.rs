@@ -154,19 +154,6 @@ fn serve_bans_a_request_flood() {
     );
 }
 
-/// A TCP connection to `to` from `from` (any port).
-fn connect_from(from: &str, to: &str) -> TcpStream {
-    use socket2::{Domain, Socket, Type};
-    let from: std::net::SocketAddr = format!("{from}:0").parse().unwrap();
-    let to: std::net::SocketAddr = to.parse().unwrap();
-    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
-    socket.bind(&from.into()).unwrap();
-    socket
-        .connect_timeout(&to.into(), Duration::from_secs(5))
-        .unwrap();
-    socket.into()
-}
-
 /// One message body (id and payload; empty for a keep-alive), `None`
 /// once the connection closed.
 fn read_message(s: &mut TcpStream) -> Option<Vec<u8>> {
