@@ -236,6 +236,21 @@ pub fn round3(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
 }
 
+/// A `peer_banned` event for `--json` (`download`, `serve`, `sync`), and
+/// a debug log line: a ban is the engine doing its job, not a warning.
+pub fn peer_banned(
+    out: &Output,
+    info_hash: &str,
+    addr: std::net::SocketAddr,
+    reason: p2pfile_engine::BanReason,
+) {
+    tracing::debug!(%addr, %reason, info_hash, "peer banned");
+    out.event(
+        "peer_banned",
+        json!({"peer": addr.to_string(), "reason": reason.as_str(), "info_hash": info_hash}),
+    );
+}
+
 /// Progress fields shared by `progress` events and `status`.
 pub fn stats_json(s: &Stats) -> Value {
     json!({

@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 
 use bytes::Bytes;
 
+use crate::bans::BanReason;
 use crate::error::TorrentError;
 use crate::metainfo::InfoHash;
 
@@ -53,6 +54,18 @@ pub enum Event {
         index: u32,
         /// The peers that sent blocks of it (listen address when known).
         peers: Vec<SocketAddr>,
+    },
+    /// A peer misbehaved and its address is banned for the session (see
+    /// [`BanReason::duration`]): its connections are closed, it is refused
+    /// at accept and not dialled by any torrent until the ban expires.
+    /// Once per ban, from the torrent that saw the offence.
+    PeerBanned {
+        /// Where the peer accepts connections when known (its listen
+        /// address), else the connection's remote address. The ban covers
+        /// every port of its IP.
+        addr: SocketAddr,
+        /// Why.
+        reason: BanReason,
     },
     /// A peer connection completed its handshake.
     PeerConnected {

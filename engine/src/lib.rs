@@ -15,6 +15,7 @@
 //!   picker, choker, peers and storage; `dht`: the private DHT;
 //!   [`session`]: listener, DHT, rate limits, and the public handle;
 //!   `snub`: when a peer's requests count as unanswered (pure timers).
+//!   `bans`: the session's ban list with expiry (pure, clock passed in).
 
 pub mod bencode;
 pub mod bitfield;
@@ -32,6 +33,7 @@ mod admission;
 #[cfg(any(test, feature = "testing"))]
 #[doc(hidden)]
 pub mod arb;
+mod bans;
 
 mod dht;
 mod error;
@@ -44,6 +46,7 @@ mod shared;
 mod snub;
 mod torrent;
 
+pub use bans::BanReason;
 pub use dht::DhtNodes;
 pub use error::{Error, TorrentError};
 pub use event::{Event, Phase, Stats, TorrentEvent};

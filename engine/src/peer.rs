@@ -77,6 +77,9 @@ pub(crate) enum PeerEvent {
     SourceChanged(std::path::PathBuf),
     /// The connection ended.
     Closed(String),
+    /// The peer sent bytes that do not decode (an oversized message, an
+    /// unknown id, a bad length); the connection ended.
+    Violation(String),
 }
 
 /// Dials `addr` from `local_ip`, exchanges handshakes, and returns the
@@ -157,11 +160,11 @@ pub(crate) fn spawn(
         }
     });
     tokio::spawn(async move {
-        let reason = match read_loop(key, read, &events, download, &reader_rtt).await {
-            Ok(()) => "closed by peer".to_string(),
-            Err(e) => e,
+        let end = match read_loop(key, read, &events, download, &reader_rtt).await {
+            Ok(()) => PeerEvent::Closed("closed by peer".to_string()),
+            Err(end) => end,
         };
-        let _ = events.send((key, PeerEvent::Closed(reason))).await;
+        let _ = events.send((key, end)).await;
     });
     (tx, rtt_us)
 }
@@ -197,7 +200,7 @@ async fn read_loop(
     events: &mpsc::Sender<(PeerKey, PeerEvent)>,
     download: Limit,
     rtt_us: &AtomicU32,
-) -> Result<(), String> {
+) -> Result<(), PeerEvent> {
     let mut buf = BytesMut::with_capacity(64 * 1024);
     let mut rtt_read = Instant::now();
     loop {
@@ -218,15 +221,15 @@ async fn read_loop(
                     }
                 }
                 Ok(None) => break,
-                Err(e) => return Err(format!("protocol error: {e}")),
+                Err(e) => return Err(PeerEvent::Violation(format!("protocol error: {e}"))),
             }
         }
         if buf.capacity() - buf.len() < 32 * 1024 {
             buf.reserve(64 * 1024);
         }
         match tokio::time::timeout(IDLE_TIMEOUT, read.read_buf(&mut buf)).await {
-            Err(_) => return Err("idle timeout".into()),
-            Ok(Err(e)) => return Err(format!("read: {e}")),
+            Err(_) => return Err(PeerEvent::Closed("idle timeout".into())),
+            Ok(Err(e)) => return Err(PeerEvent::Closed(format!("read: {e}"))),
             Ok(Ok(0)) => return Ok(()),
             Ok(Ok(_)) => {}
         }

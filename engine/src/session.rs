@@ -167,9 +167,10 @@ impl Session {
             dht,
             extensions: config.extensions.clone(),
             events: events_tx,
+            bans: Mutex::default(),
         });
         let routes: Routes = Arc::default();
-        let accept = tokio::spawn(accept_loop(listener, routes.clone()));
+        let accept = tokio::spawn(accept_loop(listener, routes.clone(), shared.clone()));
         Ok(Session {
             shared,
             routes,
@@ -432,7 +433,7 @@ async fn bind(config: &SessionConfig) -> Result<(TcpListener, Option<Dht>), Erro
     Err(Error::NoFreePort { ip, first, last })
 }
 
-async fn accept_loop(listener: TcpListener, routes: Routes) {
+async fn accept_loop(listener: TcpListener, routes: Routes, shared: Arc<Shared>) {
     // Connections before their handshake names a torrent count too: one
     // address may hold only a few of them (see `admission`).
     let pending: Arc<Mutex<Pending>> = Arc::default();
@@ -446,6 +447,12 @@ async fn accept_loop(listener: TcpListener, routes: Routes) {
                 continue;
             }
         };
+        if shared.is_banned(addr.ip()) {
+            // Closed before its handshake is read: a banned host costs one
+            // accept and one close.
+            tracing::debug!(%addr, "refused: banned");
+            continue;
+        }
         if !pending.lock().expect("pending lock").enter(addr.ip()) {
             tracing::debug!(%addr, "incoming refused: too many connections awaiting a handshake");
             continue;

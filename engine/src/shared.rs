@@ -1,11 +1,16 @@
 //! What every torrent of a session shares: identity, address, rate limits,
-//! the DHT node, the registered extensions and the session's event stream.
-//! Set once when the session starts and never mutated, so no lock.
+//! the DHT node, the registered extensions, the session's event stream and
+//! its ban list. Set once when the session starts and never mutated, so no
+//! lock, except the ban list: a short-held mutex that is never held across
+//! an `await` and under which no other lock is taken.
 
 use std::net::IpAddr;
+use std::sync::Mutex;
+use std::time::Instant;
 
 use tokio::sync::mpsc;
 
+use crate::bans::{BanReason, Bans};
 use crate::dht::Dht;
 use crate::event::TorrentEvent;
 use crate::rate::Limit;
@@ -26,9 +31,31 @@ pub(crate) struct Shared {
     pub extensions: Vec<String>,
     /// Every torrent reports here; the session hands the receiver out once.
     pub events: mpsc::UnboundedSender<TorrentEvent>,
+    /// Addresses refused at accept and never dialled, by every torrent.
+    pub bans: Mutex<Bans>,
 }
 
 impl Shared {
+    /// Whether `ip` is banned now.
+    pub fn is_banned(&self, ip: IpAddr) -> bool {
+        self.bans
+            .lock()
+            .expect("bans lock")
+            .is_banned(ip, Instant::now())
+    }
+
+    /// Bans `ip` now; true when it was not banned before.
+    pub fn ban(&self, ip: IpAddr, reason: BanReason) -> bool {
+        let mut bans = self.bans.lock().expect("bans lock");
+        bans.ban(ip, reason, Instant::now())
+    }
+
+    /// Counts an offence of `ip` now; true when it makes a new ban.
+    pub fn strike(&self, ip: IpAddr, reason: BanReason) -> bool {
+        let mut bans = self.bans.lock().expect("bans lock");
+        bans.strike(ip, reason, Instant::now())
+    }
+
     /// Our id for a registered extension name.
     pub fn extension_id(&self, name: &str) -> Option<u8> {
         let i = self.extensions.iter().position(|n| n == name)?;

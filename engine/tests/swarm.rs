@@ -2,6 +2,8 @@
 //! DHT off (peers given directly) or through a local DHT, under an overall
 //! timeout.
 
+mod fake;
+
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -807,12 +809,9 @@ async fn padding_only_pieces_and_inner_padding() {
 
 /// A peer that claims every piece and answers requests with the true data,
 /// except piece 0, which it sends as zeros: the downloader's counters show
-/// each verified piece and each hash failure.
+/// each verified piece and each hash failure (until the peer is banned).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stats_count_verified_pieces_and_hash_failures() {
-    use p2pfile_engine::wire::{self, Handshake, Message};
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
     tokio::time::timeout(Duration::from_secs(60), async {
         let src = tempfile::tempdir().unwrap();
         let path = src.path().join("data.bin");
@@ -821,60 +820,18 @@ async fn stats_count_verified_pieces_and_hash_failures() {
         let info = Arc::new(build(&path).unwrap().info);
         let pieces = info.piece_count();
         assert!(pieces > 2, "{pieces} pieces");
-        let liar = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let liar_addr = liar.local_addr().unwrap();
-        let piece_length = info.piece_length as usize;
-        let served = content.clone();
-        tokio::spawn(async move {
-            // Each new connection (the downloader may come back) is served alike.
-            while let Ok((mut stream, _)) = liar.accept().await {
-                let content = served.clone();
-                tokio::spawn(async move {
-                    let mut hs = [0u8; 68];
-                    stream.read_exact(&mut hs).await?;
-                    let theirs = Handshake::decode(&hs).expect("handshake");
-                    let ours = Handshake {
-                        reserved: [0; 8],
-                        info_hash: theirs.info_hash,
-                        peer_id: *b"-XX0000-liarliarliar",
-                    };
-                    let mut bits = vec![0u8; pieces.div_ceil(8)];
-                    for i in 0..pieces {
-                        bits[i / 8] |= 0x80 >> (i % 8);
-                    }
-                    let mut out = bytes::BytesMut::new();
-                    out.extend_from_slice(&ours.encode());
-                    Message::Bitfield(Bytes::from(bits)).encode(&mut out);
-                    Message::Unchoke.encode(&mut out);
-                    stream.write_all(&out).await?;
-                    let mut buf = bytes::BytesMut::new();
-                    loop {
-                        while let Some(msg) = wire::decode(&mut buf).expect("valid message") {
-                            let Message::Request(r) = msg else { continue };
-                            let start = r.index as usize * piece_length + r.begin as usize;
-                            let mut data = content[start..start + r.length as usize].to_vec();
-                            if r.index == 0 {
-                                data.fill(0);
-                            }
-                            let mut out = bytes::BytesMut::new();
-                            let piece = Message::Piece {
-                                index: r.index,
-                                begin: r.begin,
-                                data: Bytes::from(data),
-                            };
-                            piece.encode(&mut out);
-                            stream.write_all(&out).await?;
-                        }
-                        if stream.read_buf(&mut buf).await? == 0 {
-                            return Ok::<_, std::io::Error>(());
-                        }
-                    }
-                });
-            }
-        });
+        let liar = fake::fake_seed(
+            std::net::IpAddr::from([127, 0, 0, 1]),
+            Arc::new(content),
+            info.piece_length as usize,
+            fake::Misbehaviour::Corrupt(|index| index == 0),
+        )
+        .await;
+        let liar_addr = liar.addr;
         let s = Session::start(config([127, 0, 0, 1], false, vec![]))
             .await
             .unwrap();
+        let mut events = s.events().unwrap();
         let dir = tempfile::tempdir().unwrap();
         let id = s
             .add(
@@ -883,12 +840,31 @@ async fn stats_count_verified_pieces_and_hash_failures() {
                 vec![liar_addr],
             )
             .unwrap();
-        let mut stats = s.watch_stats(id).unwrap();
-        let last = stats
-            .wait_for(|st| st.pieces_verified == pieces as u64 - 1 && st.hash_failures >= 1)
-            .await
-            .unwrap()
-            .clone();
+        // The liar alone sent piece 0, so it is banned on its first hash
+        // failure; pieces already being hashed then still land.
+        let (mut verified, mut failed) = (0u64, 0u64);
+        let mut count = |ev: &Event| match ev {
+            Event::PieceVerified { .. } => verified += 1,
+            Event::HashFailed { .. } => failed += 1,
+            _ => {}
+        };
+        loop {
+            let ev = events.recv().await.unwrap().event;
+            count(&ev);
+            if matches!(ev, Event::PeerBanned { .. }) {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        while let Ok(ev) = events.try_recv() {
+            count(&ev.event);
+        }
+        let last = s.stats(id).unwrap();
+        assert!(failed >= 1);
+        assert_eq!(
+            (last.pieces_verified, last.hash_failures),
+            (verified, failed)
+        );
         assert!(last.have < info.total_length(), "piece 0 is never verified");
         s.shutdown().await;
     })

@@ -11,7 +11,7 @@
 //! goes to the network. `--check` stops after those local steps. Every run
 //! ends with one `summary` event (see [`Report`]).
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -21,7 +21,7 @@ use anyhow::anyhow;
 use p2pfile_engine::builder;
 use p2pfile_engine::magnet::Magnet;
 use p2pfile_engine::metainfo::{Info, InfoHash};
-use p2pfile_engine::{Event, Phase, Source, Stats, Target, TorrentError};
+use p2pfile_engine::{BanReason, Event, Phase, Source, Stats, Target, TorrentError};
 use serde_json::json;
 use tokio::sync::watch;
 
@@ -140,6 +140,8 @@ struct Track {
     hints: Vec<SocketAddr>,
     /// Peers that sent pieces failing their hash check.
     corrupt: BTreeSet<SocketAddr>,
+    /// Peers the engine banned, and why (named when it times out).
+    banned: BTreeMap<SocketAddr, BanReason>,
     /// `DIR/<name>` already held the content when checked.
     already_complete: bool,
     valid_pieces: usize,
@@ -403,6 +405,7 @@ async fn download(
             info: locals[i].as_ref().map(|l| l.info.clone()),
             hints: hints[i].clone(),
             corrupt: BTreeSet::new(),
+            banned: BTreeMap::new(),
             already_complete: false,
             valid_pieces: 0,
             stats: session.watch_stats(id).expect("just added"),
@@ -1017,6 +1020,10 @@ fn on_event(
             );
         }
         Event::HashFailed { peers, .. } => t.corrupt.extend(peers),
+        Event::PeerBanned { addr, reason } => {
+            t.banned.insert(addr, reason);
+            crate::output::peer_banned(out, &hash, addr, reason);
+        }
         Event::PeerConnected { .. }
         | Event::PeerDisconnected { .. }
         | Event::ExtensionsReady { .. }
@@ -1133,10 +1140,18 @@ fn on_tick(
                 join(&corrupt)
             )
         };
+        if !t.banned.is_empty() {
+            msg.push_str(&format!("; banned: {}", banned_text(&t.banned)));
+        }
         t.reason = msg.clone();
+        let banned: Vec<_> = t
+            .banned
+            .iter()
+            .map(|(a, r)| json!({"peer": a.to_string(), "reason": r.as_str()}))
+            .collect();
         out.event(
             "error",
-            json!({"info_hash": t.info_hash, "message": msg, "corrupt_peers": corrupt.iter().map(|a| a.to_string()).collect::<Vec<_>>()}),
+            json!({"info_hash": t.info_hash, "message": msg, "corrupt_peers": corrupt.iter().map(|a| a.to_string()).collect::<Vec<_>>(), "banned_peers": banned}),
         );
         return Err(Failure::new(Code::Incomplete, anyhow!(msg)).hint(hint));
     }
@@ -1151,6 +1166,20 @@ fn error_kind(e: &TorrentError) -> &'static str {
         TorrentError::BadMetadata(_) => "bad-metadata",
         TorrentError::NotEnoughSpace { .. } => "no-space",
     }
+}
+
+/// `127.0.0.5 (corrupt-piece), 127.0.0.9 (request-flood)`: one entry per
+/// IP (a ban covers every port of it), the first reason seen.
+fn banned_text(banned: &BTreeMap<SocketAddr, BanReason>) -> String {
+    let mut by_ip: BTreeMap<std::net::IpAddr, BanReason> = BTreeMap::new();
+    for (addr, reason) in banned {
+        by_ip.entry(addr.ip()).or_insert(*reason);
+    }
+    by_ip
+        .iter()
+        .map(|(ip, r)| format!("{ip} ({r})"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// `1 peer connected`, `2 peers connected`.

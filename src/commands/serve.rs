@@ -405,6 +405,9 @@ fn on_event(ev: p2pfile_engine::TorrentEvent, out: &Output, report: &mut Report)
                        "info_hash": s.info_hash.to_string()}),
             );
         }
+        Event::PeerBanned { addr, reason } => {
+            crate::output::peer_banned(out, &ev.info_hash.to_string(), addr, reason);
+        }
         // A torrent whose files vanished is reported; the others keep serving.
         Event::Failed { error } => {
             s.stopped = true;

@@ -3,7 +3,6 @@
 
 use std::fs;
 use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::time::Duration;
 
 use crate::util::*;
@@ -320,7 +319,10 @@ fn hostile_peer_closes_its_connection_not_the_process() {
         b"GET / HTTP/1.1\r\n\r\n",                    // not BitTorrent at all
     ];
     for (i, bytes) in hostile.iter().enumerate() {
-        let mut s = TcpStream::connect(&addr).unwrap();
+        // Each from an address of its own: a second protocol violation
+        // from one address bans it, and its next connection is refused.
+        let from = format!("127.{}.0.{}", test_net(), 220 + i);
+        let mut s = connect_from(&from, &addr);
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         if i < 4 {
             let mut hs = vec![19];

@@ -594,7 +594,7 @@ fn not_enough_space_fails_before_any_network_or_write() {
 }
 
 /// A peer that claims every piece and answers each request with garbage.
-fn corrupt_seed(ip: &str, info_hash: [u8; 20], pieces: usize) -> String {
+pub(crate) fn corrupt_seed(ip: &str, info_hash: [u8; 20], pieces: usize) -> String {
     let l = TcpListener::bind((ip, 0)).unwrap();
     let addr = l.local_addr().unwrap().to_string();
     std::thread::spawn(move || {

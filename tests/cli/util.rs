@@ -418,3 +418,17 @@ impl Drop for Netns {
             .status();
     }
 }
+
+/// A TCP connection to `to` from the address `from` (any port): a peer on
+/// a host of its own, as a ban by address needs.
+pub fn connect_from(from: &str, to: &str) -> std::net::TcpStream {
+    use socket2::{Domain, Socket, Type};
+    let from: std::net::SocketAddr = format!("{from}:0").parse().unwrap();
+    let to: std::net::SocketAddr = to.parse().unwrap();
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    socket.bind(&from.into()).unwrap();
+    socket
+        .connect_timeout(&to.into(), Duration::from_secs(5))
+        .unwrap();
+    socket.into()
+}

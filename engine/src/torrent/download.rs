@@ -10,6 +10,7 @@ use sha1::{Digest, Sha1};
 
 use super::peers::Peer;
 use super::{Job, Live, State, Torrent};
+use crate::bans::BanReason;
 use crate::bitfield::Bitfield;
 use crate::error::TorrentError;
 use crate::event::Event;
@@ -21,8 +22,6 @@ use crate::wire::{BLOCK_SIZE, BlockRequest, Message};
 /// How long a peer's refusal of a piece keeps us from asking it again
 /// when we have nothing else to ask it for.
 const REJECT_MEMORY: Duration = Duration::from_secs(1);
-/// Hash failures a peer may cause before we ban it.
-const MAX_HASH_FAILS: u32 = 3;
 /// Seconds of a peer's sending rate we keep requested, at the least. Many
 /// LAN round trips; more only makes each block wait longer in the sender's
 /// queue, and the last pieces of a swarm pay that wait at every hop
@@ -199,17 +198,12 @@ impl Torrent {
                     .map(|p| p.listen.unwrap_or(p.addr))
                     .collect();
                 self.emit(Event::HashFailed { index, peers });
+                // One contributor alone: it sent the bad data, ban it at
+                // once (as libtorrent does). Several: any of them may have,
+                // so count, and ban a peer only when it repeats.
+                let alone = contributors.len() == 1;
                 for k in contributors {
-                    let Some(p) = self.peers.get_mut(&k) else {
-                        continue;
-                    };
-                    p.hash_fails += 1;
-                    if p.hash_fails >= MAX_HASH_FAILS {
-                        if let Some(a) = p.listen.and_then(|l| self.addrs.get_mut(&l)) {
-                            a.banned = true;
-                        }
-                        self.drop_peer(k, "sent corrupt pieces");
-                    }
+                    self.ban_peer(k, BanReason::CorruptPiece, !alone, "sent corrupt pieces");
                 }
                 let keys: Vec<_> = self.peers.keys().copied().collect();
                 for k in keys {

@@ -24,6 +24,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::admission;
+use crate::bans::BanReason;
 use crate::bitfield::Bitfield;
 use crate::builder::ScannedFile;
 use crate::choker::FirstUpload;
@@ -177,6 +178,8 @@ struct Addr {
     failures: u32,
     /// Held every piece when last seen; not worth redialing once we do too.
     seed: bool,
+    /// Our own address (learned from the DHT or PEX): never dialled. Bans
+    /// of misbehaving peers live in the session's [`crate::bans::Bans`].
     banned: bool,
 }
 
@@ -458,10 +461,12 @@ impl Torrent {
         let room = free
             .saturating_sub(connecting)
             .min(MAX_CONNECTING.saturating_sub(connecting));
+        let bans = self.shared.bans.lock().expect("bans lock");
         let due: Vec<SocketAddr> = self
             .addrs
             .iter()
             .filter(|(_, a)| !(a.connecting || a.connected || a.banned || (finished && a.seed)))
+            .filter(|(addr, _)| !bans.is_banned(addr.ip(), now))
             .filter(|(_, a)| match a.last_attempt {
                 None => true,
                 Some(at) => {
@@ -472,6 +477,7 @@ impl Torrent {
             .map(|(addr, _)| *addr)
             .take(room)
             .collect();
+        drop(bans);
         for addr in due {
             let a = self.addrs.get_mut(&addr).expect("listed");
             a.connecting = true;
@@ -492,7 +498,58 @@ impl Torrent {
         }
     }
 
+    /// Bans the IP of peer `key` for `reason`, at once or, with `strike`,
+    /// when this offence makes enough repeats (see
+    /// [`crate::bans::Bans::strike`]); reports a new ban. Once the IP is
+    /// banned, closes this torrent's connections to it (other torrents of
+    /// the session close theirs at their next tick) and returns true.
+    pub(super) fn ban_peer(
+        &mut self,
+        key: PeerKey,
+        reason: BanReason,
+        strike: bool,
+        why: &str,
+    ) -> bool {
+        let Some(p) = self.peers.get(&key) else {
+            return false;
+        };
+        let addr = p.listen.unwrap_or(p.addr);
+        let new = if strike {
+            self.shared.strike(addr.ip(), reason)
+        } else {
+            self.shared.ban(addr.ip(), reason)
+        };
+        if new {
+            tracing::debug!(info_hash = %self.info_hash, %addr, %reason, "banned: {why}");
+            self.emit(Event::PeerBanned { addr, reason });
+        }
+        if !self.shared.is_banned(addr.ip()) {
+            return false;
+        }
+        self.drop_peer(key, why);
+        self.drop_banned();
+        true
+    }
+
+    /// Closes connections to banned addresses (banned here, or by another
+    /// torrent of the session).
+    fn drop_banned(&mut self) {
+        let now = Instant::now();
+        let bans = self.shared.bans.lock().expect("bans lock");
+        let gone: Vec<PeerKey> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| bans.is_banned(p.addr.ip(), now))
+            .map(|(k, _)| *k)
+            .collect();
+        drop(bans);
+        for key in gone {
+            self.drop_peer(key, "banned");
+        }
+    }
+
     fn on_tick(&mut self, secs: f64) {
+        self.drop_banned();
         self.down_rate.tick(secs);
         self.up_rate.tick(secs);
         for p in self.peers.values_mut() {

@@ -1,7 +1,7 @@
 //! The peer table: one entry per connection, and what each wire message
 //! does to it.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::{SocketAddr, SocketAddrV4};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -15,6 +15,7 @@ use super::download::pipeline_depth;
 use super::metadata::{self, Fetched};
 use super::{State, Torrent, UNCHOKE_SLOTS};
 use crate::admission::{self, Admit, Direction, Standing};
+use crate::bans::BanReason;
 use crate::bitfield::Bitfield;
 use crate::choker::{self, Candidate};
 use crate::error::TorrentError;
@@ -39,6 +40,22 @@ pub(super) const PEX_FAST: Duration = Duration::from_millis(250);
 const PEX_SLOW: Duration = Duration::from_secs(15);
 /// Largest block we serve; clients ask 16 KiB, some allow up to 128 KiB.
 const MAX_SERVED_BLOCK: u32 = 128 * 1024;
+/// Times one connection is served the same block; later requests for it
+/// are refused. A downloader asks a block again only after a choke, a
+/// reject or a request timeout dropped it: once or twice in a run. A peer
+/// asking for one block over and over makes us read and send the same
+/// bytes for nothing: before this limit, 1,000 requests for one block were
+/// served 576 to 832 times in 5 s (the rest fell off the upload queue);
+/// now 3 (engine/tests/hostile.rs).
+const MAX_REQUESTS_PER_BLOCK: u8 = 3;
+/// Requests for one block, served or refused, that make a flood and ban
+/// the peer ([`BanReason::RequestFlood`]): well past what any honest
+/// re-request reaches, soon enough that a flood costs a few messages.
+const FLOOD_REQUESTS: u8 = 16;
+/// Distinct blocks remembered per connection for the two limits above.
+/// Beyond it the memory is cleared: a downloader asking for many distinct
+/// blocks is downloading, and this bounds the table to ~100 KiB a peer.
+const REQUEST_MEMORY: usize = 4096;
 /// One connection as the coordinator sees it.
 pub(super) struct Peer {
     pub addr: SocketAddr,
@@ -68,7 +85,6 @@ pub(super) struct Peer {
     /// Blocks received from this peer (drives slow start).
     pub blocks_received: usize,
     pub uploaded: u64,
-    pub hash_fails: u32,
     /// The peer has announced what it has (bitfield, HAVE-ALL/NONE or a HAVE).
     pub announced: bool,
     /// It lacked pieces when it first announced.
@@ -93,6 +109,9 @@ pub(super) struct Peer {
     pub spoken: bool,
     /// The last interest, request, block or extension message from it.
     pub last_useful: Option<Instant>,
+    /// How often the peer asked for each block (see
+    /// [`MAX_REQUESTS_PER_BLOCK`]), up to [`REQUEST_MEMORY`] blocks.
+    pub requested: HashMap<BlockRequest, u8>,
 }
 
 impl Peer {
@@ -142,6 +161,10 @@ impl Torrent {
         let Ok(addr) = stream.peer_addr() else {
             return;
         };
+        if self.shared.is_banned(addr.ip()) {
+            // Banned while its connection or handshake was under way.
+            return tracing::debug!(%addr, "refused: banned");
+        }
         let ours = self.shared.peer_id;
         if hs.peer_id == ours || matches!(self.state, super::State::Failed) {
             if let Some(d) = dialed.and_then(|d| self.addrs.get_mut(&d)) {
@@ -211,7 +234,6 @@ impl Torrent {
             rtt_us,
             blocks_received: 0,
             uploaded: 0,
-            hash_fails: 0,
             announced: false,
             seen_incomplete: false,
             rejected: Bitfield::new(0),
@@ -223,6 +245,7 @@ impl Torrent {
             since: now,
             spoken: false,
             last_useful: None,
+            requested: HashMap::new(),
         };
         if hs.supports_extensions() {
             let ext = ExtHandshake {
@@ -294,6 +317,7 @@ impl Torrent {
     pub(super) fn on_peer_event(&mut self, key: PeerKey, ev: PeerEvent) {
         match ev {
             PeerEvent::Closed(reason) => self.drop_peer(key, &reason),
+            PeerEvent::Violation(why) => self.violation(key, &why),
             PeerEvent::SourceChanged(path) => self.source_changed(path),
             PeerEvent::Uploaded(n) => {
                 self.uploaded += n;
@@ -306,9 +330,18 @@ impl Torrent {
                 if self.peers.contains_key(&key)
                     && let Err(why) = self.on_message(key, msg)
                 {
-                    self.drop_peer(key, &why);
+                    self.violation(key, &why);
                 }
             }
+        }
+    }
+
+    /// The peer broke the protocol: close it, and ban its address the
+    /// second time (see [`BanReason::strikes`]), so a broken client is
+    /// not redialled every second.
+    fn violation(&mut self, key: PeerKey, why: &str) {
+        if !self.ban_peer(key, BanReason::ProtocolViolation, true, why) {
+            self.drop_peer(key, why);
         }
     }
 
@@ -558,6 +591,26 @@ impl Torrent {
     }
 
     fn on_request(&mut self, key: PeerKey, req: BlockRequest) {
+        let peer = self.peers.get_mut(&key).expect("present");
+        if peer.requested.len() >= REQUEST_MEMORY && !peer.requested.contains_key(&req) {
+            peer.requested.clear();
+        }
+        let asked = peer.requested.entry(req).or_insert(0);
+        *asked = asked.saturating_add(1);
+        let asked = *asked;
+        if asked >= FLOOD_REQUESTS {
+            let why = format!("asked for one block {asked} times");
+            if !self.ban_peer(key, BanReason::RequestFlood, false, &why) {
+                self.drop_peer(key, &why);
+            }
+            return;
+        }
+        if asked > MAX_REQUESTS_PER_BLOCK {
+            if peer.fast {
+                peer.send(Message::RejectRequest(req));
+            }
+            return;
+        }
         let peers = &self.peers;
         let peer = &peers[&key];
         let State::Live(l) = &mut self.state else {
@@ -616,7 +669,9 @@ impl Torrent {
                     self.emit(Event::ExtensionsReady { addr, names });
                 }
                 if let (State::Metadata(fetch), Some(size)) = (&mut self.state, size) {
-                    fetch.offer_size(size);
+                    if !fetch.offer_size(key, size) {
+                        tracing::debug!(%addr, size, "metadata size refused");
+                    }
                     self.request_metadata();
                 }
                 self.send_pex_to(key, true);
@@ -640,10 +695,14 @@ impl Torrent {
                         };
                         match fetch.on_message(key, other, self.content_hash) {
                             Fetched::Pending => self.request_metadata(),
-                            Fetched::Corrupt => {
-                                return Err(
-                                    "sent metadata that does not match the info-hash".into()
-                                );
+                            Fetched::Bad(keys) => {
+                                let why = "sent metadata that does not match the info-hash";
+                                for bad in keys {
+                                    if !self.ban_peer(bad, BanReason::BadMetadata, false, why) {
+                                        self.drop_peer(bad, why);
+                                    }
+                                }
+                                self.request_metadata();
                             }
                             Fetched::Complete(raw) => match Info::from_bytes(&raw) {
                                 Ok(info) => self.got_info(Arc::new(info)),
@@ -707,16 +766,13 @@ impl Torrent {
         let State::Metadata(fetch) = &mut self.state else {
             return;
         };
-        let offering: Vec<PeerKey> = self
+        let can_ask: Vec<PeerKey> = self
             .peers
             .iter()
-            .filter(|(_, p)| {
-                p.ext.as_ref().is_some_and(|e| e.metadata_size.is_some())
-                    && p.ext_id("ut_metadata").is_some()
-            })
+            .filter(|(_, p)| p.ext_id("ut_metadata").is_some())
             .map(|(k, _)| *k)
             .collect();
-        for (key, piece) in fetch.requests(&offering, Instant::now()) {
+        for (key, piece) in fetch.requests(&can_ask, Instant::now()) {
             let peer = &self.peers[&key];
             let id = peer.ext_id("ut_metadata").expect("filtered");
             peer.send(Message::Extended {

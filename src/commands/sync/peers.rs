@@ -8,6 +8,11 @@ impl Run {
         &mut self,
         ev: p2pfile_engine::TorrentEvent,
     ) -> Result<(), Failure> {
+        if let Event::PeerBanned { addr, reason } = ev.event {
+            let hash = ev.info_hash.to_string();
+            crate::output::peer_banned(&self.out, &hash, addr, reason);
+            return Ok(());
+        }
         if ev.info_hash == self.rendezvous {
             match ev.event {
                 Event::ExtensionsReady { addr, .. } => {
