@@ -37,7 +37,9 @@ fn a_corrupt_peer_beside_an_honest_seed_is_banned_and_reported() {
     fs::create_dir_all(env.path("src")).unwrap();
     let content = data(200_000, 11);
     fs::write(env.path("src/f.bin"), &content).unwrap();
-    let seed = env.serve(&host(), &[], &[&env.path("src/f.bin")]);
+    // A slow seed (~4 s for the file), so the liar's pieces arrive first.
+    let slow = ["--upload-limit", "0.05"];
+    let seed = env.serve(&host(), &slow, &[&env.path("src/f.bin")]);
     let (hash, hex) = info_hash(seed.magnet());
     let pieces =
         200_000usize.div_ceil(p2pfile_engine::metainfo::piece_length_for(200_000) as usize);
