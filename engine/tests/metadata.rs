@@ -168,3 +168,51 @@ async fn a_plausible_but_wrong_metadata_size() {
 async fn a_peer_that_never_answers_metadata_requests() {
     every_download_completes_beside(Lie::Silent, 203).await;
 }
+
+/// A peer whose metadata does not hash to the info-hash, alone in the
+/// swarm, is named and banned (`bad-metadata`): the ban that the download's
+/// exit-3 message and `peer_banned` event report.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_alone_with_bad_metadata_is_banned_for_it() {
+    let src = tempfile::tempdir().unwrap();
+    let root = src.path().join("tree");
+    make_tree(&root);
+    let info = build(&root).unwrap().info;
+    let real = Arc::new(info.as_bytes().to_vec());
+    let liar = fake_metadata_peer(hostile_ip(204), Lie::WrongBytes, real)
+        .await
+        .addr;
+    let magnet = Magnet {
+        info_hash: info.info_hash(),
+        name: Some(info.name.clone()),
+        peers: vec![liar],
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let s = Session::start(config()).await.unwrap();
+    let mut events = s.events().unwrap();
+    let id = s
+        .add(
+            Source::Magnet(magnet),
+            Target::download(dir.path().to_path_buf()),
+            vec![],
+        )
+        .unwrap();
+    let banned = tokio::time::timeout(RUN_LIMIT, async {
+        while let Some(ev) = events.recv().await {
+            if ev.info_hash != id {
+                continue;
+            }
+            if let Event::PeerBanned { addr, reason } = ev.event {
+                return Some((addr, reason.to_string()));
+            }
+        }
+        None
+    })
+    .await
+    .ok()
+    .flatten();
+    s.shutdown().await;
+    let (addr, reason) = banned.expect("the liar was banned");
+    assert_eq!(addr.ip(), liar.ip());
+    assert_eq!(reason, "bad-metadata");
+}
