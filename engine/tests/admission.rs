@@ -4,7 +4,7 @@
 //! (N = `P2PFILE_TEST_NET`), the seed and the honest downloader use
 //! 127.0.0.1, so the two sides are different addresses.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -16,18 +16,9 @@ use p2pfile_engine::metainfo::{Info, InfoHash};
 use p2pfile_engine::wire::{Handshake, Message};
 use p2pfile_engine::{Session, Source, Target};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpSocket, TcpStream};
 
 mod common;
-
-/// A hostile address: 127.N.0.`host`, `host` >= 200.
-fn hostile_ip(host: u8) -> IpAddr {
-    let net = std::env::var("P2PFILE_TEST_NET")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0u8);
-    IpAddr::V4(Ipv4Addr::new(127, net, 0, host))
-}
+use common::{connect_from, hostile_ip, loopback};
 
 /// A 2 MB file seeded from a new session on 127.0.0.1.
 async fn seed(dir: &Path) -> (Session, Arc<Info>, Vec<u8>) {
@@ -38,9 +29,7 @@ async fn seed(dir: &Path) -> (Session, Arc<Info>, Vec<u8>) {
     std::fs::write(&path, &content).unwrap();
     let built = build(&path).unwrap();
     let info = Arc::new(built.info);
-    let s = Session::start(common::config([127, 0, 0, 1], false, vec![]))
-        .await
-        .unwrap();
+    let s = Session::start(loopback()).await.unwrap();
     s.add(
         Source::Info(info.clone()),
         Target::Seed { root: built.root },
@@ -48,13 +37,6 @@ async fn seed(dir: &Path) -> (Session, Arc<Info>, Vec<u8>) {
     )
     .unwrap();
     (s, info, content)
-}
-
-/// Connects from `from` to `to`.
-async fn dial(from: IpAddr, to: SocketAddr) -> std::io::Result<TcpStream> {
-    let socket = TcpSocket::new_v4()?;
-    socket.bind(SocketAddr::new(from, 0))?;
-    socket.connect(to).await
 }
 
 /// How a hostile connection behaves after connecting.
@@ -79,7 +61,7 @@ async fn hostile(
     how: Hostile,
     hold: Duration,
 ) -> bool {
-    let Ok(mut s) = dial(from, to).await else {
+    let Ok(mut s) = connect_from(from, to).await else {
         return false;
     };
     let mut id = *b"-XX0000-hostile00000";
@@ -127,9 +109,7 @@ async fn honest_download(
     seed_addr: SocketAddr,
     limit: Duration,
 ) -> Option<Vec<u8>> {
-    let s = Session::start(common::config([127, 0, 0, 1], false, vec![]))
-        .await
-        .unwrap();
+    let s = Session::start(loopback()).await.unwrap();
     let mut events = s.events().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let id = s

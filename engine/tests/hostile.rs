@@ -3,34 +3,21 @@
 //! peers bind 127.<P2PFILE_TEST_NET>.0.200+; everything is bounded in
 //! count and time.
 
-mod fake;
+mod common;
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use fake::{Misbehaviour, dial, fake_seed, hostile_ip, next_message, test_net};
+use common::peer::{Script, scripted_peer};
+use common::{config, connect_from, dial, hostile_ip, loopback, next_message, test_net};
 use p2pfile_engine::builder::build;
 use p2pfile_engine::metainfo::Info;
 use p2pfile_engine::wire::{BLOCK_SIZE, BlockRequest, Message};
-use p2pfile_engine::{
-    BanReason, Event, PortChoice, Session, SessionConfig, Source, Target, TorrentEvent,
-};
+use p2pfile_engine::{BanReason, Event, Session, Source, Target, TorrentEvent};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc::UnboundedReceiver;
-
-fn config() -> SessionConfig {
-    SessionConfig {
-        ip: Ipv4Addr::LOCALHOST,
-        port: PortChoice::Range(20000..=40000),
-        bootstrap: vec![],
-        dht: false,
-        upload_limit: 0,
-        download_limit: 0,
-        extensions: Vec::new(),
-    }
-}
 
 fn content(len: usize, seed: usize) -> Vec<u8> {
     (0..len)
@@ -38,14 +25,15 @@ fn content(len: usize, seed: usize) -> Vec<u8> {
         .collect()
 }
 
-/// A file of `len` bytes, its torrent, and an honest seed of it.
+/// A file of `len` bytes (`dir`/data.bin), its torrent, and an honest seed
+/// of it.
 async fn honest_seed(dir: &Path, len: usize) -> (Session, Arc<Info>, Arc<Vec<u8>>) {
     let path = dir.join("data.bin");
     let data = content(len, 3);
     std::fs::write(&path, &data).unwrap();
     let built = build(&path).unwrap();
     let info = Arc::new(built.info);
-    let seed = Session::start(config()).await.unwrap();
+    let seed = Session::start(loopback()).await.unwrap();
     seed.add(
         Source::Info(info.clone()),
         Target::Seed { root: built.root },
@@ -83,14 +71,12 @@ async fn a_peer_alone_behind_a_corrupt_piece_is_banned_at_once() {
     tokio::time::timeout(Duration::from_secs(60), async {
         let src = tempfile::tempdir().unwrap();
         let (seed, info, data) = honest_seed(src.path(), 2_000_000).await;
-        let liar = fake_seed(
-            hostile_ip(201),
-            data.clone(),
-            info.piece_length as usize,
-            Misbehaviour::Corrupt(|_| true),
-        )
-        .await;
-        let s = Session::start(config()).await.unwrap();
+        let liar = Script {
+            corrupt: |_| true,
+            ..Script::seed(&info, src.path().join("data.bin"))
+        };
+        let liar = scripted_peer(hostile_ip(201), liar).await;
+        let s = Session::start(loopback()).await.unwrap();
         let mut events = s.events().unwrap();
         let dir = tempfile::tempdir().unwrap();
         // The liar alone first, so its first piece is its alone.
@@ -159,17 +145,14 @@ async fn a_peer_that_violates_the_protocol_twice_is_banned_and_not_redialled() {
     tokio::time::timeout(Duration::from_secs(60), async {
         let src = tempfile::tempdir().unwrap();
         let (seed, info, data) = honest_seed(src.path(), 500_000).await;
-        let bad = fake_seed(
-            hostile_ip(202),
-            data.clone(),
-            info.piece_length as usize,
-            Misbehaviour::Oversized,
-        )
-        .await;
+        let bad = Script {
+            oversized: true,
+            ..Script::seed(&info, src.path().join("data.bin"))
+        };
+        let bad = scripted_peer(hostile_ip(202), bad).await;
         // On its own address: the seed learns the bad peer by PEX and
         // dials it too (and bans it in its own session).
-        let mut own = config();
-        own.ip = Ipv4Addr::from([127, test_net(), 0, 210]);
+        let own = config([127, test_net(), 0, 210], false, vec![]);
         let s = Session::start(own).await.unwrap();
         let mut events = s.events().unwrap();
         let dir = tempfile::tempdir().unwrap();
@@ -258,7 +241,7 @@ async fn a_request_flood_for_one_block_is_refused_and_banned() {
         assert_eq!(bans[0].1, BanReason::RequestFlood);
 
         // The seed goes on serving honest peers.
-        let s = Session::start(config()).await.unwrap();
+        let s = Session::start(loopback()).await.unwrap();
         let mut events = s.events().unwrap();
         let dir = tempfile::tempdir().unwrap();
         s.add(
@@ -270,9 +253,9 @@ async fn a_request_flood_for_one_block_is_refused_and_banned() {
         until_completed(&mut events).await;
         assert!(std::fs::read(dir.path().join("data.bin")).unwrap() == *data);
         // And refuses the flooder's address at once.
-        let socket = tokio::net::TcpSocket::new_v4().unwrap();
-        socket.bind(SocketAddr::new(hostile_ip(203), 0)).unwrap();
-        let mut again = socket.connect(seed.local_addr()).await.unwrap();
+        let mut again = connect_from(hostile_ip(203), seed.local_addr())
+            .await
+            .unwrap();
         let mut byte = [0u8; 1];
         let read = tokio::time::timeout(
             Duration::from_secs(5),
@@ -307,22 +290,19 @@ async fn a_liar_sharing_pieces_with_an_honest_seed_cannot_stop_the_download() {
             .collect();
         let entries = vec![FileEntry::new(vec![], data.len() as u64)];
         let info = Arc::new(Info::new("big.bin", PIECE, pieces, entries, vec![]).unwrap());
-        let seed = Session::start(config()).await.unwrap();
+        let seed = Session::start(loopback()).await.unwrap();
+        let liar = Script {
+            corrupt: |_| true,
+            ..Script::seed(&info, &path)
+        };
         seed.add(
             Source::Info(info.clone()),
             Target::Seed { root: path },
             vec![],
         )
         .unwrap();
-        let liar = fake_seed(
-            hostile_ip(207),
-            data.clone(),
-            PIECE as usize,
-            Misbehaviour::Corrupt(|_| true),
-        )
-        .await;
-        let mut own = config();
-        own.ip = Ipv4Addr::from([127, test_net(), 0, 211]);
+        let liar = scripted_peer(hostile_ip(207), liar).await;
+        let own = config([127, test_net(), 0, 211], false, vec![]);
         let s = Session::start(own).await.unwrap();
         let mut events = s.events().unwrap();
         let dir = tempfile::tempdir().unwrap();

@@ -3,7 +3,6 @@
 //! time. The hostile peer is a small scripted peer on
 //! `p2pfile_engine::wire`, bound to 127.N.0.200+ (N = `P2PFILE_TEST_NET`).
 
-use std::net::Ipv4Addr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,28 +11,17 @@ use p2pfile_engine::builder::build;
 use p2pfile_engine::magnet::Magnet;
 use p2pfile_engine::metainfo::Info;
 use p2pfile_engine::wire;
-use p2pfile_engine::{Event, PortChoice, Session, SessionConfig, Source, Target};
+use p2pfile_engine::{Event, Session, Source, Target};
 
-mod fake;
-use fake::{MetadataLie as Lie, fake_metadata_peer, hostile_ip};
+mod common;
+use common::peer::{MetadataLie as Lie, Script, scripted_peer};
+use common::{assert_same_tree, hostile_ip, loopback};
 
 /// Downloads per case.
 const RUNS: usize = 10;
 /// One download's limit: the honest seed is on loopback, so a download that
 /// has not finished by then is stuck behind the hostile peer.
 const RUN_LIMIT: Duration = Duration::from_secs(15);
-
-fn config() -> SessionConfig {
-    SessionConfig {
-        ip: Ipv4Addr::LOCALHOST,
-        port: PortChoice::Range(20000..=40000),
-        bootstrap: Vec::new(),
-        dht: false,
-        upload_limit: 0,
-        download_limit: 0,
-        extensions: Vec::new(),
-    }
-}
 
 /// A tree whose info dictionary spans several 16 KiB metadata pieces, so the
 /// downloader can spread requests over peers.
@@ -50,27 +38,13 @@ fn make_tree(root: &Path) {
     }
 }
 
-fn assert_same_tree(a: &Path, b: &Path) {
-    let out = std::process::Command::new("diff")
-        .arg("-r")
-        .arg(a)
-        .arg(b)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "trees differ: {}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-}
-
 /// One magnet download with the hostile peer listed first: whether it
 /// completed within [`RUN_LIMIT`] with the seed's bytes. The honest seed
 /// (the magnet's last peer) must never be banned.
 async fn download_once(magnet: &Magnet, root: &Path) -> bool {
     let honest = *magnet.peers.last().expect("the seed");
     let dir = tempfile::tempdir().unwrap();
-    let s = Session::start(config()).await.unwrap();
+    let s = Session::start(loopback()).await.unwrap();
     let mut events = s.events().unwrap();
     let id = s
         .add(
@@ -120,15 +94,16 @@ async fn every_download_completes_beside(lie: Lie, host: u8) {
         "info of {} bytes spans several metadata pieces",
         info.as_bytes().len()
     );
-    let seed = Session::start(config()).await.unwrap();
+    let seed = Session::start(loopback()).await.unwrap();
     seed.add(
         Source::Info(info.clone()),
         Target::Seed { root: built.root },
         vec![],
     )
     .unwrap();
-    let real = Arc::new(info.as_bytes().to_vec());
-    let hostile = fake_metadata_peer(hostile_ip(host), lie, real).await.addr;
+    let hostile = scripted_peer(hostile_ip(host), Script::metadata_liar(&info, lie))
+        .await
+        .addr;
     let magnet = Magnet {
         info_hash: info.info_hash(),
         name: Some(info.name.clone()),
@@ -178,17 +153,19 @@ async fn a_peer_alone_with_bad_metadata_is_banned_for_it() {
     let root = src.path().join("tree");
     make_tree(&root);
     let info = build(&root).unwrap().info;
-    let real = Arc::new(info.as_bytes().to_vec());
-    let liar = fake_metadata_peer(hostile_ip(204), Lie::WrongBytes, real)
-        .await
-        .addr;
+    let liar = scripted_peer(
+        hostile_ip(204),
+        Script::metadata_liar(&info, Lie::WrongBytes),
+    )
+    .await
+    .addr;
     let magnet = Magnet {
         info_hash: info.info_hash(),
         name: Some(info.name.clone()),
         peers: vec![liar],
     };
     let dir = tempfile::tempdir().unwrap();
-    let s = Session::start(config()).await.unwrap();
+    let s = Session::start(loopback()).await.unwrap();
     let mut events = s.events().unwrap();
     let id = s
         .add(

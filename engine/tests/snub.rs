@@ -3,40 +3,20 @@
 //! The downloader must still get everything that peer does serve, and,
 //! beside an honest seed, complete byte-identical.
 //!
-//! Hostile peers bind 127.N.0.200+ (N = `P2PFILE_TEST_NET`, default 1).
+//! Hostile peers bind 127.N.0.200+ (N = `P2PFILE_TEST_NET`, default 0).
 
 mod common;
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{Script, Seen, scripted_peer};
+use common::peer::{Script, scripted_peer};
+use common::{hostile_ip, loopback};
 use p2pfile_engine::builder::build;
 use p2pfile_engine::metainfo::{Info, InfoHash};
-use p2pfile_engine::{Event, PortChoice, Session, SessionConfig, Source, Target, TorrentEvent};
+use p2pfile_engine::{Event, Session, Source, Target, TorrentEvent};
 use tokio::sync::mpsc::UnboundedReceiver;
-
-fn config() -> SessionConfig {
-    SessionConfig {
-        ip: Ipv4Addr::LOCALHOST,
-        port: PortChoice::Range(20000..=40000),
-        bootstrap: vec![],
-        dht: false,
-        upload_limit: 0,
-        download_limit: 0,
-        extensions: Vec::new(),
-    }
-}
-
-/// An address for a hostile peer: 127.N.0.`host`, any port.
-fn hostile_addr(host: u8) -> SocketAddr {
-    let net = std::env::var("P2PFILE_TEST_NET")
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(1u8);
-    SocketAddr::from(([127, net, 0, host], 0))
-}
 
 /// Size of the test file: 1024 pieces of 256 KiB. The unanswered third
 /// must exceed what the downloader keeps started (twice its 32 MiB
@@ -72,13 +52,11 @@ fn torrent(size: usize) -> (tempfile::TempDir, Arc<Info>) {
     (src, info)
 }
 
-fn script(info: &Info, src: &std::path::Path, delay: Duration) -> Script {
+/// A seed of the file in `src` that answers as `answers` says.
+fn script(info: &Info, src: &std::path::Path, answers: fn(u32) -> bool) -> Script {
     Script {
-        content: Arc::new(src.join("data.bin")),
-        piece_length: info.piece_length as usize,
-        pieces: info.piece_count(),
-        answers: all_but_every_third,
-        delay,
+        answers,
+        ..Script::seed(info, src.join("data.bin"))
     }
 }
 
@@ -92,7 +70,7 @@ struct Downloader {
 }
 
 async fn downloader(info: &Arc<Info>, peers: Vec<SocketAddr>) -> Downloader {
-    let s = Session::start(config()).await.unwrap();
+    let s = Session::start(loopback()).await.unwrap();
     let events = s.events().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let started = Instant::now();
@@ -150,9 +128,12 @@ async fn a_peer_that_ignores_some_requests_still_serves_the_rest() {
     let served = (0..pieces as u32)
         .filter(|i| all_but_every_third(*i))
         .count() as u64;
-    let (peer, seen) =
-        scripted_peer(hostile_addr(200), script(&info, src.path(), Duration::ZERO)).await;
-    let d = downloader(&info, vec![peer]).await;
+    let peer = scripted_peer(
+        hostile_ip(200),
+        script(&info, src.path(), all_but_every_third),
+    )
+    .await;
+    let d = downloader(&info, vec![peer.addr]).await;
     let mut stats = d.s.watch_stats(d.id).unwrap();
     let got = tokio::time::timeout(
         Duration::from_secs(60),
@@ -168,8 +149,8 @@ async fn a_peer_that_ignores_some_requests_still_serves_the_rest() {
         last.pieces_verified,
         last.have,
         d.started.elapsed().as_secs_f64(),
-        Seen::get(&seen.requests),
-        Seen::get(&seen.cancels),
+        peer.requests(),
+        peer.cancels(),
     );
     assert!(
         got,
@@ -187,7 +168,7 @@ async fn a_peer_that_ignores_some_requests_still_serves_the_rest() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_that_ignores_some_requests_does_not_hold_back_a_seed() {
     let (src, info) = torrent(SIZE);
-    let seed = Session::start(config()).await.unwrap();
+    let seed = Session::start(loopback()).await.unwrap();
     seed.add(
         Source::Info(info.clone()),
         Target::Seed {
@@ -196,17 +177,20 @@ async fn a_peer_that_ignores_some_requests_does_not_hold_back_a_seed() {
         vec![],
     )
     .unwrap();
-    let (peer, seen) =
-        scripted_peer(hostile_addr(201), script(&info, src.path(), Duration::ZERO)).await;
-    let mut d = downloader(&info, vec![peer, seed.local_addr()]).await;
+    let peer = scripted_peer(
+        hostile_ip(201),
+        script(&info, src.path(), all_but_every_third),
+    )
+    .await;
+    let mut d = downloader(&info, vec![peer.addr, seed.local_addr()]).await;
     let done = d.completed(90, false).await;
     eprintln!(
         "ignoring peer beside a seed: {} after {:.1} s; peer saw {} requests, sent {} blocks, {} cancels",
         if done { "completed" } else { "timed out" },
         d.started.elapsed().as_secs_f64(),
-        Seen::get(&seen.requests),
-        Seen::get(&seen.blocks_sent),
-        Seen::get(&seen.cancels),
+        peer.requests(),
+        peer.blocks_sent(),
+        peer.cancels(),
     );
     assert!(done, "download did not complete within 90 s");
     assert!(d.same_as(src.path()), "byte-identical");
@@ -221,10 +205,12 @@ async fn a_peer_that_ignores_some_requests_does_not_hold_back_a_seed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_peer_that_answers_everything_is_not_snubbed() {
     let (src, info) = torrent(1 << 20);
-    let mut slow = script(&info, src.path(), Duration::from_millis(350));
-    slow.answers = |_| true;
-    let (peer, seen) = scripted_peer(hostile_addr(202), slow).await;
-    let mut d = downloader(&info, vec![peer]).await;
+    let slow = Script {
+        delay: Duration::from_millis(350),
+        ..script(&info, src.path(), |_| true)
+    };
+    let peer = scripted_peer(hostile_ip(202), slow).await;
+    let mut d = downloader(&info, vec![peer.addr]).await;
     assert!(
         d.completed(120, true).await,
         "the slow peer's download completed within 120 s"
@@ -232,12 +218,12 @@ async fn a_slow_peer_that_answers_everything_is_not_snubbed() {
     eprintln!(
         "slow honest peer: completed after {:.1} s; {} requests, {} cancels, {} connections",
         d.started.elapsed().as_secs_f64(),
-        Seen::get(&seen.requests),
-        Seen::get(&seen.cancels),
-        Seen::get(&seen.connections),
+        peer.requests(),
+        peer.cancels(),
+        peer.connections(),
     );
-    assert_eq!(Seen::get(&seen.cancels), 0, "no request timed out");
-    assert_eq!(Seen::get(&seen.connections), 1);
+    assert_eq!(peer.cancels(), 0, "no request timed out");
+    assert_eq!(peer.connections(), 1);
     assert!(d.same_as(src.path()), "byte-identical");
     d.s.shutdown().await;
 }
@@ -248,10 +234,9 @@ async fn a_slow_peer_that_answers_everything_is_not_snubbed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_that_serves_nothing_is_closed() {
     let (src, info) = torrent(1 << 20);
-    let mut mute = script(&info, src.path(), Duration::ZERO);
-    mute.answers = |_| false;
-    let (peer, seen) = scripted_peer(hostile_addr(203), mute).await;
-    let mut d = downloader(&info, vec![peer]).await;
+    let mute = script(&info, src.path(), |_| false);
+    let peer = scripted_peer(hostile_ip(203), mute).await;
+    let mut d = downloader(&info, vec![peer.addr]).await;
     let reason = tokio::time::timeout(Duration::from_secs(90), async {
         while let Some(ev) = d.events.recv().await {
             if let Event::PeerDisconnected { reason, .. } = ev.event {
@@ -265,13 +250,10 @@ async fn a_peer_that_serves_nothing_is_closed() {
     eprintln!(
         "mute peer: closed after {:.1} s ({reason}); {} requests, {} cancels",
         d.started.elapsed().as_secs_f64(),
-        Seen::get(&seen.requests),
-        Seen::get(&seen.cancels),
+        peer.requests(),
+        peer.cancels(),
     );
     assert!(reason.contains("sent no block"), "{reason}");
-    assert!(
-        Seen::get(&seen.cancels) > 0,
-        "its requests were handed back first"
-    );
+    assert!(peer.cancels() > 0, "its requests were handed back first");
     d.s.shutdown().await;
 }

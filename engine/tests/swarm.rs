@@ -2,8 +2,6 @@
 //! DHT off (peers given directly) or through a local DHT, under an overall
 //! timeout.
 
-mod fake;
-
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,7 +17,8 @@ use sha1::{Digest, Sha1};
 use tokio::sync::mpsc::UnboundedReceiver;
 
 mod common;
-use common::{config, wait_completed};
+use common::peer::{Script, scripted_peer};
+use common::{assert_same_tree, config, dial, loopback, next_message, wait_completed};
 
 fn make_tree(root: &Path) {
     std::fs::create_dir_all(root.join("a/b")).unwrap();
@@ -48,20 +47,6 @@ async fn start_seed(path: &Path, dht: bool) -> (Session, Arc<p2pfile_engine::met
     (seed, info)
 }
 
-fn assert_same_tree(a: &Path, b: &Path) {
-    let out = std::process::Command::new("diff")
-        .arg("-r")
-        .arg(a)
-        .arg(b)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "trees differ: {}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_seed_three_downloaders_by_magnet() {
     tokio::time::timeout(Duration::from_secs(60), async {
@@ -79,9 +64,7 @@ async fn one_seed_three_downloaders_by_magnet() {
             let magnet = magnet.clone();
             tasks.push(tokio::spawn(async move {
                 let dir = tempfile::tempdir().unwrap();
-                let s = Session::start(config([127, 0, 0, 1], false, vec![]))
-                    .await
-                    .unwrap();
+                let s = Session::start(loopback()).await.unwrap();
                 let mut events = s.events().unwrap();
                 let id = s
                     .add(
@@ -149,9 +132,7 @@ async fn session_owns_its_torrents_and_tags_events() {
         let src = tempfile::tempdir().unwrap();
         std::fs::write(src.path().join("one"), vec![1u8; 300_000]).unwrap();
         std::fs::write(src.path().join("two"), vec![2u8; 200_000]).unwrap();
-        let seed = Session::start(config([127, 0, 0, 1], false, vec![]))
-            .await
-            .unwrap();
+        let seed = Session::start(loopback()).await.unwrap();
         let mut infos = Vec::new();
         for name in ["one", "two"] {
             let built = build(&src.path().join(name)).unwrap();
@@ -181,9 +162,7 @@ async fn session_owns_its_torrents_and_tags_events() {
         assert_eq!(listed, want);
 
         let dir = tempfile::tempdir().unwrap();
-        let s = Session::start(config([127, 0, 0, 1], false, vec![]))
-            .await
-            .unwrap();
+        let s = Session::start(loopback()).await.unwrap();
         let mut events = s.events().unwrap();
         assert!(s.events().is_none(), "the event stream is handed out once");
         let ids: Vec<_> = infos
@@ -338,9 +317,7 @@ async fn keyed_swarm_is_closed_to_the_plain_info_hash() {
             metadata: false,
             dht: false,
         };
-        let seed = Session::start(config([127, 0, 0, 1], false, vec![]))
-            .await
-            .unwrap();
+        let seed = Session::start(loopback()).await.unwrap();
         let id = seed
             .add_torrent(AddTorrent {
                 options: keyed.clone(),
@@ -354,9 +331,7 @@ async fn keyed_swarm_is_closed_to_the_plain_info_hash() {
         assert_eq!(id, swarm);
 
         // An outsider with the content's public info-hash.
-        let outsider = Session::start(config([127, 0, 0, 1], false, vec![]))
-            .await
-            .unwrap();
+        let outsider = Session::start(loopback()).await.unwrap();
         let mut out_events = outsider.events().unwrap();
         let out_dir = tempfile::tempdir().unwrap();
         let plain = outsider
@@ -371,9 +346,7 @@ async fn keyed_swarm_is_closed_to_the_plain_info_hash() {
             )
             .unwrap();
         // An insider that knows the swarm and the info.
-        let insider = Session::start(config([127, 0, 0, 1], false, vec![]))
-            .await
-            .unwrap();
+        let insider = Session::start(loopback()).await.unwrap();
         let mut in_events = insider.events().unwrap();
         let in_dir = tempfile::tempdir().unwrap();
         let id = insider
@@ -438,9 +411,7 @@ async fn hints_reuse_local_content_without_transfer() {
                 });
             }
         }
-        let s = Session::start(config([127, 0, 0, 1], false, vec![]))
-            .await
-            .unwrap();
+        let s = Session::start(loopback()).await.unwrap();
         let mut events = s.events().unwrap();
         let dir = tempfile::tempdir().unwrap();
         let id = s
@@ -525,9 +496,7 @@ fn files_below(dir: &Path) -> Vec<std::path::PathBuf> {
 /// Downloads `info` from `seed` into a new directory; returns it and the
 /// downloader's byte count off the wire.
 async fn download_from(seed: &Session, info: &Arc<Info>) -> (tempfile::TempDir, u64) {
-    let s = Session::start(config([127, 0, 0, 1], false, vec![]))
-        .await
-        .unwrap();
+    let s = Session::start(loopback()).await.unwrap();
     let mut events = s.events().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let id = s
@@ -565,9 +534,7 @@ async fn small_padded_files_move_no_padding() {
             std::fs::create_dir_all(p.parent().unwrap()).unwrap();
             std::fs::write(p, c).unwrap();
         }
-        let seed = Session::start(config([127, 0, 0, 1], false, vec![]))
-            .await
-            .unwrap();
+        let seed = Session::start(loopback()).await.unwrap();
         seed.add(Source::Info(info.clone()), Target::Seed { root }, vec![])
             .unwrap();
         let (dir, downloaded) = download_from(&seed, &info).await;
@@ -610,9 +577,7 @@ async fn seed_files_from_anywhere() {
             files.push((path.iter().map(|s| s.to_string()).collect(), c));
         }
         let (info, _) = aligned("bundle", &files);
-        let seed = Session::start(config([127, 0, 0, 1], false, vec![]))
-            .await
-            .unwrap();
+        let seed = Session::start(loopback()).await.unwrap();
         let short = seed.add(
             Source::Info(info.clone()),
             Target::SeedFiles {
@@ -666,8 +631,8 @@ async fn seed_files_from_anywhere() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn padding_is_served_to_peers_that_ask() {
     use bytes::BytesMut;
-    use p2pfile_engine::wire::{self, BlockRequest, Handshake, Message};
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use p2pfile_engine::wire::{BlockRequest, Message};
+    use tokio::io::AsyncWriteExt;
 
     tokio::time::timeout(Duration::from_secs(30), async {
         let files = vec![(vec!["a".to_string()], content(5000, 1))];
@@ -675,9 +640,7 @@ async fn padding_is_served_to_peers_that_ask() {
         let src = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(src.path().join("one")).unwrap();
         std::fs::write(src.path().join("one/a"), &files[0].1).unwrap();
-        let seed = Session::start(config([127, 0, 0, 1], false, vec![]))
-            .await
-            .unwrap();
+        let seed = Session::start(loopback()).await.unwrap();
         seed.add(
             Source::Info(info.clone()),
             Target::Seed {
@@ -686,22 +649,16 @@ async fn padding_is_served_to_peers_that_ask() {
             vec![],
         )
         .unwrap();
-        let mut conn = tokio::net::TcpStream::connect(seed.local_addr())
-            .await
-            .unwrap();
-        let ours = Handshake::new(info.info_hash().0, *b"-XX0000-000000000000");
-        conn.write_all(&ours.encode()).await.unwrap();
-        let mut theirs = [0u8; wire::HANDSHAKE_LEN];
-        conn.read_exact(&mut theirs).await.unwrap();
+        let from = std::net::IpAddr::from([127, 0, 0, 1]);
+        let (mut conn, mut buf) = dial(from, seed.local_addr(), info.info_hash().0).await;
         // Ask once the seed says what it has: before it is live (checking)
         // it refuses requests. A connection that came while it was checking
         // hears HAVE-NONE, then one HAVE per piece when it goes live.
-        let mut buf = BytesMut::new();
         loop {
-            match wire::decode(&mut buf).unwrap() {
+            match next_message(&mut conn, &mut buf).await {
                 Some(Message::HaveAll | Message::Bitfield(_) | Message::Have(_)) => break,
                 Some(_) => {}
-                None => assert!(conn.read_buf(&mut buf).await.unwrap() > 0, "closed"),
+                None => panic!("closed"),
             }
         }
         // Interested, then ask once unchoked (requests sent while choked
@@ -710,10 +667,10 @@ async fn padding_is_served_to_peers_that_ask() {
         Message::Interested.encode(&mut out);
         conn.write_all(&out).await.unwrap();
         loop {
-            match wire::decode(&mut buf).unwrap() {
+            match next_message(&mut conn, &mut buf).await {
                 Some(Message::Unchoke) => break,
                 Some(_) => {}
-                None => assert!(conn.read_buf(&mut buf).await.unwrap() > 0, "closed"),
+                None => panic!("closed"),
             }
         }
         let mut out = BytesMut::new();
@@ -729,15 +686,13 @@ async fn padding_is_served_to_peers_that_ask() {
         conn.write_all(&out).await.unwrap();
         let mut answered = Vec::new();
         while answered.len() < asks.len() {
-            match wire::decode(&mut buf).unwrap() {
+            match next_message(&mut conn, &mut buf).await {
                 Some(Message::Piece { index, begin, data }) => {
                     answered.push((index, begin, data));
                 }
                 Some(Message::RejectRequest(r)) => panic!("rejected {r:?}"),
                 Some(_) => {}
-                None => {
-                    assert!(conn.read_buf(&mut buf).await.unwrap() > 0, "closed");
-                }
+                None => panic!("closed"),
             }
         }
         for (index, begin, data) in answered {
@@ -784,9 +739,7 @@ async fn padding_only_pieces_and_inner_padding() {
         for (path, bytes) in paths.iter().zip([&a, &b, &c]) {
             std::fs::write(path, bytes).unwrap();
         }
-        let seed = Session::start(config([127, 0, 0, 1], false, vec![]))
-            .await
-            .unwrap();
+        let seed = Session::start(loopback()).await.unwrap();
         seed.add(
             Source::Info(info.clone()),
             Target::SeedFiles { files: paths },
@@ -815,22 +768,17 @@ async fn stats_count_verified_pieces_and_hash_failures() {
     tokio::time::timeout(Duration::from_secs(60), async {
         let src = tempfile::tempdir().unwrap();
         let path = src.path().join("data.bin");
-        let content = content(300_000, 7);
-        std::fs::write(&path, &content).unwrap();
+        std::fs::write(&path, content(300_000, 7)).unwrap();
         let info = Arc::new(build(&path).unwrap().info);
         let pieces = info.piece_count();
         assert!(pieces > 2, "{pieces} pieces");
-        let liar = fake::fake_seed(
-            std::net::IpAddr::from([127, 0, 0, 1]),
-            Arc::new(content),
-            info.piece_length as usize,
-            fake::Misbehaviour::Corrupt(|index| index == 0),
-        )
-        .await;
+        let liar = Script {
+            corrupt: |index| index == 0,
+            ..Script::seed(&info, &path)
+        };
+        let liar = scripted_peer(std::net::IpAddr::from([127, 0, 0, 1]), liar).await;
         let liar_addr = liar.addr;
-        let s = Session::start(config([127, 0, 0, 1], false, vec![]))
-            .await
-            .unwrap();
+        let s = Session::start(loopback()).await.unwrap();
         let mut events = s.events().unwrap();
         let dir = tempfile::tempdir().unwrap();
         let id = s
@@ -883,9 +831,7 @@ async fn scanned_seed_reports_completions_and_stops_on_a_changed_file() {
         make_tree(&root);
         let built = build(&root).unwrap();
         let info = Arc::new(built.info);
-        let seed = Session::start(config([127, 0, 0, 1], false, vec![]))
-            .await
-            .unwrap();
+        let seed = Session::start(loopback()).await.unwrap();
         let mut seed_events = seed.events().unwrap();
         let files = built.scan.files.clone();
         let id = seed
@@ -905,9 +851,7 @@ async fn scanned_seed_reports_completions_and_stops_on_a_changed_file() {
                 peers: vec![seed.local_addr()],
             };
             async move {
-                let s = Session::start(config([127, 0, 0, 1], false, vec![]))
-                    .await
-                    .unwrap();
+                let s = Session::start(loopback()).await.unwrap();
                 let events = s.events().unwrap();
                 let did = s
                     .add(Source::Magnet(magnet), Target::download(dir), vec![])
