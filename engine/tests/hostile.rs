@@ -234,7 +234,13 @@ async fn a_request_flood_for_one_block_is_refused_and_banned() {
             "FIGURE flood: sent {} copies of 1000 asked, {served} read, bans {bans:?}",
             uploaded / BLOCK_SIZE as u64
         );
-        assert_eq!(uploaded, 3 * BLOCK_SIZE as u64);
+        // At most 3 copies: fewer when the 16th request bans and drops the
+        // connection before its queued uploads went out (seen 1 in 20 runs).
+        assert!(
+            uploaded <= 3 * BLOCK_SIZE as u64,
+            "{} copies sent",
+            uploaded / BLOCK_SIZE as u64
+        );
         assert!(served <= 3);
         assert_eq!(bans.len(), 1);
         assert_eq!(bans[0].0.ip(), hostile_ip(203));
