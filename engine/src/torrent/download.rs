@@ -1,6 +1,7 @@
 //! Requests, block assembly, piece verification and completion.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -113,7 +114,7 @@ impl Torrent {
         let Some(peer) = self.peers.get_mut(&key) else {
             return;
         };
-        fill(l, peer, &mut self.rng);
+        fill(l, key, peer, &mut self.rng);
     }
 
     pub(super) fn on_block(&mut self, key: PeerKey, index: u32, begin: u32, data: Bytes) {
@@ -126,6 +127,7 @@ impl Torrent {
             return;
         };
         let peer = self.peers.get_mut(&key).expect("present");
+        let peer_addr = peer.listen.unwrap_or(peer.addr);
         self.downloaded += data.len() as u64;
         self.down_rate.add(data.len() as u64);
         peer.down_rate.add(data.len() as u64);
@@ -146,6 +148,7 @@ impl Torrent {
                     .or_insert_with(|| Assembly::new(blocks));
                 // `req` was ours, so `begin` is block-aligned and in the piece.
                 piece.blocks[(begin / BLOCK_SIZE) as usize] = Some(data);
+                piece.senders[(begin / BLOCK_SIZE) as usize] = Some(peer_addr);
                 piece.from.insert(key);
                 // Endgame: others asked for the same block; call them off.
                 for (k, other) in self.peers.iter_mut() {
@@ -161,16 +164,25 @@ impl Torrent {
         self.fill_requests(key);
     }
 
-    pub(super) fn on_verified(&mut self, index: u32, result: Result<bool, TorrentError>) {
+    pub(super) fn on_verified(
+        &mut self,
+        index: u32,
+        result: Result<bool, TorrentError>,
+        digests: Option<Vec<[u8; 20]>>,
+    ) {
         let State::Live(l) = &mut self.state else {
             return;
         };
         l.verifying -= 1;
-        let contributors = l
+        let (contributors, senders) = l
             .assembly
             .remove(&index)
-            .map(|a| a.from)
+            .map(|a| (a.from, a.senders))
             .unwrap_or_default();
+        let liars = match (&result, &digests) {
+            (Ok(true), Some(good)) => l.suspects.judge(index, good),
+            _ => Vec::new(),
+        };
         match result {
             Err(error) => return self.fail(error),
             Ok(true) => {
@@ -184,6 +196,7 @@ impl Torrent {
                 for k in &keys {
                     self.update_interest(*k);
                 }
+                self.ban_liars(&liars);
                 self.maybe_finish();
                 for k in keys {
                     self.fill_requests(k);
@@ -199,11 +212,38 @@ impl Torrent {
                     .collect();
                 self.emit(Event::HashFailed { index, peers });
                 // One contributor alone: it sent the bad data, ban it at
-                // once (as libtorrent does). Several: any of them may have,
-                // so count, and ban a peer only when it repeats.
-                let alone = contributors.len() == 1;
-                for k in contributors {
-                    self.ban_peer(k, BanReason::CorruptPiece, !alone, "sent corrupt pieces");
+                // once (as libtorrent does). Several: keep each block's
+                // digest and judge them when the piece verifies (smart
+                // ban); only when too many pieces wait for that, count
+                // strikes instead.
+                if contributors.len() == 1 {
+                    if let State::Live(l) = &mut self.state {
+                        // Its owner failed alone: anyone may retry it now.
+                        l.suspects.release_piece(index);
+                    }
+                    for k in contributors {
+                        self.ban_peer(k, BanReason::CorruptPiece, false, "sent corrupt pieces");
+                    }
+                } else {
+                    let owner = contributors
+                        .iter()
+                        .copied()
+                        .find(|k| self.peers.contains_key(k));
+                    let kept = match (&mut self.state, &digests) {
+                        (State::Live(l), Some(d)) => {
+                            let kept = l.suspects.keep(index, &senders, d);
+                            if let (true, Some(o)) = (kept, owner) {
+                                l.suspects.assign(index, o);
+                            }
+                            kept
+                        }
+                        _ => false,
+                    };
+                    if !kept {
+                        for k in contributors {
+                            self.ban_peer(k, BanReason::CorruptPiece, true, "sent corrupt pieces");
+                        }
+                    }
                 }
                 let keys: Vec<_> = self.peers.keys().copied().collect();
                 for k in keys {
@@ -212,6 +252,30 @@ impl Torrent {
             }
         }
         self.publish_stats();
+    }
+
+    /// Bans the senders a smart ban found lying, connected or not.
+    fn ban_liars(&mut self, liars: &[SocketAddr]) {
+        for addr in liars {
+            let key = self
+                .peers
+                .iter()
+                .find(|(_, p)| p.listen.unwrap_or(p.addr) == *addr)
+                .map(|(k, _)| *k);
+            match key {
+                Some(k) => {
+                    self.ban_peer(k, BanReason::CorruptPiece, false, "sent a corrupt block");
+                }
+                None => {
+                    if self.shared.ban(addr.ip(), BanReason::CorruptPiece) {
+                        self.emit(Event::PeerBanned {
+                            addr: *addr,
+                            reason: BanReason::CorruptPiece,
+                        });
+                    }
+                }
+            }
+        }
     }
 
     /// Takes back requests a peer left unanswered (see `crate::snub`), so
@@ -335,7 +399,7 @@ impl Torrent {
     }
 }
 
-fn fill(l: &mut Live, peer: &mut Peer, rng: &mut impl rand::Rng) {
+fn fill(l: &mut Live, key: PeerKey, peer: &mut Peer, rng: &mut impl rand::Rng) {
     if peer.peer_choking || !peer.am_interested || l.finished {
         peer.outstanding.idle();
         return;
@@ -357,10 +421,11 @@ fn fill(l: &mut Live, peer: &mut Peer, rng: &mut impl rand::Rng) {
         // second and ask again: the peer that got them may be gone, or
         // never connected to us. The one-second tick retries, so this
         // never spins on the wire.
-        let has = peer
+        let mut has = peer
             .has
             .difference(&peer.rejected)
             .difference(&peer.snubbed);
+        l.suspects.withhold(key, &mut has);
         if fill_from(l, peer, &has, rng) > 0 {
             return;
         }
@@ -374,6 +439,7 @@ fn fill(l: &mut Live, peer: &mut Peer, rng: &mut impl rand::Rng) {
     // Pieces it left unanswered: again only those nobody else has (its
     // own announcement is the one count of availability).
     let mut has = peer.has.clone();
+    l.suspects.withhold(key, &mut has);
     for i in peer.snubbed.iter_ones() {
         if l.picker.availability(i as u32) > 1 {
             has.clear(i);
@@ -406,6 +472,9 @@ fn fill_from(l: &mut Live, peer: &mut Peer, has: &Bitfield, rng: &mut impl rand:
 pub(super) struct Assembly {
     blocks: Vec<Option<Bytes>>,
     from: HashSet<PeerKey>,
+    /// Who sent each block, by address (a peer may be gone by the time
+    /// the piece is judged).
+    senders: Vec<Option<SocketAddr>>,
 }
 
 impl Assembly {
@@ -413,7 +482,94 @@ impl Assembly {
         Self {
             blocks: vec![None; blocks],
             from: HashSet::new(),
+            senders: vec![None; blocks],
         }
+    }
+}
+
+/// Most failed pieces whose blocks are kept for a smart ban; beyond it a
+/// failed piece with several senders is simply fetched again.
+const MAX_SUSPECT_PIECES: usize = 256;
+
+/// Smart ban (as libtorrent does): when a piece with several senders fails
+/// its hash, nobody can be blamed yet, and counting strikes against every
+/// sender got an honest seed banned beside a liar that shared its pieces
+/// (seen in `engine/tests/hostile.rs` when the liar was slowed to one block
+/// a millisecond). So each block's digest is kept with its sender; once
+/// the piece verifies, a sender whose block differs from the good one lied
+/// and is banned, and nobody else is touched. 20 bytes per block.
+///
+/// A retried suspect piece goes to one of its senders alone (its owner),
+/// so the retry either verifies (and judges) or fails with one sender (who
+/// is banned at once): a liar that kept adding a block to every retry
+/// could otherwise keep the piece failing for good.
+#[derive(Default)]
+pub(super) struct Suspects {
+    pieces: HashMap<u32, Vec<(usize, SocketAddr, [u8; 20])>>,
+    owners: HashMap<u32, (PeerKey, Instant)>,
+}
+
+/// How long a retried suspect piece waits for its owner alone: an owner
+/// that does not serve it (choked, snubbed) holds it back no longer.
+const OWNER_FOR: Duration = Duration::from_secs(10);
+
+impl Suspects {
+    /// Keeps the blocks of a failed piece; false when full.
+    fn keep(&mut self, index: u32, senders: &[Option<SocketAddr>], digests: &[[u8; 20]]) -> bool {
+        if !self.pieces.contains_key(&index) && self.pieces.len() >= MAX_SUSPECT_PIECES {
+            return false;
+        }
+        let entry = self.pieces.entry(index).or_default();
+        for (block, (sender, digest)) in senders.iter().zip(digests).enumerate() {
+            if let Some(addr) = sender {
+                entry.push((block, *addr, *digest));
+            }
+        }
+        true
+    }
+
+    fn is_suspect(&self, index: u32) -> bool {
+        self.pieces.contains_key(&index)
+    }
+
+    /// Gives the retry of a suspect piece to `owner` alone.
+    fn assign(&mut self, index: u32, owner: PeerKey) {
+        self.owners.insert(index, (owner, Instant::now()));
+    }
+
+    /// Pieces only their owner may fetch: cleared from what `key` is asked.
+    fn withhold(&self, key: PeerKey, has: &mut Bitfield) {
+        for (&index, &(owner, since)) in &self.owners {
+            if owner != key && since.elapsed() < OWNER_FOR {
+                has.clear(index as usize);
+            }
+        }
+    }
+
+    /// Frees the pieces of a peer that is gone or banned, and of a piece
+    /// that no longer needs one owner.
+    pub(super) fn release(&mut self, key: PeerKey) {
+        self.owners.retain(|_, (o, _)| *o != key);
+    }
+
+    fn release_piece(&mut self, index: u32) {
+        self.owners.remove(&index);
+    }
+
+    /// The senders of blocks that differ from the verified piece's.
+    fn judge(&mut self, index: u32, good: &[[u8; 20]]) -> Vec<SocketAddr> {
+        self.owners.remove(&index);
+        let mut liars: Vec<SocketAddr> = self
+            .pieces
+            .remove(&index)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|(block, _, digest)| good.get(*block).is_some_and(|g| g != digest))
+            .map(|(_, addr, _)| addr)
+            .collect();
+        liars.sort();
+        liars.dedup();
+        liars
     }
 }
 
@@ -432,6 +588,10 @@ fn verify(l: &mut Live, index: u32, jobs: &tokio::sync::mpsc::UnboundedSender<Jo
     };
     // The picker reports a piece complete only when every block arrived.
     let mut blocks: Vec<Bytes> = piece.blocks.iter_mut().flat_map(Option::take).collect();
+    let downloaded = blocks.len();
+    // Per-block digests cost a second hash pass: only for a piece that
+    // failed before with several senders (its good blocks judge them).
+    let suspect = l.suspects.is_suspect(index);
     let data: usize = blocks.iter().map(Bytes::len).sum();
     let mut pad = l.info.piece_size(index) as usize - data;
     while pad > 0 {
@@ -452,7 +612,14 @@ fn verify(l: &mut Live, index: u32, jobs: &tokio::sync::mpsc::UnboundedSender<Jo
         for b in &blocks {
             hash.update(b);
         }
-        let result = if hash.finalize().as_slice() == expected {
+        let ok = hash.finalize().as_slice() == expected;
+        let digests = (!ok || suspect).then(|| {
+            blocks[..downloaded]
+                .iter()
+                .map(|b| Sha1::digest(b).into())
+                .collect()
+        });
+        let result = if ok {
             storage
                 .write_blocks_at(storage.piece_offset(index), &blocks)
                 .map(|()| true)
@@ -460,13 +627,56 @@ fn verify(l: &mut Live, index: u32, jobs: &tokio::sync::mpsc::UnboundedSender<Jo
         } else {
             Ok(false)
         };
-        let _ = jobs.send(Job::Verified { index, result });
+        let _ = jobs.send(Job::Verified {
+            index,
+            result,
+            digests,
+        });
     });
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_smart_ban_names_only_the_senders_of_blocks_that_differ() {
+        let honest: SocketAddr = "127.0.0.2:1".parse().unwrap();
+        let liar: SocketAddr = "127.0.0.3:1".parse().unwrap();
+        let good = [[1u8; 20], [2; 20], [3; 20]];
+        let mut s = Suspects::default();
+        // Failed once: block 1 from the liar is bad; failed again: block 2.
+        assert!(s.keep(
+            7,
+            &[Some(honest), Some(liar), Some(honest)],
+            &[good[0], [9; 20], good[2]]
+        ));
+        assert!(s.keep(
+            7,
+            &[Some(honest), Some(honest), Some(liar)],
+            &[good[0], good[1], [8; 20]]
+        ));
+        assert!(s.is_suspect(7));
+        assert_eq!(s.judge(7, &good), vec![liar]);
+        assert!(!s.is_suspect(7), "judged once");
+        // A sender whose blocks all match is never named.
+        assert!(s.keep(8, &[Some(honest), Some(liar)], &[good[0], good[1]]));
+        assert_eq!(s.judge(8, &good), Vec::<SocketAddr>::new());
+    }
+
+    #[test]
+    fn suspects_are_bounded() {
+        let a: SocketAddr = "127.0.0.2:1".parse().unwrap();
+        let mut s = Suspects::default();
+        for i in 0..MAX_SUSPECT_PIECES as u32 {
+            assert!(s.keep(i, &[Some(a)], &[[0; 20]]));
+        }
+        assert!(!s.keep(u32::MAX, &[Some(a)], &[[0; 20]]), "full");
+        assert!(
+            s.keep(0, &[Some(a)], &[[1; 20]]),
+            "a kept piece may fail again"
+        );
+    }
 
     const MIB: f64 = 1024.0 * 1024.0;
 

@@ -157,6 +157,9 @@ enum Job {
     Verified {
         index: u32,
         result: Result<bool, TorrentError>,
+        /// SHA-1 of each block, when the piece failed or was a suspect's
+        /// (see `download::Suspects`): what a smart ban compares.
+        digests: Option<Vec<[u8; 20]>>,
     },
     /// Done moving files into place (or failed doing it).
     Finalized {
@@ -190,6 +193,9 @@ struct Live {
     picker: Picker,
     /// Pieces being assembled.
     assembly: HashMap<u32, Assembly>,
+    /// Blocks of failed pieces that had several senders, by sender: judged
+    /// once the piece verifies.
+    suspects: download::Suspects,
     /// Complete pieces being hashed and written. While this is at
     /// `max_verifying`, no new blocks are requested: a disk slower than the
     /// network pushes back on the peers instead of filling memory.
@@ -569,7 +575,11 @@ impl Torrent {
     fn on_job(&mut self, job: Job) {
         match job {
             Job::Checked(result) => self.on_checked(result),
-            Job::Verified { index, result } => self.on_verified(index, result),
+            Job::Verified {
+                index,
+                result,
+                digests,
+            } => self.on_verified(index, result, digests),
             Job::Finalized { replaced, result } => self.on_finalized(replaced, result),
             Job::SourceChanged(path) => self.source_changed(path),
         }
@@ -664,6 +674,7 @@ impl Torrent {
             storage: Arc::new(storage),
             picker,
             assembly: HashMap::new(),
+            suspects: download::Suspects::default(),
             verifying: 0,
             max_verifying: (VERIFY_BUDGET / info_piece_len).clamp(2, 16) as usize,
             first_upload: FirstUpload::new(piece_count),

@@ -300,6 +300,7 @@ impl Torrent {
         match &mut self.state {
             State::Live(l) => {
                 l.picker.remove_peer(&peer.has);
+                l.suspects.release(key);
                 for req in peer.outstanding.iter() {
                     l.picker.cancelled(req);
                 }
