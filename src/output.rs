@@ -28,7 +28,7 @@ struct Bars {
 }
 
 /// Longest name shown before a bar; longer names are cut in the middle.
-const NAME_WIDTH: usize = 28;
+const NAME_WIDTH: usize = 20;
 
 impl Output {
     pub fn new(json: bool) -> Self {
@@ -196,7 +196,7 @@ impl Drop for LogLine {
 
 fn bar_style() -> ProgressStyle {
     ProgressStyle::with_template(
-        "{prefix:28} [{bar:30}] {percent:>3}% {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} ETA {eta} {msg}",
+        "{prefix:20} [{wide_bar}] {percent:>3}% {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} ETA {eta} {msg}",
     )
     .expect("a valid template")
     .progress_chars("=> ")
@@ -275,8 +275,8 @@ mod tests {
         let long = "a-very-long-release-name-2026-11-27-final.tar.gz";
         let s = short_name(long);
         assert_eq!(s.chars().count(), NAME_WIDTH);
-        assert!(s.starts_with("a-very-long-r"), "{s}");
-        assert!(s.ends_with("final.tar.gz"), "{s}");
+        assert!(s.starts_with("a-very-lon"), "{s}");
+        assert!(s.ends_with("al.tar.gz"), "{s}");
         assert!(s.contains('…'));
     }
 }
