@@ -20,6 +20,7 @@ use std::fs::{self, File};
 use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::index::{FileRecord, Kind, MODE_MASK, Mtime, PRIVATE_DIR, RelPath};
@@ -206,13 +207,35 @@ impl FolderFs {
         if link {
             // The source stays where it is (the engine still seeds it to
             // peers fetching the same pack); the file shares its bytes.
-            fs::hard_link(source, &full)
-                .or_else(|_| fs::copy(source, &full).map(drop))
-                .map_err(ApplyError::io(&full))?;
+            if fs::hard_link(source, &full).is_err() {
+                self.copy_into_place(source, &full, record)
+                    .map_err(ApplyError::io(&full))?;
+            }
         } else {
             fs::rename(source, &full).map_err(ApplyError::io(&full))?;
         }
         Ok(())
+    }
+
+    /// Where links are refused: a copy made in tmp/, given the record's
+    /// mode and mtime, then renamed into place, so a full disk or a kill
+    /// mid-copy never leaves a half-written file under the final name (and
+    /// the copy does not look like a local edit to the next scan).
+    fn copy_into_place(&self, source: &Path, full: &Path, record: &FileRecord) -> io::Result<()> {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let name = format!(
+            "{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        let copy = self.copy_to_tmp(source, &name).inspect_err(|_| {
+            let _ = fs::remove_file(self.tmp_dir().join(format!("copy-{name}")));
+        })?;
+        set_mode_and_mtime(&copy, record.mode, record.mtime)
+            .and_then(|()| fs::rename(&copy, full))
+            .inspect_err(|_| {
+                let _ = fs::remove_file(&copy);
+            })
     }
 
     /// Copies a local file into the tmp dir (a copy or rename of content
@@ -438,6 +461,31 @@ mod tests {
         );
         assert_eq!(fs::read(p).unwrap(), b"old");
         assert!(!src.exists());
+    }
+
+    /// Where links are refused, the copy arrives whole with the record's
+    /// mtime and mode, the source keeps seeding, and tmp/ keeps no copy.
+    #[test]
+    fn a_copy_in_place_of_a_link_arrives_whole_with_its_mtime() {
+        let (_d, f) = setup();
+        fs::write(f.root().join("x"), b"old").unwrap();
+        let mut record = file_record(&f, "x");
+        record.mtime = Mtime {
+            secs: 1_600_000_000,
+            nanos: 0,
+        };
+        record.mode = 0o600;
+        let src = f.tmp_dir().join("fetched");
+        fs::write(&src, b"fetched bytes").unwrap();
+        let full = f.path(&record.path);
+        f.copy_into_place(&src, &full, &record).unwrap();
+        assert_eq!(fs::read(&full).unwrap(), b"fetched bytes");
+        let meta = fs::metadata(&full).unwrap();
+        assert_eq!(scan::mtime(&meta), record.mtime);
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        assert_eq!(fs::read(&src).unwrap(), b"fetched bytes");
+        let left: Vec<_> = fs::read_dir(f.tmp_dir()).unwrap().collect();
+        assert_eq!(left.len(), 1, "only the seeded source: {left:?}");
     }
 
     #[test]
