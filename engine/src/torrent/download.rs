@@ -491,13 +491,17 @@ impl Assembly {
 /// failed piece with several senders is simply fetched again.
 const MAX_SUSPECT_PIECES: usize = 256;
 
+/// Most failures' worth of blocks kept for one suspect piece.
+const MAX_SUSPECT_FAILURES: usize = 4;
+
 /// Smart ban (as libtorrent does): when a piece with several senders fails
 /// its hash, nobody can be blamed yet, and counting strikes against every
 /// sender got an honest seed banned beside a liar that shared its pieces
 /// (seen in `engine/tests/hostile.rs` when the liar was slowed to one block
 /// a millisecond). So each block's digest is kept with its sender; once
 /// the piece verifies, a sender whose block differs from the good one lied
-/// and is banned, and nobody else is touched. 20 bytes per block.
+/// and is banned, and nobody else is touched. About 64 bytes a block kept
+/// (index, address, digest), at most 4 failures of 256 pieces.
 ///
 /// A retried suspect piece goes to one of its senders alone (its owner),
 /// so the retry either verifies (and judges) or fails with one sender (who
@@ -521,7 +525,13 @@ impl Suspects {
         }
         let entry = self.pieces.entry(index).or_default();
         for (block, (sender, digest)) in senders.iter().zip(digests).enumerate() {
-            if let Some(addr) = sender {
+            // A piece failing again and again adds only what is new (a
+            // liar's same bad block is kept once), and at most
+            // MAX_SUSPECT_FAILURES failures' worth of blocks.
+            if let Some(addr) = sender
+                && entry.len() < senders.len() * MAX_SUSPECT_FAILURES
+                && !entry.contains(&(block, *addr, *digest))
+            {
                 entry.push((block, *addr, *digest));
             }
         }
@@ -591,7 +601,8 @@ fn verify(l: &mut Live, index: u32, jobs: &tokio::sync::mpsc::UnboundedSender<Jo
     let downloaded = blocks.len();
     // Per-block digests cost a second hash pass: only for a piece that
     // failed before with several senders (its good blocks judge them).
-    let suspect = l.suspects.is_suspect(index);
+    // A piece from one sender alone needs none: that sender is banned.
+    let suspect = l.suspects.is_suspect(index) || piece.from.len() > 1;
     let data: usize = blocks.iter().map(Bytes::len).sum();
     let mut pad = l.info.piece_size(index) as usize - data;
     while pad > 0 {
@@ -662,6 +673,21 @@ mod tests {
         // A sender whose blocks all match is never named.
         assert!(s.keep(8, &[Some(honest), Some(liar)], &[good[0], good[1]]));
         assert_eq!(s.judge(8, &good), Vec::<SocketAddr>::new());
+    }
+
+    #[test]
+    fn a_piece_failing_again_keeps_only_new_blocks_and_a_bounded_number() {
+        let a: SocketAddr = "127.0.0.2:1".parse().unwrap();
+        let b: SocketAddr = "127.0.0.3:1".parse().unwrap();
+        let mut s = Suspects::default();
+        for _ in 0..10 {
+            s.keep(1, &[Some(a), Some(b)], &[[1; 20], [2; 20]]);
+        }
+        assert_eq!(s.pieces[&1].len(), 2, "the same blocks again add nothing");
+        for i in 0..100u8 {
+            s.keep(1, &[Some(a), Some(b)], &[[i; 20], [i.wrapping_add(1); 20]]);
+        }
+        assert_eq!(s.pieces[&1].len(), 2 * MAX_SUSPECT_FAILURES);
     }
 
     #[test]
