@@ -144,6 +144,9 @@ struct Track {
     banned: BTreeMap<SocketAddr, BanReason>,
     /// `DIR/<name>` already held the content when checked.
     already_complete: bool,
+    /// Found complete on disk before the session started (a rerun with
+    /// `--seeding`): its `completed` and path were reported then.
+    settled: bool,
     valid_pieces: usize,
     stats: watch::Receiver<Stats>,
     started: Instant,
@@ -407,6 +410,7 @@ async fn download(
             corrupt: BTreeSet::new(),
             banned: BTreeMap::new(),
             already_complete: false,
+            settled: report.entries[i].result.is_some(),
             valid_pieces: 0,
             stats: session.watch_stats(id).expect("just added"),
             started: Instant::now(),
@@ -917,27 +921,30 @@ fn on_event(
             t.last_upload = Instant::now();
             let name = t.name.clone().unwrap_or_default();
             let path = dir.join(&name);
-            out.event(
-                "completed",
-                json!({
-                    "info_hash": hash,
-                    "name": name,
-                    "path": path.display().to_string(),
-                    "bytes": s.total,
-                    "downloaded": s.downloaded,
-                    "seconds": (t.started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0,
-                }),
-            );
             out.progress_done(&hash);
-            if t.already_complete && s.downloaded == 0 {
-                out.note(&format!(
-                    "{} was already complete (verified {} pieces, nothing downloaded)",
-                    path.display(),
-                    t.valid_pieces
-                ));
-            }
-            if !out.is_json() {
-                out.line(&path.display().to_string());
+            // Found complete before seeding it: reported once already.
+            if !t.settled {
+                out.event(
+                    "completed",
+                    json!({
+                        "info_hash": hash,
+                        "name": name,
+                        "path": path.display().to_string(),
+                        "bytes": s.total,
+                        "downloaded": s.downloaded,
+                        "seconds": (t.started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0,
+                    }),
+                );
+                if t.already_complete && s.downloaded == 0 {
+                    out.note(&format!(
+                        "{} was already complete (verified {} pieces, nothing downloaded)",
+                        path.display(),
+                        t.valid_pieces
+                    ));
+                }
+                if !out.is_json() {
+                    out.line(&path.display().to_string());
+                }
             }
             if rules.enabled {
                 out.event(

@@ -694,3 +694,30 @@ fn the_timeout_names_the_peers_that_sent_corrupt_pieces() {
         "{err}"
     );
 }
+
+/// A rerun with `--seeding` on content already complete reports it
+/// completed once (and prints its path once), then seeds it.
+#[test]
+fn a_seeding_rerun_of_complete_content_reports_it_once() {
+    let env = Env::new();
+    let (_root, seed) = serve_tree(&env, &[]);
+    let ip = host();
+    let first = run(download(&env, &ip, "dl", &[], &[seed.magnet()]), LIMIT);
+    assert!(first.status.success(), "{}", stderr(&first));
+    let again = run(
+        download(
+            &env,
+            &ip,
+            "dl",
+            &["--seeding", "--seeding-time", "1"],
+            &[seed.magnet()],
+        ),
+        LIMIT,
+    );
+    assert!(again.status.success(), "{}", stderr(&again));
+    let evs = events(&again);
+    let completed = evs.iter().filter(|e| e["event"] == "completed").count();
+    assert_eq!(completed, 1, "{evs:?}");
+    assert!(evs.iter().any(|e| e["event"] == "seeding"), "{evs:?}");
+    assert_eq!(summary(&again)["changed"], false);
+}
