@@ -170,6 +170,15 @@ impl Placement {
     /// piece of the target (an older version), and from `hints` (bytes
     /// the caller believes are the piece, used when they hash right).
     pub(crate) fn prepare(&self, info: &Info, hints: &[PieceSource]) -> io::Result<Prepared> {
+        // DIR/.p2pfile-replaced holds what earlier downloads moved aside,
+        // and `.<name>.p2pfile-part` is a part: content by those names
+        // would overwrite or commit over them.
+        if info.name == REPLACED_DIR || info.name.ends_with(".p2pfile-part") {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("the torrent's name {:?} is reserved by p2pfile", info.name),
+            ));
+        }
         // Stamp before reading anything, so an edit made while we read is
         // seen as a change at finalize.
         self.record_plan(info);
@@ -241,6 +250,11 @@ impl Placement {
         for f in info.files.iter().filter(|f| f.executable() && !f.is_pad()) {
             let mut p = self.target.clone();
             p.extend(&f.path);
+            // Only a regular file of ours: a symlink's chmod would change
+            // whatever it points at, maybe outside DIR.
+            if !fs::symlink_metadata(&p).is_ok_and(|m| m.is_file()) {
+                continue;
+            }
             if let Err(e) = add_execute(&p) {
                 tracing::warn!("cannot make {} executable: {e}", p.display());
             }
@@ -1073,6 +1087,26 @@ mod tests {
         );
     }
 
+    /// Content named like the folder of moved-aside entries, or like a
+    /// part, is refused before anything is written.
+    #[test]
+    fn names_p2pfile_uses_are_refused() {
+        let dst = tempfile::tempdir().unwrap();
+        for name in [REPLACED_DIR, ".x.p2pfile-part"] {
+            let (info, _) = aligned(name, &[("f", b"data")]);
+            let err = Placement::new(dst.path(), &info)
+                .prepare(&info, &[])
+                .err()
+                .expect("refused");
+            assert_eq!(err.kind(), io::ErrorKind::InvalidInput, "{name}");
+        }
+        assert_eq!(
+            fs::read_dir(dst.path()).unwrap().count(),
+            0,
+            "nothing written"
+        );
+    }
+
     /// A second run in the same second takes `<stamp>-2`; nothing moved
     /// aside before is ever overwritten.
     #[test]
@@ -1163,5 +1197,26 @@ mod tests {
         assert!(pl.prepare(&info, &[]).unwrap().already_complete);
         assert_eq!(mode(&pl.target.join("run.sh")), 0o755);
         assert_eq!(mode(&pl.target.join("data")), 0o640);
+    }
+
+    /// Complete content whose executable is a symlink to a file elsewhere
+    /// leaves that file's mode alone.
+    #[test]
+    fn an_executable_that_is_a_symlink_is_not_followed() {
+        let src = tempfile::tempdir().unwrap();
+        let tree = src.path().join("tree");
+        fs::create_dir_all(&tree).unwrap();
+        fs::write(tree.join("run.sh"), b"#!/bin/sh\necho hi\n").unwrap();
+        set_mode(&tree.join("run.sh"), 0o755);
+        let (info, _) = built(&tree);
+        let dst = tempfile::tempdir().unwrap();
+        let outside = src.path().join("outside.sh");
+        fs::write(&outside, b"#!/bin/sh\necho hi\n").unwrap();
+        set_mode(&outside, 0o644);
+        let pl = Placement::new(dst.path(), &info);
+        fs::create_dir_all(&pl.target).unwrap();
+        std::os::unix::fs::symlink(&outside, pl.target.join("run.sh")).unwrap();
+        let _ = pl.prepare(&info, &[]).unwrap();
+        assert_eq!(mode(&outside), 0o644);
     }
 }
