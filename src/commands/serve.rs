@@ -81,7 +81,10 @@ impl StopRules {
                     .filter(|n| *n >= 1.0 && n.fract() == 0.0)
                     .ok_or_else(|| {
                         Failure::usage(
-                            anyhow!("--exit-after {s} is not a positive number of peers"),
+                            anyhow!(
+                                "{} is not a positive number of peers",
+                                s.subject("--exit-after")
+                            ),
                             "use a number such as 20",
                         )
                     })? as usize,
@@ -89,7 +92,7 @@ impl StopRules {
         };
         let expect = match file.pick(&args.expect, "expect-hosts") {
             None => Vec::new(),
-            Some(s) => parse_expect(&s)?,
+            Some(s) => parse_expect(&s, &s.subject("--expect"))?,
         };
         let deadline = match file.pick(&args.deadline, "deadline") {
             None => None,
@@ -97,7 +100,10 @@ impl StopRules {
                 let secs = parse_number(Some(s.clone()), "--deadline", 0.0)?;
                 if secs <= 0.0 {
                     return Err(Failure::usage(
-                        anyhow!("--deadline {s} is not a positive number of seconds"),
+                        anyhow!(
+                            "{} is not a positive number of seconds",
+                            s.subject("--deadline")
+                        ),
                         "use a number such as 600",
                     ));
                 }
@@ -118,7 +124,9 @@ impl StopRules {
     }
 }
 
-fn parse_expect(s: &str) -> Result<Vec<Expected>, Failure> {
+/// `subject` names the value as the user wrote it (flag, variable or
+/// config key), for messages.
+fn parse_expect(s: &str, subject: &str) -> Result<Vec<Expected>, Failure> {
     let hosts: Vec<Expected> = s
         .split(',')
         .map(str::trim)
@@ -134,7 +142,7 @@ fn parse_expect(s: &str) -> Result<Vec<Expected>, Failure> {
                 .map(|ip| Expected { ip, port: None })
                 .map_err(|_| {
                     Failure::usage(
-                        anyhow!("--expect entry {h:?} is not an IP or IP:PORT"),
+                        anyhow!("{subject}: entry {h:?} is not an IP or IP:PORT"),
                         "list the hosts that must complete, like 10.0.0.6,10.0.0.7:42070",
                     )
                 })
@@ -142,7 +150,7 @@ fn parse_expect(s: &str) -> Result<Vec<Expected>, Failure> {
         .collect::<Result<_, _>>()?;
     if hosts.is_empty() {
         return Err(Failure::usage(
-            anyhow!("--expect {s:?} names no host"),
+            anyhow!("{subject} names no host"),
             "list the hosts that must complete, like 10.0.0.6,10.0.0.7:42070",
         ));
     }
@@ -485,7 +493,7 @@ mod tests {
 
     #[test]
     fn expected_hosts_match_by_ip_or_by_ip_and_port() {
-        let hosts = parse_expect(" 10.0.0.6, 10.0.0.7:42070,").unwrap();
+        let hosts = parse_expect(" 10.0.0.6, 10.0.0.7:42070,", "--expect").unwrap();
         assert_eq!(hosts.len(), 2);
         let peer = |s: &str| s.parse::<SocketAddr>().unwrap();
         assert!(hosts[0].matches(peer("10.0.0.6:42099")));
@@ -494,7 +502,7 @@ mod tests {
         assert!(!hosts[1].matches(peer("10.0.0.7:42071")));
         assert_eq!(hosts[1].to_string(), "10.0.0.7:42070");
         assert_eq!(hosts[0].to_string(), "10.0.0.6");
-        assert!(parse_expect("host-a").is_err());
-        assert!(parse_expect(" , ").is_err());
+        assert!(parse_expect("host-a", "--expect").is_err());
+        assert!(parse_expect(" , ", "--expect").is_err());
     }
 }

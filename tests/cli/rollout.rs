@@ -406,3 +406,52 @@ fn exit_after_without_json_reports_on_stdout_and_nothing_on_stderr() {
     );
     assert_eq!(err, "");
 }
+
+/// The stop rules come from the environment and the config file too, and
+/// a bad value is named where it was written.
+#[test]
+fn stop_rules_from_the_environment_and_the_config_file() {
+    let env = Env::new();
+    let src = source(&env, 1 << 20);
+    let ip = host();
+    let mut c = env.cmd();
+    c.env("P2PFILE_EXIT_AFTER", "0")
+        .args(["--ip", &ip, "serve"])
+        .arg(&src);
+    let out = run(c, Duration::from_secs(30));
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("P2PFILE_EXIT_AFTER \"0\" is not a positive number"),
+        "{}",
+        stderr(&out)
+    );
+    fs::write(env.path("c.yaml"), "expect-hosts: host-a\n").unwrap();
+    let mut c = env.cmd();
+    c.args(["--ip", &ip, "--config", "c.yaml", "serve"])
+        .arg(&src);
+    let out = run(c, Duration::from_secs(30));
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("config key expect-hosts in"),
+        "{}",
+        stderr(&out)
+    );
+    // A good value from the environment works: the seed stops once the
+    // one expected host completed.
+    let a = host();
+    let mut c = env.cmd();
+    c.env("P2PFILE_EXPECT_HOSTS", &a)
+        .env("P2PFILE_DEADLINE", "60")
+        .args(["--ip", &ip, "serve", "--json"])
+        .arg(&src);
+    let mut serve = JsonProc::spawn(c);
+    let serving = serve.wait_for("serving", |e| e["event"] == "serving");
+    let magnet = serving["magnet"].as_str().unwrap().to_string();
+    download_on(&env, &[&a], &magnet);
+    let (status, evs) = serve.finish();
+    assert!(status.success(), "{evs:?}");
+    assert_eq!(
+        JsonProc::find(&evs, "stopped").expect("stopped")["rule"],
+        "expect"
+    );
+}
