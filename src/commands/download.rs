@@ -1158,7 +1158,7 @@ fn on_tick(
             .collect();
         out.event(
             "error",
-            json!({"info_hash": t.info_hash, "message": msg, "corrupt_peers": corrupt.iter().map(|a| a.to_string()).collect::<Vec<_>>(), "banned_peers": banned}),
+            json!({"info_hash": t.info_hash, "message": msg, "kind": "timeout", "corrupt_peers": corrupt.iter().map(|a| a.to_string()).collect::<Vec<_>>(), "banned_peers": banned}),
         );
         return Err(Failure::new(Code::Incomplete, anyhow!(msg)).hint(hint));
     }

@@ -94,6 +94,7 @@ fn the_timeout_names_the_banned_peers_and_why() {
         .expect("an error event");
     assert_eq!(error["banned_peers"][0]["peer"], bad.as_str(), "{error}");
     assert_eq!(error["banned_peers"][0]["reason"], "corrupt-piece");
+    assert_eq!(error["kind"], "timeout", "{error}");
 }
 
 /// A peer that asks `serve` for one block a thousand times is sent it at
