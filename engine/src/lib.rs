@@ -36,6 +36,7 @@ pub mod arb;
 mod bans;
 
 mod dht;
+mod dial;
 mod error;
 mod event;
 mod peer;

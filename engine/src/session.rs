@@ -168,6 +168,7 @@ impl Session {
             extensions: config.extensions.clone(),
             events: events_tx,
             bans: Mutex::default(),
+            dials: Arc::default(),
         });
         let routes: Routes = Arc::default();
         let accept = tokio::spawn(accept_loop(listener, routes.clone(), shared.clone()));

@@ -1,17 +1,18 @@
 //! What every torrent of a session shares: identity, address, rate limits,
 //! the DHT node, the registered extensions, the session's event stream and
-//! its ban list. Set once when the session starts and never mutated, so no
+//! its ban list and dial slots. Set once when the session starts and never mutated, so no
 //! lock, except the ban list: a short-held mutex that is never held across
 //! an `await` and under which no other lock is taken.
 
 use std::net::IpAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use tokio::sync::mpsc;
 
 use crate::bans::{BanReason, Bans};
 use crate::dht::Dht;
+use crate::dial::DialSlots;
 use crate::event::TorrentEvent;
 use crate::rate::Limit;
 
@@ -33,6 +34,8 @@ pub(crate) struct Shared {
     pub events: mpsc::UnboundedSender<TorrentEvent>,
     /// Addresses refused at accept and never dialled, by every torrent.
     pub bans: Mutex<Bans>,
+    /// Connections being dialed, per address, by every torrent.
+    pub dials: Arc<DialSlots>,
 }
 
 impl Shared {

@@ -491,7 +491,10 @@ impl Torrent {
             let ours = Handshake::new(self.info_hash.0, self.shared.peer_id);
             let local_ip = self.shared.local_ip;
             let cmd = self.cmd_tx.clone();
+            let dials = self.shared.dials.clone();
             tokio::spawn(async move {
+                // Held until the handshake is in: see `crate::dial`.
+                let _slot = dials.acquire(addr.ip()).await;
                 let msg = match peer::connect(addr, local_ip, ours).await {
                     Ok((stream, theirs)) => TorrentCmd::Outgoing(addr, stream, theirs),
                     Err(e) => {
