@@ -9,48 +9,43 @@ use crate::util::*;
 
 const LIMIT: Duration = Duration::from_secs(60);
 
+/// Runs `c`, which must fail with exit 2; returns its stderr.
+fn usage_error(c: std::process::Command) -> String {
+    let out = run(c, LIMIT);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    stderr(&out)
+}
+
 #[test]
 fn a_bad_zone_is_named_where_it_was_written() {
     let env = Env::new();
     let ip = host();
-    let serve = |c: &mut std::process::Command| {
+    let serve = || {
+        let mut c = env.cmd();
         c.args(["--ip", &ip, "serve", "nothing"]);
+        c
     };
-    let mut c = env.cmd();
-    serve(&mut c);
+    let mut c = serve();
     c.args(["--zone", "rack 7"]);
-    let out = run(c, LIMIT);
-    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let err = usage_error(c);
     assert!(
-        stderr(&out).starts_with("error: --zone \"rack 7\" is not a zone name"),
-        "{}",
-        stderr(&out)
+        err.starts_with("error: --zone \"rack 7\" is not a zone name"),
+        "{err}"
     );
-    assert!(stderr(&out).contains("hint: name the zone like"));
+    assert!(err.contains("hint: name the zone like"), "{err}");
 
-    let mut c = env.cmd();
-    serve(&mut c);
+    let mut c = serve();
     c.env("P2PFILE_ZONE", "x".repeat(65));
-    let out = run(c, LIMIT);
-    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-    assert!(
-        stderr(&out).starts_with("error: P2PFILE_ZONE \"xxx"),
-        "{}",
-        stderr(&out)
-    );
+    let err = usage_error(c);
+    assert!(err.starts_with("error: P2PFILE_ZONE \"xxx"), "{err}");
 
     fs::write(env.path(".p2pfile.yaml"), "zone: \"dc/1\"\n").unwrap();
     let mut c = env.cmd();
     c.args(["--ip", &ip, "download", "--dir"])
         .arg(env.path("dl"))
         .arg("magnet:?xt=urn:btih:0000000000000000000000000000000000000000");
-    let out = run(c, LIMIT);
-    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-    assert!(
-        stderr(&out).starts_with("error: config key zone in "),
-        "{}",
-        stderr(&out)
-    );
+    let err = usage_error(c);
+    assert!(err.starts_with("error: config key zone in "), "{err}");
     assert!(!env.path("dl").exists(), "nothing done before the check");
 }
 
