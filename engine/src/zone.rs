@@ -17,11 +17,11 @@
 //!   fetch different pieces across the link, each about 1/n of them, and
 //!   take the rest from each other. A member that leaves drops out of the
 //!   split and its pieces go to the others at once.
-//! - When nothing in the zone has progressed for [`STALL`] (no piece
-//!   verified here, no piece announced by a same-zone peer), the rule is
+//! - When nothing in the zone has progressed for [`stall_after`] (no block
+//!   received here, no piece announced by a same-zone peer), the rule is
 //!   lifted, so a member that froze, views of the zone that disagree, or a
 //!   same-zone peer that has a piece but will not send it, cost at most
-//!   that long; the rule returns with the next piece.
+//!   that long; the rule returns with the next block.
 //! - The choker gives its regular slots to interested same-zone peers
 //!   first (see [`crate::choker::unchoke_set`]).
 //!
@@ -38,10 +38,26 @@ pub const HANDSHAKE_KEY: &str = "p2pfile_zone";
 /// Longest zone name, in bytes.
 pub const MAX_LEN: usize = 64;
 
-/// How long the zone may make no progress before the rule is lifted. Far
-/// above the gap between two pieces on any link a zone is worth having on
-/// (a 4 MiB piece takes 0.34 s at 100 Mbit/s), and short next to a run.
+/// How long the zone may make no progress before the rule is lifted, at
+/// the least: far above the gap between two blocks, or two pieces of the
+/// usual 256 KiB, on any link a zone is worth having (0.08 s for a piece
+/// at a quarter of 100 Mbit/s), and short next to a run.
 pub const STALL: Duration = Duration::from_secs(1);
+
+/// Piece bytes that add a second to [`STALL`].
+const STALL_BYTES_PER_SECOND: u32 = 512 * 1024;
+
+/// How long the zone may make no progress before the rule is lifted, for
+/// pieces of `piece_length`: [`STALL`], or a second per 512 KiB of piece
+/// when longer. Near the end, a host may wait on nothing but the pieces
+/// other members are still fetching across; a big piece shared by several
+/// hosts on a thin link takes seconds (4 MiB at 25 Mbit/s: 1.3 s), and
+/// lifting the rule then would fetch it twice.
+pub fn stall_after(piece_length: u32) -> Duration {
+    STALL.max(Duration::from_secs_f64(
+        f64::from(piece_length) / f64::from(STALL_BYTES_PER_SECOND),
+    ))
+}
 
 /// Whether `name` can be a zone: 1 to [`MAX_LEN`] characters of
 /// `A-Z a-z 0-9 . _ -`, so it prints plainly in logs and JSON.
@@ -134,10 +150,10 @@ pub fn offer(has: &Bitfield, zone_has: &Bitfield, theirs: &Bitfield) -> Bitfield
     has.difference(zone_has).difference(theirs)
 }
 
-/// Whether the zone has made no progress since `last_news` for [`STALL`]:
-/// then the rule is lifted.
-pub fn stalled(last_news: Instant, now: Instant) -> bool {
-    now.saturating_duration_since(last_news) >= STALL
+/// Whether the zone has made no progress since `last_news` for `after`
+/// (see [`stall_after`]): then the rule is lifted.
+pub fn stalled(last_news: Instant, now: Instant, after: Duration) -> bool {
+    now.saturating_duration_since(last_news) >= after
 }
 
 #[cfg(test)]
@@ -237,13 +253,21 @@ mod tests {
     }
 
     #[test]
+    fn big_pieces_wait_longer() {
+        assert_eq!(stall_after(16 * 1024), STALL);
+        assert_eq!(stall_after(256 * 1024), STALL);
+        assert_eq!(stall_after(1024 * 1024), Duration::from_secs(2));
+        assert_eq!(stall_after(4 * 1024 * 1024), Duration::from_secs(8));
+    }
+
+    #[test]
     fn the_rule_is_lifted_after_a_stall() {
         let t = Instant::now();
-        assert!(!stalled(t, t));
-        assert!(!stalled(t, t + STALL / 2));
-        assert!(stalled(t, t + STALL));
+        assert!(!stalled(t, t, STALL));
+        assert!(!stalled(t, t + STALL / 2, STALL));
+        assert!(stalled(t, t + STALL, STALL));
         assert!(
-            !stalled(t + STALL, t),
+            !stalled(t + STALL, t, STALL),
             "a clock before the news is no stall"
         );
     }

@@ -13,9 +13,10 @@ use crate::zone;
 pub(super) struct Zoning {
     /// The pieces assigned to the other members, by member set.
     split: zone::Split,
-    /// Pieces held in the zone (by us or a connected member) at the last
-    /// look, and when that number last grew.
+    /// Pieces held in the zone (by us or a connected member) and bytes
+    /// we received, at the last look, and when either last grew.
     known: usize,
+    received: u64,
     news: Instant,
 }
 
@@ -24,6 +25,7 @@ impl Zoning {
         Self {
             split: zone::Split::new(zone::member_key(me), pieces),
             known: 0,
+            received: 0,
             news: Instant::now(),
         }
     }
@@ -56,7 +58,7 @@ impl Torrent {
 
     /// The pieces peer `key` may be asked for under the zone rule, or
     /// `None` for no restriction: we have no zone, the peer is in ours, or
-    /// the zone made no progress for `zone::STALL`.
+    /// the zone made no progress for `zone::stall_after` its piece length.
     pub(super) fn zone_offer(&mut self, key: PeerKey) -> Option<Bitfield> {
         let ours = self.shared.zone.as_deref()?;
         let peer = self.peers.get(&key)?;
@@ -79,11 +81,12 @@ impl Torrent {
         let mut known = zone_has.clone();
         known.union_with(l.picker.have());
         let now = Instant::now();
-        if known.count() > z.known {
+        if known.count() > z.known || self.downloaded > z.received {
             z.news = now;
         }
         z.known = known.count();
-        if zone::stalled(z.news, now) {
+        z.received = self.downloaded;
+        if zone::stalled(z.news, now, zone::stall_after(l.info.piece_length)) {
             return None;
         }
         let theirs = z.split.theirs(members);
