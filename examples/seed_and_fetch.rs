@@ -25,6 +25,7 @@ fn config() -> SessionConfig {
         upload_limit: 0,
         download_limit: 0,
         extensions: Vec::new(),
+        zone: None,
     }
 }
 

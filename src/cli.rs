@@ -227,6 +227,9 @@ pub struct NetArgs {
         value_name = "MIB/S"
     )]
     pub upload_limit: Option<String>,
+    /// This host's zone (rack, room, data centre): pieces cross to another zone about once, then are traded inside [default: none]
+    #[arg(long, env = "P2PFILE_ZONE", value_name = "NAME")]
+    pub zone: Option<String>,
 }
 
 /// `--download-limit`: the subcommands that download.
@@ -257,6 +260,7 @@ pub struct GlobalArgs {
     pub peers: Option<String>,
     pub upload_limit: Option<String>,
     pub download_limit: Option<String>,
+    pub zone: Option<String>,
     pub state: Option<String>,
     pub json: bool,
     pub debug: bool,
@@ -319,6 +323,7 @@ impl Cli {
                 g.limit.map(|l| &l.download_limit),
                 "download-limit",
             )?,
+            zone: pick(&early.net.zone, g.net.map(|n| &n.zone), "zone")?,
             state: pick(&early.state.state, g.state.map(|s| &s.state), "state")?,
             json: switch(early.common.json, g.common.map(|c| c.json), "json", name)?,
             debug: switch(early.common.debug, g.common.map(|c| c.debug), "debug", name)?,

@@ -44,6 +44,7 @@ const KEYS: &[&str] = &[
     "discovery-port",
     "metrics",
     "check",
+    "zone",
 ];
 
 const DEFAULT_PORT_RANGE: (u16, u16) = (42070, 42099);
@@ -291,6 +292,8 @@ pub struct Settings {
     pub peers: Vec<SocketAddr>,
     pub upload_limit: u64,
     pub download_limit: u64,
+    /// This host's zone, if any (see `p2pfile_engine::zone`).
+    pub zone: Option<String>,
     pub json: bool,
 }
 
@@ -327,6 +330,10 @@ impl Settings {
                 file.pick(&args.download_limit, "download-limit"),
                 "--download-limit",
             )?,
+            zone: file
+                .pick(&args.zone, "zone")
+                .map(|z| parse_zone(&z))
+                .transpose()?,
             json: file.flag(args.json, "json")?,
         })
     }
@@ -409,6 +416,22 @@ pub fn parse_peers(s: &Picked) -> Result<Vec<SocketAddr>, Failure> {
                 })
         })
         .collect()
+}
+
+/// A zone name (see `p2pfile_engine::zone::is_valid`).
+fn parse_zone(s: &Picked) -> Result<String, Failure> {
+    let name = s.trim();
+    if p2pfile_engine::zone::is_valid(name) {
+        return Ok(name.to_string());
+    }
+    Err(Failure::usage(
+        anyhow!(
+            "{} is not a zone name (1 to {} characters of A-Z, a-z, 0-9, '.', '_' and '-')",
+            s.subject("--zone"),
+            p2pfile_engine::zone::MAX_LEN
+        ),
+        "name the zone like dc1, rack-7 or eu-west.a",
+    ))
 }
 
 /// MiB/s with decimals to bytes/s; 0 is no limit.
@@ -533,6 +556,10 @@ mod tests {
         assert!(parse_limit(Some(v("abc")), "--x").is_err());
         assert!(parse_limit(Some(v("-1")), "--x").is_err());
         assert!(parse_limit(Some(v("0.001")), "--x").is_err());
+        assert_eq!(parse_zone(&v(" dc-1.a_b ")).unwrap(), "dc-1.a_b");
+        assert!(parse_zone(&v("")).is_err());
+        assert!(parse_zone(&v("a b")).is_err());
+        assert!(parse_zone(&v(&"z".repeat(65))).is_err());
         assert!(parse_ip(&v("::1")).is_err());
         assert!(parse_ip(&v("0.0.0.0")).is_err());
         assert_eq!(

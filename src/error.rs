@@ -86,6 +86,7 @@ pub fn from_engine(e: p2pfile_engine::Error) -> Failure {
         }
         E::Duplicate(_) => Failure::usage(e, "give each source once"),
         E::InvalidLimit(_) => Failure::usage(e, "use 0.016 MiB/s or more, or 0 for no limit"),
+        E::InvalidZone(_) => Failure::usage(e, "name the zone like dc1, rack-7 or eu-west.a"),
         E::Storage { .. }
         | E::Closed
         | E::UnknownTorrent(_)

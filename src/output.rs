@@ -252,6 +252,7 @@ pub fn peer_banned(
 }
 
 /// Progress fields shared by `progress` events and `status`.
+/// With a zone, `downloaded_other_zone` is added (see [`with_zone`]).
 pub fn stats_json(s: &Stats) -> Value {
     json!({
         "info_hash": s.info_hash.to_string(),
@@ -263,6 +264,16 @@ pub fn stats_json(s: &Stats) -> Value {
         "upload_rate": s.upload_rate.round(),
         "peers": s.peers,
     })
+}
+
+/// Adds `downloaded_other_zone` (bytes from peers outside this host's
+/// zone) to a JSON object of a host that has a zone; leaves it alone
+/// otherwise, so runs without zones print what they always did.
+pub fn with_zone(mut fields: Value, zone: Option<&str>, s: &Stats) -> Value {
+    if zone.is_some() {
+        fields["downloaded_other_zone"] = json!(s.downloaded_other_zone);
+    }
+    fields
 }
 
 #[cfg(test)]

@@ -117,6 +117,14 @@ impl Bitfield {
         }
     }
 
+    /// Adds every piece of `other` (of the same length) to this set.
+    pub fn union_with(&mut self, other: &Bitfield) {
+        for (a, b) in self.bytes.iter_mut().zip(&other.bytes) {
+            *a |= b;
+        }
+        self.ones = self.bytes.iter().map(|b| b.count_ones() as usize).sum();
+    }
+
     /// Removes every piece.
     pub fn clear_all(&mut self) {
         self.bytes.iter_mut().for_each(|b| *b = 0);
@@ -171,6 +179,18 @@ mod tests {
         a.clear_all();
         assert_eq!(a.count(), 0);
         assert!(!a.get(0));
+    }
+
+    #[test]
+    fn union_adds_and_counts() {
+        let mut a = Bitfield::new(10);
+        a.set(1);
+        let mut b = Bitfield::new(10);
+        b.set(1);
+        b.set(9);
+        a.union_with(&b);
+        assert_eq!(a.iter_ones().collect::<Vec<_>>(), vec![1, 9]);
+        assert_eq!(a.count(), 2);
     }
 
     #[test]

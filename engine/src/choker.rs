@@ -6,7 +6,10 @@
 //! Otherwise, as a downloader, keep the peers that send us the most
 //! (they finish the swarm fastest) and rotate one optimistic slot; as a
 //! seed, serve the peers we have sent the least, rotating so every host
-//! gets a turn. Pure: rates and randomness are passed in.
+//! gets a turn. With zones (see [`crate::zone`]), interested peers of our
+//! own zone come first for those slots, and the last slot still goes to
+//! any zone, so a piece the zone lacks can always come out. Pure: rates
+//! and randomness are passed in.
 
 use rand::Rng;
 use rand::seq::SliceRandom;
@@ -22,6 +25,8 @@ pub struct Candidate<K> {
     pub download_rate: f64,
     /// Bytes we sent the peer so far.
     pub uploaded: u64,
+    /// The peer is in our zone (always false when we have no zone).
+    pub same_zone: bool,
 }
 
 /// The peers to unchoke this round, at most `slots` of them.
@@ -36,13 +41,31 @@ pub fn unchoke_set<K: Clone>(
         return interested.into_iter().map(|c| c.key.clone()).collect();
     }
     interested.shuffle(rng);
+    // Same zone first, then the rule; with no zone every key is equal and
+    // the stable sorts order exactly as without zones.
     if we_are_seed {
         // Stable sort after the shuffle: ties rotate between rounds.
         interested.sort_by_key(|c| c.uploaded);
-        return interested[..slots].iter().map(|c| c.key.clone()).collect();
+        let mut chosen: Vec<&Candidate<K>> = interested.clone();
+        chosen.sort_by_key(|c| !c.same_zone);
+        // The last slot to the least served of any zone.
+        let regular = slots.saturating_sub(1);
+        let mut keys: Vec<K> = chosen[..regular].iter().map(|c| c.key.clone()).collect();
+        if slots > 0
+            && let Some(last) = interested
+                .iter()
+                .find(|c| !chosen[..regular].iter().any(|r| std::ptr::eq(*r, **c)))
+        {
+            keys.push(last.key.clone());
+        }
+        return keys;
     }
     let regular = slots.saturating_sub(1);
-    interested.sort_by(|a, b| b.download_rate.total_cmp(&a.download_rate));
+    interested.sort_by(|a, b| {
+        b.same_zone
+            .cmp(&a.same_zone)
+            .then(b.download_rate.total_cmp(&a.download_rate))
+    });
     let mut chosen: Vec<K> = interested[..regular]
         .iter()
         .map(|c| c.key.clone())
@@ -111,6 +134,7 @@ mod tests {
             interested,
             download_rate: rate,
             uploaded,
+            same_zone: false,
         }
     }
 
@@ -157,6 +181,69 @@ mod tests {
         let mut got = unchoke_set(&c, 2, true, &mut StdRng::seed_from_u64(1));
         got.sort();
         assert_eq!(got, vec![0, 1]);
+    }
+
+    fn zoned(key: u32, rate: f64, uploaded: u64, same_zone: bool) -> Candidate<u32> {
+        Candidate {
+            same_zone,
+            ..cand(key, true, rate, uploaded)
+        }
+    }
+
+    #[test]
+    fn downloader_prefers_its_zone_for_regular_slots() {
+        // The fastest senders are in another zone: the regular slots still
+        // go to the zone, the optimistic one to anybody left.
+        let c: Vec<_> = (0..10)
+            .map(|i| zoned(i, 100.0 - i as f64, 0, i >= 5))
+            .collect();
+        let got = unchoke_set(&c, 4, false, &mut StdRng::seed_from_u64(1));
+        assert_eq!(&got[..3], &[5, 6, 7]);
+        assert!(got[3] != 5 && got[3] != 6 && got[3] != 7);
+    }
+
+    #[test]
+    fn seed_prefers_its_zone_but_keeps_a_slot_for_others() {
+        // Zone peers were served more, yet take the regular slots; the
+        // last slot goes to the least served of the rest, whatever zone.
+        let c: Vec<_> = (0..8)
+            .map(|i| zoned(i, 0.0, if i < 4 { 10 + i as u64 } else { 1000 }, i >= 4))
+            .collect();
+        let mut got = unchoke_set(&c, 3, true, &mut StdRng::seed_from_u64(1));
+        let last = got.pop().unwrap();
+        got.sort();
+        assert_eq!(got.len(), 2);
+        assert!(got.iter().all(|k| *k >= 4), "{got:?}");
+        assert_eq!(last, 0, "least served of any zone");
+    }
+
+    #[test]
+    fn without_zones_the_choice_is_as_before() {
+        // Every candidate outside our zone (we have none): the same keys
+        // in the same order as the plain rule, seed or not, for any seed
+        // of the randomness. The plain rule is spelled out here.
+        for seed in 0..50u64 {
+            let c: Vec<_> = (0..12u32)
+                .map(|i| cand(i, i % 5 != 0, (i * 7 % 11) as f64, u64::from(i * 13 % 5)))
+                .collect();
+            for we_are_seed in [false, true] {
+                let got = unchoke_set(&c, 4, we_are_seed, &mut StdRng::seed_from_u64(seed));
+                let mut rng = StdRng::seed_from_u64(seed);
+                let mut plain: Vec<&Candidate<u32>> = c.iter().filter(|c| c.interested).collect();
+                plain.shuffle(&mut rng);
+                let want: Vec<u32> = if we_are_seed {
+                    plain.sort_by_key(|c| c.uploaded);
+                    plain[..4].iter().map(|c| c.key).collect()
+                } else {
+                    plain.sort_by(|a, b| b.download_rate.total_cmp(&a.download_rate));
+                    let mut w: Vec<u32> = plain[..3].iter().map(|c| c.key).collect();
+                    let rest = &plain[3..];
+                    w.push(rest[rng.random_range(0..rest.len())].key);
+                    w
+                };
+                assert_eq!(got, want, "seed {seed}, we_are_seed {we_are_seed}");
+            }
+        }
     }
 
     #[test]

@@ -64,6 +64,9 @@ pub enum Error {
     /// No torrent with this info-hash is in the session.
     #[error("torrent {0} is not in this session")]
     UnknownTorrent(InfoHash),
+    /// A zone name that [`crate::zone::is_valid`] refuses.
+    #[error("zone {0:?} is not 1 to 64 characters of A-Z, a-z, 0-9, '.', '_' and '-'")]
+    InvalidZone(String),
     /// An extension message for a name the session did not register.
     #[error("extension {0:?} is not registered in this session")]
     UnknownExtension(String),

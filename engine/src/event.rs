@@ -104,6 +104,8 @@ pub enum Event {
         /// from its extension handshake (or the port we dialed), else the
         /// connection's remote address.
         addr: SocketAddr,
+        /// The zone the peer said it is in (see [`crate::zone`]), if any.
+        zone: Option<String>,
     },
     /// A seeded file no longer has the length or modification time it had
     /// when it was hashed (see [`crate::Target::SeedScanned`]), or is gone:
@@ -173,6 +175,10 @@ pub struct Stats {
     pub have: u64,
     /// Payload bytes received from peers this run (including waste).
     pub downloaded: u64,
+    /// Of `downloaded`, the bytes from peers outside this host's zone
+    /// (another zone, or none said): what crossed the link between zones.
+    /// 0 when this host has no zone (see `SessionConfig::zone`).
+    pub downloaded_other_zone: u64,
     /// Payload bytes sent to peers this run.
     pub uploaded: u64,
     /// Bytes per second received, smoothed.
@@ -213,6 +219,7 @@ impl Stats {
             total: 0,
             have: 0,
             downloaded: 0,
+            downloaded_other_zone: 0,
             uploaded: 0,
             download_rate: 0.0,
             upload_rate: 0.0,

@@ -15,7 +15,8 @@
 //!   picker, choker, peers and storage; `dht`: the private DHT;
 //!   [`session`]: listener, DHT, rate limits, and the public handle;
 //!   `snub`: when a peer's requests count as unanswered (pure timers).
-//!   `bans`: the session's ban list with expiry (pure, clock passed in).
+//!   `bans`: the session's ban list with expiry (pure, clock passed in);
+//!   [`zone`]: which pieces to fetch across a slow link between zones (pure).
 
 pub mod bencode;
 pub mod bitfield;
@@ -27,6 +28,7 @@ pub mod picker;
 pub mod storage;
 pub mod utc;
 pub mod wire;
+pub mod zone;
 
 mod admission;
 /// Property-test strategies (issue #10); not a public interface.

@@ -64,6 +64,11 @@ pub struct SessionConfig {
     /// messages arrive as [`crate::Event::ExtensionMessage`], and
     /// [`Session::send_extension`] answers. At most 250 names.
     pub extensions: Vec<String>,
+    /// The zone this host is in (see [`crate::zone`]): peers of the same
+    /// zone are preferred, and pieces cross to another zone about once.
+    /// `None` (the default) leaves picking and choking as without zones.
+    /// Must pass [`crate::zone::is_valid`].
+    pub zone: Option<String>,
 }
 
 type Routes = Arc<Mutex<HashMap<InfoHash, Entry>>>;
@@ -153,6 +158,9 @@ impl Session {
                 config.extensions.len()
             )));
         }
+        if let Some(zone) = config.zone.as_deref().filter(|z| !crate::zone::is_valid(z)) {
+            return Err(Error::InvalidZone(zone.to_string()));
+        }
         let (listener, dht) = bind(&config).await?;
         let port = listener.local_addr().expect("bound").port();
         let mut peer_id = *b"-PF0100-000000000000";
@@ -166,6 +174,7 @@ impl Session {
             download,
             dht,
             extensions: config.extensions.clone(),
+            zone: config.zone.clone(),
             events: events_tx,
             bans: Mutex::default(),
             dials: Arc::default(),

@@ -30,6 +30,8 @@ pub(crate) struct Shared {
     /// Extension names beyond BEP 9 and 11, in id order from
     /// [`FIRST_EXTENSION_ID`].
     pub extensions: Vec<String>,
+    /// This host's zone (see `crate::zone`), or none.
+    pub zone: Option<String>,
     /// Every torrent reports here; the session hands the receiver out once.
     pub events: mpsc::UnboundedSender<TorrentEvent>,
     /// Addresses refused at accept and never dialled, by every torrent.

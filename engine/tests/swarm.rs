@@ -864,7 +864,7 @@ async fn scanned_seed_reports_completions_and_stops_on_a_changed_file() {
         wait_completed(&mut events, did).await;
         let completed = loop {
             let ev = seed_events.recv().await.unwrap();
-            if let Event::PeerCompleted { addr } = ev.event {
+            if let Event::PeerCompleted { addr, .. } = ev.event {
                 break addr;
             }
         };

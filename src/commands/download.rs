@@ -30,7 +30,7 @@ use crate::cli::DownloadArgs;
 use crate::config::{FileValues, Settings, parse_number};
 use crate::error::{Code, Failure, from_engine};
 use crate::metrics::Metrics;
-use crate::output::{Output, round3, stats_json};
+use crate::output::{Output, round3, stats_json, with_zone};
 use crate::state::{Download, State};
 
 /// When to stop seeding after completion (0 turns a rule off).
@@ -442,7 +442,7 @@ async fn download(
                 let Some(t) = tracks.iter_mut().find(|t| t.id == ev.info_hash) else {
                     continue;
                 };
-                let outcome = on_event(out, t, ev.event, &dir, &rules);
+                let outcome = on_event(out, t, ev.event, &dir, &rules, settings.zone.as_deref());
                 if t.completed_at.is_some() && !rules.enabled && !t.stopped {
                     t.stopped = true;
                     let _ = session.remove(t.id).await;
@@ -889,6 +889,7 @@ fn on_event(
     ev: Event,
     dir: &Path,
     rules: &SeedingRules,
+    zone: Option<&str>,
 ) -> Result<(), Failure> {
     let hash = t.info_hash.clone();
     match ev {
@@ -924,17 +925,15 @@ fn on_event(
             out.progress_done(&hash);
             // Found complete before seeding it: reported once already.
             if !t.settled {
-                out.event(
-                    "completed",
-                    json!({
-                        "info_hash": hash,
-                        "name": name,
-                        "path": path.display().to_string(),
-                        "bytes": s.total,
-                        "downloaded": s.downloaded,
-                        "seconds": (t.started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0,
-                    }),
-                );
+                let fields = json!({
+                    "info_hash": hash,
+                    "name": name,
+                    "path": path.display().to_string(),
+                    "bytes": s.total,
+                    "downloaded": s.downloaded,
+                    "seconds": (t.started.elapsed().as_secs_f64() * 1000.0).round() / 1000.0,
+                });
+                out.event("completed", with_zone(fields, zone, &s));
                 if t.already_complete && s.downloaded == 0 {
                     out.note(&format!(
                         "{} was already complete (verified {} pieces, nothing downloaded)",
@@ -1092,7 +1091,7 @@ fn on_tick(
         && s.phase != Phase::Seeding
     {
         t.last_event = Some(Instant::now());
-        let mut fields = stats_json(&s);
+        let mut fields = with_zone(stats_json(&s), settings.zone.as_deref(), &s);
         fields["name"] = json!(t.name);
         out.event("progress", fields);
     }

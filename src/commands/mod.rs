@@ -35,6 +35,7 @@ pub async fn start_session(
         upload_limit: settings.upload_limit,
         download_limit: settings.download_limit,
         extensions: Vec::new(),
+        zone: settings.zone.clone(),
     })
     .await
     .map_err(from_engine)

@@ -381,14 +381,15 @@ fn on_event(ev: p2pfile_engine::TorrentEvent, out: &Output, report: &mut Report)
         return;
     };
     match ev.event {
-        Event::PeerCompleted { addr } => {
+        Event::PeerCompleted { addr, zone } => {
             let seconds = report.start.elapsed().as_secs_f64();
             tracing::info!("{addr} completed {}", s.path);
-            out.event(
-                "peer_completed",
-                json!({"peer": addr.to_string(), "info_hash": ev.info_hash.to_string(),
-                       "seconds": round_ms(seconds)}),
-            );
+            let mut fields = json!({"peer": addr.to_string(), "info_hash": ev.info_hash.to_string(),
+                                    "seconds": round_ms(seconds)});
+            if let Some(zone) = zone {
+                fields["zone"] = json!(zone);
+            }
+            out.event("peer_completed", fields);
             report.completions.push(Completion {
                 peer: addr,
                 info_hash: ev.info_hash,

@@ -20,3 +20,4 @@ mod terminal;
 mod transfer;
 mod usability;
 mod util;
+mod zones;

@@ -108,13 +108,14 @@ impl Torrent {
 
     /// Tops up a peer's pipeline of requests.
     pub(super) fn fill_requests(&mut self, key: PeerKey) {
+        let zone_offer = self.zone_offer(key);
         let State::Live(l) = &mut self.state else {
             return;
         };
         let Some(peer) = self.peers.get_mut(&key) else {
             return;
         };
-        fill(l, key, peer, &mut self.rng);
+        fill(l, key, peer, zone_offer.as_ref(), &mut self.rng);
     }
 
     pub(super) fn on_block(&mut self, key: PeerKey, index: u32, begin: u32, data: Bytes) {
@@ -123,6 +124,9 @@ impl Torrent {
             begin,
             length: data.len() as u32,
         };
+        if self.is_other_zone(&self.peers[&key]) {
+            self.downloaded_other_zone += data.len() as u64;
+        }
         let State::Live(l) = &mut self.state else {
             return;
         };
@@ -399,7 +403,15 @@ impl Torrent {
     }
 }
 
-fn fill(l: &mut Live, key: PeerKey, peer: &mut Peer, rng: &mut impl rand::Rng) {
+/// `zone_offer`, when given, is all this peer may be asked for (the zone
+/// rule, see `crate::zone`).
+fn fill(
+    l: &mut Live,
+    key: PeerKey,
+    peer: &mut Peer,
+    zone_offer: Option<&Bitfield>,
+    rng: &mut impl rand::Rng,
+) {
     if peer.peer_choking || !peer.am_interested || l.finished {
         peer.outstanding.idle();
         return;
@@ -421,8 +433,8 @@ fn fill(l: &mut Live, key: PeerKey, peer: &mut Peer, rng: &mut impl rand::Rng) {
         // second and ask again: the peer that got them may be gone, or
         // never connected to us. The one-second tick retries, so this
         // never spins on the wire.
-        let mut has = peer
-            .has
+        let mut has = zone_offer
+            .unwrap_or(&peer.has)
             .difference(&peer.rejected)
             .difference(&peer.snubbed);
         l.suspects.withhold(key, &mut has);
@@ -438,7 +450,7 @@ fn fill(l: &mut Live, key: PeerKey, peer: &mut Peer, rng: &mut impl rand::Rng) {
     }
     // Pieces it left unanswered: again only those nobody else has (its
     // own announcement is the one count of availability).
-    let mut has = peer.has.clone();
+    let mut has = zone_offer.unwrap_or(&peer.has).clone();
     l.suspects.withhold(key, &mut has);
     for i in peer.snubbed.iter_ones() {
         if l.picker.availability(i as u32) > 1 {

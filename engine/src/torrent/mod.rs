@@ -7,10 +7,12 @@
 //! - `peers.rs`: one peer's state and the wire messages it sends us.
 //! - `download.rs`: requests, block assembly, verification, completion.
 //! - `metadata.rs`: BEP 9, for magnets.
+//! - `zones.rs`: the zone rule's inputs from the peer table (`crate::zone`).
 
 mod download;
 mod metadata;
 mod peers;
+mod zones;
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -206,6 +208,8 @@ struct Live {
     finished: bool,
     /// As a seed: every piece once before any piece twice.
     first_upload: FirstUpload<PeerKey>,
+    /// The zone rule's state, when this host has a zone.
+    zoning: Option<zones::Zoning>,
 }
 
 enum State {
@@ -237,6 +241,8 @@ struct Torrent {
     stats: watch::Sender<Stats>,
     rng: StdRng,
     downloaded: u64,
+    /// Of `downloaded`, from peers outside our zone (see `zones`).
+    downloaded_other_zone: u64,
     uploaded: u64,
     down_rate: RateEstimate,
     up_rate: RateEstimate,
@@ -294,6 +300,7 @@ pub(crate) fn spawn(shared: Arc<Shared>, p: Params) -> Spawned {
         stats: stats_tx,
         rng: StdRng::from_os_rng(),
         downloaded: 0,
+        downloaded_other_zone: 0,
         uploaded: 0,
         down_rate: RateEstimate::default(),
         up_rate: RateEstimate::default(),
@@ -681,6 +688,11 @@ impl Torrent {
             verifying: 0,
             max_verifying: (VERIFY_BUDGET / info_piece_len).clamp(2, 16) as usize,
             first_upload: FirstUpload::new(piece_count),
+            zoning: self
+                .shared
+                .zone
+                .as_ref()
+                .map(|_| zones::Zoning::new(&self.shared.peer_id, piece_count)),
             placement,
             finished: false,
         }));
@@ -760,6 +772,7 @@ impl Torrent {
             total,
             have,
             downloaded: self.downloaded,
+            downloaded_other_zone: self.downloaded_other_zone,
             uploaded: self.uploaded,
             download_rate: self.down_rate.get(),
             upload_rate: self.up_rate.get(),

@@ -258,6 +258,7 @@ impl Torrent {
                 client: Some(concat!("p2pfile/", env!("CARGO_PKG_VERSION")).to_string()),
                 reqq: Some(peer::MAX_QUEUED_UPLOADS as u32),
                 upload_only: false,
+                zone: self.shared.zone.clone(),
             };
             peer.send(Message::Extended {
                 id: 0,
@@ -561,7 +562,8 @@ impl Torrent {
             if peer.seen_incomplete {
                 if self.completed_peers.insert(peer.peer_id) {
                     let addr = peer.listen.unwrap_or(peer.addr);
-                    self.emit(Event::PeerCompleted { addr });
+                    let zone = peer.zone().map(str::to_string);
+                    self.emit(Event::PeerCompleted { addr, zone });
                 }
             } else {
                 self.seeds_seen.insert(peer.peer_id);
@@ -828,6 +830,7 @@ impl Torrent {
 
     /// Recomputes the unchoke set.
     pub(super) fn rechoke(&mut self) {
+        let ours = self.shared.zone.as_deref();
         let candidates: Vec<Candidate<PeerKey>> = self
             .peers
             .iter()
@@ -836,6 +839,7 @@ impl Torrent {
                 interested: p.peer_interested,
                 download_rate: p.down_rate.get(),
                 uploaded: p.uploaded,
+                same_zone: ours.is_some_and(|z| p.in_zone(z)),
             })
             .collect();
         let finished = self.finished();

@@ -42,6 +42,9 @@ pub struct ExtHandshake {
     pub reqq: Option<u32>,
     /// The sender is a seed that will not download (BEP 21).
     pub upload_only: bool,
+    /// The sender's zone (key [`crate::zone::HANDSHAKE_KEY`], p2pfile
+    /// only); a value that is not a valid zone name is read as none.
+    pub zone: Option<String>,
 }
 
 impl ExtHandshake {
@@ -71,6 +74,9 @@ impl ExtHandshake {
         }
         if self.upload_only {
             d.push(("upload_only", Value::from(1)));
+        }
+        if let Some(zone) = &self.zone {
+            d.push((crate::zone::HANDSHAKE_KEY, Value::from(zone.as_str())));
         }
         bencode::encode(&Value::dict(d))
     }
@@ -107,6 +113,12 @@ impl ExtHandshake {
                 .map(|b| String::from_utf8_lossy(b).into_owned()),
             reqq: int(b"reqq").and_then(|n| u32::try_from(n).ok()),
             upload_only: int(b"upload_only").is_some_and(|n| n != 0),
+            zone: v
+                .get(crate::zone::HANDSHAKE_KEY.as_bytes())
+                .and_then(Value::as_bytes)
+                .and_then(|b| std::str::from_utf8(b).ok())
+                .filter(|z| crate::zone::is_valid(z))
+                .map(str::to_string),
         })
     }
 }
@@ -287,6 +299,7 @@ mod tests {
             client: Some("p2pfile 0.1.0".to_string()),
             reqq: Some(250),
             upload_only: true,
+            zone: Some("dc-1".to_string()),
         };
         assert_eq!(ExtHandshake::decode(&hs.encode()), Ok(hs));
         let empty = ExtHandshake::default();
@@ -327,6 +340,23 @@ mod tests {
         assert_eq!(hs.client.as_deref(), Some("libtorrent 2.0"));
         assert_eq!(hs.reqq, None);
         assert!(!hs.upload_only);
+    }
+
+    #[test]
+    fn a_zone_that_is_no_zone_name_reads_as_none() {
+        let with = |zone: Value| {
+            let payload = bencode::encode(&Value::dict([
+                ("m", Value::dict(Vec::<(&str, Value)>::new())),
+                ("p2pfile_zone", zone),
+            ]));
+            ExtHandshake::decode(&payload).unwrap().zone
+        };
+        assert_eq!(with(Value::from("rack-2")), Some("rack-2".to_string()));
+        assert_eq!(with(Value::from("a".repeat(65).as_str())), None);
+        assert_eq!(with(Value::from("")), None);
+        assert_eq!(with(Value::from("two words")), None);
+        assert_eq!(with(Value::from(vec![0xffu8, 0xfe])), None);
+        assert_eq!(with(Value::from(7)), None);
     }
 
     #[test]
@@ -485,15 +515,19 @@ mod tests {
                 proptest::option::of("\\PC{0,20}"),
                 any::<Option<u32>>(),
                 any::<bool>(),
+                proptest::option::of("[A-Za-z0-9._-]{1,64}"),
             )
                 .prop_map(
-                    |(m, metadata_size, listen_port, client, reqq, upload_only)| ExtHandshake {
-                        m,
-                        metadata_size,
-                        listen_port,
-                        client,
-                        reqq,
-                        upload_only,
+                    |(m, metadata_size, listen_port, client, reqq, upload_only, zone)| {
+                        ExtHandshake {
+                            m,
+                            metadata_size,
+                            listen_port,
+                            client,
+                            reqq,
+                            upload_only,
+                            zone,
+                        }
                     },
                 )
         }
@@ -541,6 +575,7 @@ mod tests {
                 b"v",
                 b"reqq",
                 b"upload_only",
+                b"p2pfile_zone",
                 b"msg_type",
                 b"piece",
                 b"total_size",

@@ -26,6 +26,7 @@ pub fn config(ip: [u8; 4], dht: bool, bootstrap: Vec<SocketAddr>) -> SessionConf
         upload_limit: 0,
         download_limit: 0,
         extensions: Vec::new(),
+        zone: None,
     }
 }
 

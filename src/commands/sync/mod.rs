@@ -160,6 +160,7 @@ pub async fn run(args: SyncArgs, file: &FileValues, settings: Settings) -> Resul
         upload_limit: settings.upload_limit,
         download_limit: settings.download_limit,
         extensions: vec![EXTENSION.to_string()],
+        zone: settings.zone.clone(),
     })
     .await
     .map_err(from_engine)?;
