@@ -23,7 +23,8 @@ use crate::admission::MAX_PENDING_PER_ADDRESS;
 /// processes behind the same address and for our own sync and download
 /// sessions running side by side.
 pub(crate) const MAX_DIALS_PER_ADDRESS: usize = MAX_PENDING_PER_ADDRESS / 2;
-const _: () = assert!(MAX_DIALS_PER_ADDRESS >= 1 && MAX_DIALS_PER_ADDRESS < MAX_PENDING_PER_ADDRESS);
+const _: () =
+    assert!(MAX_DIALS_PER_ADDRESS >= 1 && MAX_DIALS_PER_ADDRESS < MAX_PENDING_PER_ADDRESS);
 
 /// Per-address dial slots shared by every torrent of a session.
 #[derive(Default)]

@@ -277,6 +277,62 @@ async fn a_request_flood_for_one_block_is_refused_and_banned() {
     .expect("finished in time");
 }
 
+/// Requests the seed refuses for reasons of its own (here: the peer is
+/// choked) are not a flood, however often they come: aria2 and libtorrent
+/// ask again after every reject while a seed holds a piece back for the
+/// peer it first sent it to. The peer is served once it may be.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_refused_by_the_seed_are_not_a_flood() {
+    tokio::time::timeout(Duration::from_secs(60), async {
+        let src = tempfile::tempdir().unwrap();
+        let (seed, info, data) = honest_seed(src.path(), 500_000).await;
+        let mut seed_events = seed.events().unwrap();
+        let (mut stream, mut buf) =
+            dial(hostile_ip(204), seed.local_addr(), info.info_hash().0).await;
+        let req = BlockRequest {
+            index: 0,
+            begin: 0,
+            length: BLOCK_SIZE,
+        };
+        // Not interested, so choked: every request is refused.
+        let mut out = bytes::BytesMut::new();
+        for _ in 0..40 {
+            Message::Request(req).encode(&mut out);
+        }
+        stream.write_all(&out).await.unwrap();
+        // The seed's coordinator handles them in order, so once the
+        // interest after them is answered, all 40 were seen.
+        let mut out = bytes::BytesMut::new();
+        Message::Interested.encode(&mut out);
+        stream.write_all(&out).await.unwrap();
+        loop {
+            match next_message(&mut stream, &mut buf).await {
+                Some(Message::Unchoke) => break,
+                Some(Message::Piece { .. }) => panic!("served while choked"),
+                Some(_) => {}
+                None => panic!("closed: the refused requests were taken for a flood"),
+            }
+        }
+        let mut out = bytes::BytesMut::new();
+        Message::Request(req).encode(&mut out);
+        stream.write_all(&out).await.unwrap();
+        let block = loop {
+            match next_message(&mut stream, &mut buf).await {
+                Some(Message::Piece { data, .. }) => break data,
+                Some(_) => {}
+                None => panic!("closed before serving the block"),
+            }
+        };
+        assert_eq!(&block[..], &data[..BLOCK_SIZE as usize]);
+        while let Ok(ev) = seed_events.try_recv() {
+            assert_eq!(ban(&ev.event), None, "banned");
+        }
+        seed.shutdown().await;
+    })
+    .await
+    .expect("finished in time");
+}
+
 /// A peer that corrupts every block, connected together with an honest
 /// seed, with pieces of 16 blocks that both contribute to: the download
 /// completes byte-identical, the liar is banned and the honest seed is not.

@@ -46,11 +46,15 @@ const MAX_SERVED_BLOCK: u32 = 128 * 1024;
 /// asking for one block over and over makes us read and send the same
 /// bytes for nothing: before this limit, 1,000 requests for one block were
 /// served 576 to 832 times in 5 s (the rest fell off the upload queue);
-/// now 3 (engine/tests/hostile.rs).
+/// now 3 (engine/tests/hostile.rs). Requests we refuse for reasons of our
+/// own (choked, a piece we lack, a seed's first-upload rule) do not count:
+/// honest clients ask again after every such reject, aria2 and libtorrent
+/// many times over while a seed holds a piece back for its owner.
 const MAX_REQUESTS_PER_BLOCK: u8 = 3;
-/// Requests for one block, served or refused, that make a flood and ban
-/// the peer ([`BanReason::RequestFlood`]): well past what any honest
-/// re-request reaches, soon enough that a flood costs a few messages.
+/// Requests for one block that make a flood and ban the peer
+/// ([`BanReason::RequestFlood`]): the served ones and the repeats after
+/// [`MAX_REQUESTS_PER_BLOCK`], well past what any honest re-request
+/// reaches, soon enough that a flood costs a few messages.
 const FLOOD_REQUESTS: u8 = 16;
 /// Distinct blocks remembered per connection for the two limits above.
 /// Beyond it the memory is cleared: a downloader asking for many distinct
@@ -109,8 +113,9 @@ pub(super) struct Peer {
     pub spoken: bool,
     /// The last interest, request, block or extension message from it.
     pub last_useful: Option<Instant>,
-    /// How often the peer asked for each block (see
-    /// [`MAX_REQUESTS_PER_BLOCK`]), up to [`REQUEST_MEMORY`] blocks.
+    /// How often we queued each block for the peer, and then how often it
+    /// asked again past [`MAX_REQUESTS_PER_BLOCK`], up to
+    /// [`REQUEST_MEMORY`] blocks.
     pub requested: HashMap<BlockRequest, u8>,
 }
 
@@ -595,21 +600,17 @@ impl Torrent {
 
     fn on_request(&mut self, key: PeerKey, req: BlockRequest) {
         let peer = self.peers.get_mut(&key).expect("present");
-        if peer.requested.len() >= REQUEST_MEMORY && !peer.requested.contains_key(&req) {
-            peer.requested.clear();
-        }
-        let asked = peer.requested.entry(req).or_insert(0);
-        *asked = asked.saturating_add(1);
-        let asked = *asked;
-        if asked >= FLOOD_REQUESTS {
-            let why = format!("asked for one block {asked} times");
-            if !self.ban_peer(key, BanReason::RequestFlood, false, &why) {
-                self.drop_peer(key, &why);
-            }
-            return;
-        }
-        if asked > MAX_REQUESTS_PER_BLOCK {
-            if peer.fast {
+        let served = peer.requested.get(&req).copied().unwrap_or(0);
+        if served >= MAX_REQUESTS_PER_BLOCK {
+            // Served that often already: this is a repeat, not a retry.
+            let asked = served.saturating_add(1);
+            peer.requested.insert(req, asked);
+            if asked >= FLOOD_REQUESTS {
+                let why = format!("asked for one block {asked} times");
+                if !self.ban_peer(key, BanReason::RequestFlood, false, &why) {
+                    self.drop_peer(key, &why);
+                }
+            } else if peer.fast {
                 peer.send(Message::RejectRequest(req));
             }
             return;
@@ -638,6 +639,11 @@ impl Torrent {
         }
         if serve {
             let _ = peer.tx.send(PeerCmd::Upload(req, l.storage.clone()));
+            let peer = self.peers.get_mut(&key).expect("present");
+            if peer.requested.len() >= REQUEST_MEMORY && !peer.requested.contains_key(&req) {
+                peer.requested.clear();
+            }
+            peer.requested.insert(req, served + 1);
         } else if peer.fast {
             peer.send(Message::RejectRequest(req));
         }
