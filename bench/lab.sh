@@ -2,29 +2,40 @@
 # Emulated LAN for p2pfile benchmarks: N hosts on one switch, each with a
 # shaped uplink. Needs root, `ip netns`, veth, bridge and tc tbf.
 #
-#   bench/lab.sh up N RATE_MBIT   build the lab (removes an old one first)
+#   bench/lab.sh up N RATES       build the lab (removes an old one first);
+#                                 RATES = one Mbit/s figure for every host, or
+#                                 N comma-separated ones (host 1 = the seed first)
 #   bench/lab.sh down             remove everything the lab created
 #   bench/lab.sh status           list the lab's namespaces, addresses, qdiscs
 #   bench/lab.sh check            measure h1->h2 TCP goodput for 3 s
-#   bench/lab.sh exec I CMD...    run CMD inside host I (10.77.0.I)
+#   bench/lab.sh exec I CMD...    run CMD inside host I (LAB_NET.I)
 #
-# Or source it and call lab_up N RATE / lab_down / lab_exec I CMD / lab_ns I /
-# lab_ip I yourself (swarm.sh does).
+# Or source it and call lab_up N RATES / lab_down / lab_exec I CMD / lab_ns I /
+# lab_ip I / lab_rate I yourself (swarm.sh does).
 #
-# Layout (every name starts with the prefix p2pf-, so nothing else collides):
+# Environment (read when the file is run or sourced):
+#   LAB_PREFIX=p2pf   every namespace name starts with "$LAB_PREFIX-"; `down`
+#                     removes only namespaces with this prefix, so two labs
+#                     with different prefixes coexist (lowercase letters and
+#                     digits, 2..12 characters)
+#   LAB_NET=10.77.0   the hosts' /24 (must be inside 10.0.0.0/8); give a second
+#                     lab its own net as well as its own prefix
 #
-#   namespace p2pf-br   bridge "br0", no address, no uplink: the switch
-#   namespace p2pf-hI   (I = 1..N) lo up, "eth0" = 10.77.0.I/24, no default
-#                       route; eth0 is one end of a veth pair whose other end
-#                       ("hI") is a port of br0 inside p2pf-br
+# Layout (every name starts with the prefix, default p2pf-, so nothing else
+# collides):
+#
+#   namespace PREFIX-br   bridge "br0", no address, no uplink: the switch
+#   namespace PREFIX-hI   (I = 1..N) lo up, "eth0" = LAB_NET.I/24, no default
+#                         route; eth0 is one end of a veth pair whose other end
+#                         ("hI") is a port of br0 inside PREFIX-br
 #
 # The veth pairs are created directly inside the lab namespaces, so nothing
-# is ever added to the machine's own namespace, and 10.77.0.0/24 exists only
+# is ever added to the machine's own namespace, and LAB_NET.0/24 exists only
 # inside the lab. With no uplink and no default route, no packet can leave.
 # IPv6 is disabled in every lab namespace (no link-local chatter).
 #
 # Shaping: each host's *egress* (upload) is limited on the host side of its
-# veth (eth0 inside p2pf-hI):
+# veth (eth0 inside PREFIX-hI), RATE = that host's entry in RATES:
 #
 #   tc qdisc add dev eth0 root tbf rate ${RATE}mbit burst B latency L
 #
@@ -34,12 +45,49 @@
 # shaped: a host can receive as fast as the others send to it. The kernel has
 # no netem here, so there is no added delay or loss.
 
-LAB_PREFIX=p2pf
-LAB_NET=10.77.0
+LAB_PREFIX=${LAB_PREFIX:-p2pf}
+LAB_NET=${LAB_NET:-10.77.0}
+if ! [[ $LAB_PREFIX =~ ^[a-z][a-z0-9]{1,11}$ ]]; then
+    echo "lab: LAB_PREFIX must be 2..12 lowercase letters and digits, got '$LAB_PREFIX'" >&2
+    return 2 2>/dev/null || exit 2
+fi
+if ! [[ $LAB_NET =~ ^10\.([0-9]{1,3})\.([0-9]{1,3})$ ]] ||
+    ((BASH_REMATCH[1] > 255 || BASH_REMATCH[2] > 255)); then
+    echo "lab: LAB_NET must be a /24 inside 10.0.0.0/8 written as 10.X.Y, got '$LAB_NET'" >&2
+    return 2 2>/dev/null || exit 2
+fi
 LAB_BR_NS=${LAB_PREFIX}-br
+# Upload rate (Mbit/s) of host I is LAB_RATES[I], set by lab_up.
+LAB_RATES=()
 
 lab_ns() { printf '%s-h%d' "$LAB_PREFIX" "$1"; }
 lab_ip() { printf '%s.%d' "$LAB_NET" "$1"; }
+# lab_rate I: host I's upload rate in Mbit/s (after lab_up or lab_parse_rates).
+lab_rate() { printf '%s' "${LAB_RATES[$1]}"; }
+
+# lab_parse_rates N RATES: fill LAB_RATES[1..N] from one number (every host)
+# or N comma-separated numbers (host 1 first). Whole Mbit/s, 1..10000.
+lab_parse_rates() {
+    local n=$1 spec=$2 i r
+    local -a list
+    IFS=, read -r -a list <<<"$spec"
+    if ((${#list[@]} == 1)); then
+        for ((i = 1; i < n; i++)); do list+=("${list[0]}"); done
+    fi
+    if ((${#list[@]} != n)); then
+        echo "lab: RATES must be one number or $n comma-separated numbers (one per host), got '$spec'" >&2
+        return 2
+    fi
+    LAB_RATES=()
+    for ((i = 1; i <= n; i++)); do
+        r=${list[i - 1]}
+        if ! [[ $r =~ ^[0-9]+$ ]] || ((r < 1 || r > 10000)); then
+            echo "lab: every rate must be 1..10000 (whole Mbit/s), got '$r' for host $i" >&2
+            return 2
+        fi
+        LAB_RATES[i]=$r
+    done
+}
 
 # lab_exec I CMD...: run CMD in host I's namespace.
 lab_exec() {
@@ -81,18 +129,14 @@ lab_down() {
     done
 }
 
-# lab_up N RATE_MBIT
+# lab_up N RATES: RATES is one Mbit/s figure or N comma-separated ones.
 lab_up() {
-    local n=${1:?lab_up N RATE_MBIT} rate=${2:?lab_up N RATE_MBIT} i ns
+    local n=${1:?lab_up N RATES} rates=${2:?lab_up N RATES} i ns rate burst
     if ! [[ $n =~ ^[0-9]+$ ]] || ((n < 2 || n > 250)); then
         echo "lab: N must be 2..250, got $n" >&2
         return 2
     fi
-    if ! [[ $rate =~ ^[0-9]+$ ]] || ((rate < 1 || rate > 10000)); then
-        echo "lab: RATE_MBIT must be 1..10000 (whole Mbit/s), got $rate" >&2
-        return 2
-    fi
-    local burst=${LAB_BURST:-$((rate * 500 > 32768 ? rate * 500 : 32768))}
+    lab_parse_rates "$n" "$rates" || return 2
     local latency=${LAB_LATENCY_MS:-20}
     lab_down
     ip netns add "$LAB_BR_NS" || return 1
@@ -116,6 +160,8 @@ lab_up() {
         ip -n "$ns" addr add "$(lab_ip "$i")/24" dev eth0
         ip -n "$ns" link set eth0 up
         # Upload shaping on the host side.
+        rate=${LAB_RATES[i]}
+        burst=${LAB_BURST:-$((rate * 500 > 32768 ? rate * 500 : 32768))}
         tc -n "$ns" qdisc add dev eth0 root tbf rate "${rate}mbit" \
             burst "$burst" latency "${latency}ms" || return 1
     done
@@ -184,7 +230,7 @@ lab_main() {
     case $cmd in
     up)
         [[ $# -eq 2 ]] || {
-            echo "usage: $0 up N RATE_MBIT" >&2
+            echo "usage: $0 up N RATES   (RATES: one Mbit/s figure or N comma-separated)" >&2
             exit 2
         }
         lab_up "$1" "$2" || {
@@ -192,7 +238,7 @@ lab_main() {
             lab_down
             exit 1
         }
-        echo "lab up: $1 hosts ($(lab_ip 1)..$(lab_ip "$1")), $2 Mbit/s egress each"
+        echo "lab up ($LAB_PREFIX-*): $1 hosts ($(lab_ip 1)..$(lab_ip "$1")), egress Mbit/s: $(IFS=,; echo "${LAB_RATES[*]}")"
         ;;
     down) lab_down ;;
     status) lab_status ;;
@@ -205,7 +251,7 @@ lab_main() {
         lab_exec "$@"
         ;;
     *)
-        sed -n '2,11p' "$0" >&2
+        sed -n '2,23p' "$0" >&2
         exit 2
         ;;
     esac

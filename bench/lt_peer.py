@@ -2,7 +2,8 @@
 """libtorrent downloader for the swarm benchmark (bench/swarm.sh).
 
     /usr/bin/python3 bench/lt_peer.py MAGNET_OR_TORRENT --ip 10.77.0.I --port P \
-        --dir DIR [--done-file FILE] [--dht-node IP:PORT ...] [--timeout S]
+        --dir DIR [--done-file FILE] [--dht-node IP:PORT ...] [--timeout S] \
+        [--lab-net 10.77.0.0/24]
 
 Downloads into DIR, then keeps seeding (so the swarm keeps trading) until
 SIGTERM/SIGINT or --timeout. When every piece is downloaded and hash-checked
@@ -10,7 +11,8 @@ it prints one JSON line {"event":"completed",...,"downloaded":BYTES} on stdout
 and, with --done-file, writes the wall-clock time (time.time()) to FILE.
 
 tests/interop/lt_client.py only accepts 127.0.0.0/8; this helper accepts the
-lab subnet 10.77.0.0/24 (bench/lab.sh) and loopback, and nothing else:
+lab subnet (--lab-net, default 10.77.0.0/24, bench/lab.sh's LAB_NET; it must be
+a /24 inside 10.0.0.0/8) and loopback, and nothing else:
 every address (--ip, --dht-node, x.pe peers) must be inside them, an IP filter
 blocks all other peers, the DHT (on only with --dht-node) bootstraps from the
 given nodes alone, and LSD, UPnP, NAT-PMP, trackers and web seeds are off.
@@ -34,6 +36,7 @@ import time
 
 import libtorrent as lt
 
+# The lab's /24 (set from --lab-net in main) and loopback.
 ALLOWED = [ipaddress.ip_network("10.77.0.0/24"), ipaddress.ip_network("127.0.0.0/8")]
 
 
@@ -45,7 +48,7 @@ def log(msg):
 def lab_ip(text, what):
     ip = ipaddress.ip_address(text)
     if ip.version != 4 or not any(ip in n for n in ALLOWED):
-        raise SystemExit("lt_peer: %s %s is outside 10.77.0.0/24 and 127/8; refusing" % (what, text))
+        raise SystemExit("lt_peer: %s %s is outside %s and 127/8; refusing" % (what, text, ALLOWED[0]))
     return str(ip)
 
 
@@ -65,8 +68,14 @@ def main():
     p.add_argument("--timeout", type=float, default=900)
     p.add_argument("--verbose", action="store_true",
                    help="log peer, connect and DHT alerts to stderr")
+    p.add_argument("--lab-net", default="10.77.0.0/24",
+                   help="the lab's /24 inside 10.0.0.0/8 (bench/lab.sh LAB_NET)")
     a = p.parse_args()
 
+    net = ipaddress.ip_network(a.lab_net)
+    if net.version != 4 or net.prefixlen != 24 or not net.subnet_of(ipaddress.ip_network("10.0.0.0/8")):
+        raise SystemExit("lt_peer: --lab-net %s is not a /24 inside 10.0.0.0/8; refusing" % a.lab_net)
+    ALLOWED[0] = net
     ip = lab_ip(a.ip, "--ip")
     nodes = [endpoint(n, "--dht-node") for n in a.dht_node]
     cat = lt.alert.category_t

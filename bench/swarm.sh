@@ -9,6 +9,10 @@
 #
 # Environment:
 #   HOSTS=8  RATE_MBIT=100  SIZE_MIB=256  RUNS=1
+#   RATES=R1,R2,...    per-host upload Mbit/s, host 1 (the seed) first: one
+#                      number for all or HOSTS numbers (default: RATE_MBIT each)
+#   LAB_PREFIX=p2pf LAB_NET=10.77.0   the lab's namespace prefix and /24
+#                      (bench/lab.sh); two labs need different ones
 #   CLIENTS="p2pfile aria2 libtorrent"   downloaders to measure, in this order
 #   SWARM_TIMEOUT=S    give up on a run after S s (default 10*T_min + 60)
 #   P2PFILE=PATH       use this binary instead of `cargo build --release`
@@ -19,7 +23,7 @@
 #   LT_VERBOSE=        non-empty: lt_peer.py logs peer/connect/DHT alerts
 #   SWARM_DEBUG=       non-empty: p2pfile processes log at debug level (*.err)
 #
-# The seed is always `p2pfile serve` on h1 (10.77.0.1), whatever the
+# The seed is always `p2pfile serve` on h1 (LAB_NET.1), whatever the
 # downloaders are, so every client is measured against the same kind of seed:
 #   p2pfile    `p2pfile download MAGNET --seeding --seeding-time 600
 #              --seeding-ratio 0`; peers from x.pe (the seed, also its DHT
@@ -35,10 +39,12 @@
 # `completed` JSON event, aria2's hook, lt_peer's done file); every copy is
 # then checked with sha256sum against the source.
 #
-# Lower bound (Kumar & Ross), F = file size, u = RATE (upload of every host,
-# seed included), n = HOSTS-1 downloaders, d_min = download capacity:
-#   T_min = max(F/u_s, F/d_min, n*F/(u_s + sum u_i)) = max(F/u, n*F/(N*u))
-# Ingress is not shaped, so d_min is taken as unlimited (F/d_min = 0).
+# Lower bound (Kumar & Ross), F = file size, u_s = the seed's upload (first
+# entry of RATES), u_i = downloader i's upload, n = HOSTS-1 downloaders,
+# d_min = the slowest download capacity:
+#   T_min = max(F/u_s, F/d_min, n*F/(u_s + sum u_i))
+# Ingress is not shaped, so d_min is taken as unlimited (F/d_min = 0). With
+# one rate u for every host this is max(F/u, n*F/(N*u)) = F/u.
 # The bound uses the nominal rate; tbf leaves ~95.6 % of it to one TCP flow.
 #
 # While a run goes, each downloader's established TCP peers are sampled once
@@ -82,10 +88,11 @@ for arg in "$@"; do
     esac
 done
 if [[ $CI_SMALL == 1 ]]; then
-    HOSTS=4 SIZE_MIB=16 CLIENTS=p2pfile RUNS=1
+    HOSTS=4 SIZE_MIB=16 CLIENTS=p2pfile RUNS=1 RATES=
 fi
 HOSTS=${HOSTS:-8}
 RATE_MBIT=${RATE_MBIT:-100}
+RATES=${RATES:-$RATE_MBIT}
 SIZE_MIB=${SIZE_MIB:-256}
 CLIENTS=${CLIENTS:-p2pfile aria2 libtorrent}
 RUNS=${RUNS:-1}
@@ -102,6 +109,11 @@ done
     echo "swarm: HOSTS must be at least 2" >&2
     exit 2
 }
+# LAB_RATES[1..HOSTS] from RATES (checks the list's length and values).
+lab_parse_rates "$HOSTS" "$RATES" || exit 2
+# The rates as written in the results, "100;400;200" (CSV-safe).
+RATES_LIST=$(IFS=';'; echo "${LAB_RATES[*]}")
+RATES_JSON=$(IFS=','; echo "${LAB_RATES[*]}")
 
 # --- can we build a lab at all? -------------------------------------------
 probe_ns=${LAB_PREFIX}-probe$$
@@ -116,8 +128,12 @@ ip netns del "$probe_ns"
 # --- numbers ----------------------------------------------------------------
 F_BYTES=$((SIZE_MIB * 1048576))
 N_DL=$((HOSTS - 1))
-T_MIN=$(awk -v f="$F_BYTES" -v u="$RATE_MBIT" -v n="$N_DL" -v N="$HOSTS" 'BEGIN {
-    us = u * 1e6 / 8; a = f / us; b = n * f / (N * us); printf "%.2f", (a > b ? a : b) }')
+# Kumar & Ross from the per-host rates (bytes/s = Mbit/s * 1e6 / 8):
+# max(F/u_s, n*F/(u_s + sum u_i)); F/d_min = 0 (ingress unshaped).
+T_MIN=$(awk -v f="$F_BYTES" -v r="$RATES_JSON" -v n="$N_DL" 'BEGIN {
+    k = split(r, u, ","); us = u[1] * 1e6 / 8; tot = 0
+    for (i = 1; i <= k; i++) tot += u[i] * 1e6 / 8
+    a = f / us; b = n * f / tot; printf "%.2f", (a > b ? a : b) }')
 TIMEOUT=${SWARM_TIMEOUT:-$(awk -v t="$T_MIN" 'BEGIN { printf "%d", 10 * t + 60 }')}
 NAME="swarm-${SIZE_MIB}MiB.bin"
 SEED_IP=$(lab_ip 1)
@@ -183,7 +199,7 @@ LOGROOT=$RESULTS/swarm-$STAMP
 mkdir -p "$RESULTS" "$LOGROOT"
 REV=$(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo unknown)
 
-echo "swarm: $HOSTS hosts x $RATE_MBIT Mbit/s, $SIZE_MIB MiB, clients: $CLIENTS, runs: $RUNS" >&2
+echo "swarm: $HOSTS hosts, upload Mbit/s $RATES_JSON (seed first), $SIZE_MIB MiB, clients: $CLIENTS, runs: $RUNS" >&2
 echo "swarm: T_min = $T_MIN s, timeout $TIMEOUT s, work dir $WORK, logs $LOGROOT" >&2
 mkdir -p "$WORK/h1"
 head -c "$F_BYTES" /dev/urandom >"$WORK/h1/$NAME"
@@ -290,7 +306,7 @@ start_downloader() { # client host_index log_dir magnet torrent
         ;;
     libtorrent)
         lab_exec "$i" "$LT_PY" "$HERE/lt_peer.py" "$magnet" --ip "$ip" --port "$PORT" \
-            --dir "$dir" --done-file "$donef" --dht-node "$SEED_IP:$PORT" \
+            --dir "$dir" --done-file "$donef" --dht-node "$SEED_IP:$PORT" --lab-net "$LAB_NET.0/24" \
             --timeout "$((TIMEOUT + 30))" ${LT_VERBOSE:+--verbose} >"$log/h$i.out" 2>"$log/h$i.err" &
         ;;
     esac
@@ -313,7 +329,7 @@ run_one() { # client run
     rm -rf "$WORK/torrent" "$WORK/state"
     mkdir -p "$WORK/state"
 
-    lab_up "$HOSTS" "$RATE_MBIT"
+    lab_up "$HOSTS" "$RATES_JSON"
 
     # Seed on h1; wait (bounded) for its magnet.
     lab_exec 1 env P2PFILE_STATE="$WORK/state/h1.db" "${DEBUG_ENV[@]}" \
@@ -323,7 +339,7 @@ run_one() { # client run
     PIDS+=("$seed_pid")
     line=
     for ((i = 0; i < 600; i++)); do
-        line=$(grep -m1 '"event":"serving"' "$log/seed.out" || true)
+        line=$(grep -m1 '"event":"serving"' "$log/seed.out" 2>/dev/null || true)
         [[ -z $line ]] || break
         kill -0 "$seed_pid" 2>/dev/null || break
         sleep 0.1
@@ -438,7 +454,13 @@ list_max() {
 # --- all runs ------------------------------------------------------------------
 JSONL=$RESULTS/swarm.jsonl
 CSV=$RESULTS/swarm.csv
-[[ -s $CSV ]] || echo "stamp,rev,client,run,hosts,rate_mbit,size_mib,seconds,t_min,ratio,verified,downloaders,copies_moved" >"$CSV"
+CSV_HEADER="stamp,rev,client,run,hosts,rate_mbit,size_mib,seconds,t_min,ratio,verified,downloaders,copies_moved,rates_mbit"
+if [[ -s $CSV && $(head -n1 "$CSV") != "$CSV_HEADER" ]]; then
+    # Columns changed: keep the old rows under their own header.
+    mv "$CSV" "$CSV.$STAMP.old"
+    echo "swarm: $CSV had other columns, moved to $CSV.$STAMP.old" >&2
+fi
+[[ -s $CSV ]] || echo "$CSV_HEADER" >"$CSV"
 ROWS=()
 FAILED=0
 # Hosts with and without a verified copy, over every client and run.
@@ -464,10 +486,10 @@ for ((run = 1; run <= RUNS; run++)); do
         HOSTS_BAD=$((HOSTS_BAD + N_DL - R_VERIFIED))
         seed_at=$(list_max "$R_SEEDREACH")
         mesh_at=$(list_max "$R_MESH")
-        printf '{"stamp":"%s","rev":"%s","client":"%s","run":%d,"hosts":%d,"rate_mbit":%d,"size_mib":%d,"seconds":%s,"t_min":%s,"ratio":%s,"verified":%d,"downloaders":%d,"host_seconds":[%s],"host_downloaded":[%s],"copies_moved":%s,"host_seed_reach_s":[%s],"host_mesh_s":[%s],"host_max_peers":[%s],"seed_sent":%s,"seed_wire":%s}\n' \
-            "$STAMP" "$REV" "$client" "$run" "$HOSTS" "$RATE_MBIT" "$SIZE_MIB" "$R_SECONDS" "$T_MIN" "$ratio" \
-            "$R_VERIFIED" "$N_DL" "$R_HOSTTIMES" "$R_DOWNLOADED" "$copies" "$R_SEEDREACH" "$R_MESH" "$R_MAXPEERS" "$R_SEEDSENT" "$R_SEEDWIRE" >>"$JSONL"
-        echo "$STAMP,$REV,$client,$run,$HOSTS,$RATE_MBIT,$SIZE_MIB,$R_SECONDS,$T_MIN,$ratio,$R_VERIFIED,$N_DL,$copies" >>"$CSV"
+        printf '{"stamp":"%s","rev":"%s","client":"%s","run":%d,"hosts":%d,"rate_mbit":%d,"size_mib":%d,"seconds":%s,"t_min":%s,"ratio":%s,"verified":%d,"downloaders":%d,"host_seconds":[%s],"host_downloaded":[%s],"copies_moved":%s,"host_seed_reach_s":[%s],"host_mesh_s":[%s],"host_max_peers":[%s],"seed_sent":%s,"seed_wire":%s,"rates_mbit":[%s]}\n' \
+            "$STAMP" "$REV" "$client" "$run" "$HOSTS" "${LAB_RATES[1]}" "$SIZE_MIB" "$R_SECONDS" "$T_MIN" "$ratio" \
+            "$R_VERIFIED" "$N_DL" "$R_HOSTTIMES" "$R_DOWNLOADED" "$copies" "$R_SEEDREACH" "$R_MESH" "$R_MAXPEERS" "$R_SEEDSENT" "$R_SEEDWIRE" "$RATES_JSON" >>"$JSONL"
+        echo "$STAMP,$REV,$client,$run,$HOSTS,${LAB_RATES[1]},$SIZE_MIB,$R_SECONDS,$T_MIN,$ratio,$R_VERIFIED,$N_DL,$copies,$RATES_LIST" >>"$CSV"
         ROWS+=("$client $run $R_SECONDS $ratio $R_VERIFIED $copies $R_SEEDSENT $seed_at $mesh_at $R_HOSTTIMES")
         echo "swarm: [$client run $run] last verified copy after ${R_SECONDS} s (T_min $T_MIN s, ratio $ratio), $R_VERIFIED/$N_DL verified, per host: $R_HOSTTIMES" >&2
         if [[ $client == p2pfile ]]; then
@@ -482,7 +504,8 @@ done
 
 # --- table -------------------------------------------------------------------------
 echo
-echo "Swarm: $HOSTS hosts ($N_DL downloaders), $RATE_MBIT Mbit/s egress each, $SIZE_MIB MiB, seed: p2pfile serve, rev $REV"
+echo "Swarm: $HOSTS hosts ($N_DL downloaders), egress Mbit/s $RATES_JSON (seed first), $SIZE_MIB MiB, seed: p2pfile serve, rev $REV"
+echo "T_min = max(F/u_s, n*F/(u_s + sum u_i)) = $T_MIN s (F/d_min = 0: ingress unshaped)"
 printf '%-11s %4s %9s %9s %7s %9s %7s %9s %8s %8s  %s\n' client run "time (s)" "T_min (s)" ratio verified copies "seed sent" "seed@ s" "mesh@ s" "per-host completion (s)"
 for row in "${ROWS[@]}"; do
     read -r c r s ra v cp ss sa ma ht <<<"$row"
