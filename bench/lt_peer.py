@@ -1,14 +1,16 @@
 #!/usr/bin/python3
 """libtorrent downloader for the swarm benchmark (bench/swarm.sh).
 
-    /usr/bin/python3 bench/lt_peer.py MAGNET_OR_TORRENT --ip 10.77.0.I --port P \
+    /usr/bin/python3 bench/lt_peer.py MAGNET_OR_TORRENT... --ip 10.77.0.I --port P \
         --dir DIR [--done-file FILE] [--dht-node IP:PORT ...] [--timeout S] \
         [--lab-net 10.77.0.0/24]
 
-Downloads into DIR, then keeps seeding (so the swarm keeps trading) until
-SIGTERM/SIGINT or --timeout. When every piece is downloaded and hash-checked
-it prints one JSON line {"event":"completed",...,"downloaded":BYTES} on stdout
-and, with --done-file, writes the wall-clock time (time.time()) to FILE.
+Downloads every source into DIR (all at once, in one session), then keeps
+seeding (so the swarm keeps trading) until SIGTERM/SIGINT or --timeout. When
+every piece of a torrent is downloaded and hash-checked it prints one JSON
+line {"event":"completed",...,"downloaded":BYTES} for it on stdout; once every
+torrent is, with --done-file, it writes the wall-clock time (time.time()) to
+FILE.
 
 tests/interop/lt_client.py only accepts 127.0.0.0/8; this helper accepts the
 lab subnet (--lab-net, default 10.77.0.0/24, bench/lab.sh's LAB_NET; it must be
@@ -59,7 +61,7 @@ def endpoint(text, what):
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("source")
+    p.add_argument("source", nargs="+")
     p.add_argument("--ip", required=True)
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--dir", required=True)
@@ -120,25 +122,28 @@ def main():
     for n in nodes:
         ses.add_dht_node(n)
 
-    if a.source.startswith("magnet:"):
-        atp = lt.parse_magnet_uri(a.source)
-        for peer_ip, _ in atp.peers:
-            lab_ip(peer_ip, "x.pe peer")
-    else:
-        with open(a.source, "rb") as f:
-            atp = lt.add_torrent_params()
-            atp.ti = lt.torrent_info(lt.bdecode(f.read()))
     os.makedirs(a.dir, exist_ok=True)
-    atp.save_path = os.path.abspath(a.dir)
-    atp.trackers = []
-    atp.url_seeds = []
-    atp.flags |= lt.torrent_flags.override_trackers | lt.torrent_flags.override_web_seeds
-    atp.flags |= lt.torrent_flags.disable_lsd
-    if not nodes:
-        atp.flags |= lt.torrent_flags.disable_dht
-    atp.flags &= ~lt.torrent_flags.auto_managed
-    atp.flags &= ~lt.torrent_flags.paused
-    h = ses.add_torrent(atp)
+    handles = []
+    for source in a.source:
+        if source.startswith("magnet:"):
+            atp = lt.parse_magnet_uri(source)
+            for peer_ip, _ in atp.peers:
+                lab_ip(peer_ip, "x.pe peer")
+        else:
+            with open(source, "rb") as f:
+                atp = lt.add_torrent_params()
+                atp.ti = lt.torrent_info(lt.bdecode(f.read()))
+        atp.save_path = os.path.abspath(a.dir)
+        atp.trackers = []
+        atp.url_seeds = []
+        atp.flags |= lt.torrent_flags.override_trackers | lt.torrent_flags.override_web_seeds
+        atp.flags |= lt.torrent_flags.disable_lsd
+        if not nodes:
+            atp.flags |= lt.torrent_flags.disable_dht
+        # Not auto-managed: every torrent runs at once, none is queued.
+        atp.flags &= ~lt.torrent_flags.auto_managed
+        atp.flags &= ~lt.torrent_flags.paused
+        handles.append(ses.add_torrent(atp))
 
     stop = {"flag": False}
 
@@ -148,29 +153,36 @@ def main():
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     deadline = time.monotonic() + a.timeout
+    finished = [False] * len(handles)
     done = False
     last_status = 0.0
     while not stop["flag"] and time.monotonic() < deadline:
         if a.verbose and time.monotonic() - last_status >= 2:
             last_status = time.monotonic()
-            st = h.status()
-            log("%.3f status: peers %d (list %d, candidates %d) progress %.1f%%"
-                % (time.time(), st.num_peers, st.list_peers, st.connect_candidates, st.progress * 100))
+            for h in handles:
+                st = h.status()
+                log("%.3f status: peers %d (list %d, candidates %d) progress %.1f%%"
+                    % (time.time(), st.num_peers, st.list_peers, st.connect_candidates, st.progress * 100))
         ses.wait_for_alert(100)
         for al in ses.pop_alerts():
             if a.verbose or al.category() & lt.alert.category_t.error_notification:
                 log("%.3f %s: %s" % (time.time(), al.what(), al.message()))
         if not done:
-            st = h.status()
-            if st.has_metadata and st.is_seeding:
+            for k, h in enumerate(handles):
+                if finished[k]:
+                    continue
+                st = h.status()
+                if st.has_metadata and st.is_seeding:
+                    finished[k] = True
+                    print(json.dumps({"event": "completed", "name": h.torrent_file().name(),
+                                      "downloaded": st.total_payload_download}, separators=(",", ":")), flush=True)
+            if all(finished):
                 done = True
                 if a.done_file:
                     with open(a.done_file + ".tmp", "w") as f:
                         f.write("%.6f\n" % time.time())
                     os.replace(a.done_file + ".tmp", a.done_file)
-                print(json.dumps({"event": "completed", "name": h.torrent_file().name(),
-                                  "downloaded": st.total_payload_download}, separators=(",", ":")), flush=True)
-    del h
+    del handles
     ses.pause()
     del ses
     return 0 if done else 3
