@@ -2,16 +2,20 @@
 # Emulated LAN for p2pfile benchmarks: N hosts on one switch, each with a
 # shaped uplink. Needs root, `ip netns`, veth, bridge and tc tbf.
 #
-#   bench/lab.sh up N RATES       build the lab (removes an old one first);
+#   bench/lab.sh up N RATES [ZONES LINK_MBIT]
+#                                 build the lab (removes an old one first);
 #                                 RATES = one Mbit/s figure for every host, or
-#                                 N comma-separated ones (host 1 = the seed first)
+#                                 N comma-separated ones (host 1 = the seed first);
+#                                 ZONES = zone sizes ("4,4"), LINK_MBIT = the
+#                                 inter-zone link, each direction
 #   bench/lab.sh down             remove everything the lab created
 #   bench/lab.sh status           list the lab's namespaces, addresses, qdiscs
 #   bench/lab.sh check [I J]      measure hI->hJ TCP goodput for 3 s (h1->h2)
 #   bench/lab.sh exec I CMD...    run CMD inside host I (LAB_NET.I)
 #
-# Or source it and call lab_up N RATES / lab_down / lab_exec I CMD / lab_ns I /
-# lab_ip I / lab_rate I yourself (swarm.sh does).
+# Or source it and call lab_up N RATES [ZONES LINK_MBIT] / lab_down /
+# lab_exec I CMD / lab_ns I / lab_ip I / lab_rate I / lab_zone I /
+# lab_link_counters yourself (swarm.sh does).
 #
 # Environment (read when the file is run or sourced):
 #   LAB_PREFIX=p2pf   every namespace name starts with "$LAB_PREFIX-"; `down`
@@ -28,6 +32,14 @@
 #   namespace PREFIX-hI   (I = 1..N) lo up, "eth0" = LAB_NET.I/24, no default
 #                         route; eth0 is one end of a veth pair whose other end
 #                         ("hI") is a port of br0 inside PREFIX-br
+#
+# With ZONES (Z >= 2 zones, hosts in order: "4,4" = h1..h4 in zone 1, h5..h8
+# in zone 2) the switch namespace holds one bridge "brZ" per zone instead of
+# br0, and the zones are joined by veth pairs shaped with tbf at LINK_MBIT on
+# both ends (so LINK_MBIT each way): for Z = 2 one pair l1 (on br1) <-> l2
+# (on br2); for Z >= 3 a star, a bridge "core" and per zone a pair lZ (on
+# brZ) <-> cZ (on core). lZ's rx counters = what came into zone Z over its
+# link (lab_link_counters). All hosts stay in one /24.
 #
 # The veth pairs are created directly inside the lab namespaces, so nothing
 # is ever added to the machine's own namespace, and LAB_NET.0/24 exists only
@@ -364,7 +376,7 @@ lab_main() {
         lab_exec "$@"
         ;;
     *)
-        sed -n '2,23p' "$0" >&2
+        sed -n '2,26p' "$0" >&2
         exit 2
         ;;
     esac

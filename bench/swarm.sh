@@ -13,6 +13,15 @@
 #                      number for all or HOSTS numbers (default: RATE_MBIT each)
 #   LAB_PREFIX=p2pf LAB_NET=10.77.0   the lab's namespace prefix and /24
 #                      (bench/lab.sh); two labs need different ones
+#   ZONES=4,4          zone sizes (hosts in order; the seed h1 is in zone 1):
+#                      a bridge per zone, joined by shaped links (lab.sh)
+#   ZONE_RATE_MBIT=R   host uploads in a zone lab: one figure, or one per
+#                      zone (RATES, when set, wins)
+#   LINK_MBIT=100      the inter-zone link, each direction
+#   P2PFILE_ZONE_FLAG=1  p2pfile processes get --zone zN (the binary must
+#                      have the flag: checked in its --help)
+#   ARTIFACTS=1        K files of SIZE_MIB each: one serve of all K, one
+#                      download of all K per host; done = all K verified
 #   CLIENTS="p2pfile aria2 libtorrent"   downloaders to measure, in this order
 #   SWARM_TIMEOUT=S    give up on a run after S s (default 10*T_min + 60)
 #   P2PFILE=PATH       use this binary instead of `cargo build --release`
@@ -35,6 +44,9 @@
 #   libtorrent bench/lt_peer.py MAGNET (x.pe) with the seed as its only DHT
 #              node; TCP only (uTP off); keeps seeding after completion
 # Downloaders keep seeding after they finish; all are killed at the end.
+# With ARTIFACTS=K: the seed serves K files in one process, p2pfile gets K
+# magnets, aria2 K .torrent files (--max-concurrent-downloads=K), lt_peer.py
+# K magnets; a host is done when all K torrents are.
 # Completion time per host = when its completion signal is seen (p2pfile's
 # `completed` JSON event, aria2's hook, lt_peer's done file); every copy is
 # then checked with sha256sum against the source.
@@ -44,7 +56,11 @@
 # d_min = the slowest download capacity:
 #   T_min = max(F/u_s, F/d_min, n*F/(u_s + sum u_i))
 # Ingress is not shaped, so d_min is taken as unlimited (F/d_min = 0). With
-# one rate u for every host this is max(F/u, n*F/(N*u)) = F/u.
+# one rate u for every host this is max(F/u, n*F/(N*u)) = F/u. F is the
+# total of all ARTIFACTS. With zones (bench/README.md derives it), also
+#   F/L, (n_1 + 1)*F/(U_1 + L), n_z*F/(U_z + L) for every zone z > 1
+# (L the link, U_z the uploads of zone z's hosts, n_z its downloaders), and
+# "across" = the TCP payload that crossed the link into each zone / F.
 # The bound uses the nominal rate; tbf leaves ~95.6 % of it to one TCP flow.
 #
 # While a run goes, each downloader's established TCP peers are sampled once
