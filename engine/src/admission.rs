@@ -34,8 +34,11 @@ pub(crate) const MAX_PER_ADDRESS: usize = 8;
 /// their handshake names a torrent. Each waits at most
 /// `peer::HANDSHAKE_TIMEOUT` (5 s); beyond this they are closed at accept,
 /// so a flood from one address costs it one descriptor per extra connect
-/// for a moment, and holds nobody else's place.
-pub(crate) const MAX_PENDING_PER_ADDRESS: usize = 8;
+/// for a moment, and holds nobody else's place. 32, not fewer: each
+/// torrent has its own connection, and aria2 and libtorrent open one per
+/// torrent at once, so a host starting 20 artifacts from one seed opens
+/// 20 (with 8, twelve were closed at accept and waited for a retry).
+pub(crate) const MAX_PENDING_PER_ADDRESS: usize = 32;
 /// Most connections the session keeps waiting for a handshake, from all
 /// addresses together: bounds descriptors and tasks under a flood from
 /// many addresses (a handshake takes one round trip, so honest peers pass

@@ -3,8 +3,9 @@
 //! Every torrent dials its own connection to a peer (the handshake names
 //! one torrent), so a host that starts 20 downloads from one seed opens 20
 //! connections to it in the same millisecond. The seed lets one address
-//! hold only [`MAX_PENDING_PER_ADDRESS`] connections awaiting a handshake
-//! and closes the rest at accept (see `crate::admission`); those torrents
+//! hold only so many connections awaiting a handshake (8 in older
+//! p2pfile, [`MAX_PENDING_PER_ADDRESS`] now) and closes the rest at accept
+//! (see `crate::admission`); those torrents
 //! would then wait out a retry backoff. So the dialing side, which knows
 //! that limit, keeps fewer than it in flight to each address: the others
 //! wait here for a moment (a handshake takes one round trip) instead of
@@ -19,10 +20,11 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use crate::admission::MAX_PENDING_PER_ADDRESS;
 
 /// Connections dialed to one address that may await their handshake at
-/// once: half the acceptor's limit, leaving room for the peer's other
-/// processes behind the same address and for our own sync and download
-/// sessions running side by side.
-pub(crate) const MAX_DIALS_PER_ADDRESS: usize = MAX_PENDING_PER_ADDRESS / 2;
+/// once: half of the 8 that p2pfile before 2026-11-27 let one address hold
+/// (now [`MAX_PENDING_PER_ADDRESS`]), leaving room for our other sessions
+/// (sync beside download) and other processes behind the same address.
+/// A handshake takes one round trip, so on a LAN the wait is short.
+pub(crate) const MAX_DIALS_PER_ADDRESS: usize = 4;
 const _: () =
     assert!(MAX_DIALS_PER_ADDRESS >= 1 && MAX_DIALS_PER_ADDRESS < MAX_PENDING_PER_ADDRESS);
 
