@@ -178,6 +178,7 @@ impl Session {
             events: events_tx,
             bans: Mutex::default(),
             dials: Arc::default(),
+            first_copies: Mutex::default(),
         });
         let routes: Routes = Arc::default();
         let accept = tokio::spawn(accept_loop(listener, routes.clone(), shared.clone()));

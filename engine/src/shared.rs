@@ -11,9 +11,11 @@ use std::time::Instant;
 use tokio::sync::mpsc;
 
 use crate::bans::{BanReason, Bans};
+use crate::choker::FirstCopies;
 use crate::dht::Dht;
 use crate::dial::DialSlots;
 use crate::event::TorrentEvent;
+use crate::metainfo::InfoHash;
 use crate::rate::Limit;
 
 /// Our local id for the first registered extension (BEP 10): 1 and 2 are
@@ -38,6 +40,9 @@ pub(crate) struct Shared {
     pub bans: Mutex<Bans>,
     /// Connections being dialed, per address, by every torrent.
     pub dials: Arc<DialSlots>,
+    /// Which seeding torrents still send first copies (see
+    /// [`FirstCopies`]); short-held like the ban list.
+    pub first_copies: Mutex<FirstCopies<InfoHash>>,
 }
 
 impl Shared {

@@ -629,13 +629,22 @@ impl Torrent {
             && req.length <= MAX_SERVED_BLOCK
             && req.begin as u64 + req.length as u64 <= l.info.piece_size(req.index) as u64;
         let all_sent = l.first_upload.all_sent();
-        let serve = valid
-            && (!l.finished
-                || !peer.fast
-                || l.first_upload
-                    .allows(req.index, key, |k| peers.contains_key(k)));
-        if !all_sent && l.first_upload.all_sent() {
-            tracing::debug!(info_hash = %self.info_hash, "every piece has been uploaded once");
+        let unsent = l.first_upload.unsent();
+        let now = Instant::now();
+        let mut serve = valid && (!l.finished || !peer.fast);
+        if valid && !serve {
+            let mut first_copies = self.shared.first_copies.lock().expect("first copies lock");
+            let others_first = first_copies.others_sending(self.info_hash, now);
+            serve = l
+                .first_upload
+                .allows(req.index, key, |k| peers.contains_key(k), others_first);
+            if l.first_upload.unsent() < unsent {
+                first_copies.sent(self.info_hash, now);
+            }
+            if !all_sent && l.first_upload.all_sent() {
+                first_copies.done(self.info_hash);
+                tracing::debug!(info_hash = %self.info_hash, "every piece has been uploaded once");
+            }
         }
         if serve {
             let _ = peer.tx.send(PeerCmd::Upload(req, l.storage.clone()));
