@@ -306,8 +306,13 @@ impl Storage {
     /// empty directories. Existing files keep their bytes. Pad files get
     /// neither a file nor a directory.
     pub fn prepare(&self) -> io::Result<()> {
+        // Each directory once, not once per file (a `mkdir` and a `stat`
+        // each: 20,000 calls saved for 10,000 files in 100 directories).
+        let mut made: std::collections::HashSet<&Path> = std::collections::HashSet::new();
         for span in self.spans.iter().filter(|s| !s.pad) {
-            if let Some(parent) = span.path.parent() {
+            if let Some(parent) = span.path.parent()
+                && made.insert(parent)
+            {
                 fs::create_dir_all(parent)?;
             }
             let f = OpenOptions::new()
