@@ -4,7 +4,6 @@
 
 use std::fs;
 use std::path::Path;
-use std::process::Command;
 
 use crate::util::*;
 
@@ -27,14 +26,6 @@ fn tree(root: &Path, count: usize, min: usize, max: usize) -> u64 {
         total += len as u64;
     }
     total
-}
-
-fn download_cmd(env: &Env, dir: &str, magnet: &str, extra: &[&str]) -> Command {
-    let mut c = env.cmd();
-    c.args(["--ip", &host(), "download", "--json", "--dir", dir])
-        .args(extra)
-        .arg(magnet);
-    c
 }
 
 /// Every `*.p2pfile-part` below `dir`.
@@ -72,13 +63,7 @@ fn many_files_killed_half_way_resume_from_verified_pieces() {
     let env = Env::new();
     let total = tree(&env.path("src/tree"), 600, 1024, 80 << 10);
     let seed = env.serve(&host(), &[], &[&env.path("src/tree")]);
-    let limited = ["--download-limit", "6"];
-    let mut first = JsonProc::spawn(download_cmd(&env, "dl", seed.magnet(), &limited));
-    first.wait_for("half-way progress", |e| {
-        e["event"] == "progress" && e["bytes"].as_u64() >= Some(total / 2)
-    });
-    first.child.kill().unwrap(); // SIGKILL
-    let _ = first.child.wait();
+    kill_half_way(&env, "dl", seed.magnet(), total);
     assert!(
         !env.path("dl/tree").exists(),
         "no tree under the final name before every file is complete"
