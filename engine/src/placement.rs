@@ -378,11 +378,19 @@ impl Placement {
             // entry is judged as a local edit or an entry in the way.
             match rename_noreplace(&self.part, &self.target) {
                 Ok(()) => {
-                    for f in &plan.files {
-                        touched.extend(f.target.parent().map(Path::to_path_buf));
-                    }
-                    for d in &plan.empty_dirs {
-                        touched.extend(d.parent().map(Path::to_path_buf));
+                    // A directory's files are neighbours in torrent order:
+                    // one set insert (a path copy and compares) per run of
+                    // them, not per file.
+                    let files = plan.files.iter().map(|f| f.target.as_path());
+                    let mut last = None;
+                    for parent in files
+                        .chain(plan.empty_dirs.iter().map(PathBuf::as_path))
+                        .filter_map(Path::parent)
+                    {
+                        if last != Some(parent) {
+                            touched.insert(parent.to_path_buf());
+                            last = Some(parent);
+                        }
                     }
                     self.sync_dirs(&touched);
                     return Ok(());
