@@ -5,6 +5,7 @@ mod admission;
 mod ansible;
 mod dht;
 mod errors;
+mod files;
 mod hostile;
 mod interop;
 mod metadata;

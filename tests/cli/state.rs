@@ -6,14 +6,6 @@ use std::process::Command;
 
 use crate::util::*;
 
-fn download_cmd(env: &Env, dir: &str, magnet: &str, extra: &[&str]) -> Command {
-    let mut c = env.cmd();
-    c.args(["--ip", &host(), "download", "--json", "--dir", dir])
-        .args(extra)
-        .arg(magnet);
-    c
-}
-
 fn status_rows(env: &Env) -> Vec<serde_json::Value> {
     let mut c = env.cmd();
     c.args(["status", "--json"]);
@@ -56,13 +48,7 @@ fn download_killed_half_way_resumes_from_verified_pieces() {
     let total = 24u64 << 20;
     fs::write(env.path("src/big.bin"), data(total as usize, 9)).unwrap();
     let seed = env.serve(&host(), &[], &[&env.path("src/big.bin")]);
-    let limited = ["--download-limit", "6"];
-    let mut first = JsonProc::spawn(download_cmd(&env, "dl", seed.magnet(), &limited));
-    first.wait_for("half-way progress", |e| {
-        e["event"] == "progress" && e["bytes"].as_u64() >= Some(total / 2)
-    });
-    first.child.kill().unwrap(); // SIGKILL
-    let _ = first.child.wait();
+    kill_half_way(&env, "dl", seed.magnet(), total);
     assert!(
         !env.path("dl/big.bin").exists(),
         "no partial file under the final name"

@@ -263,6 +263,27 @@ pub fn peer_of(magnet: &str) -> String {
         .to_string()
 }
 
+/// `p2pfile --ip HOST download --json --dir DIR EXTRA... MAGNET`.
+pub fn download_cmd(env: &Env, dir: &str, magnet: &str, extra: &[&str]) -> Command {
+    let mut c = env.cmd();
+    c.args(["--ip", &host(), "download", "--json", "--dir", dir])
+        .args(extra)
+        .arg(magnet);
+    c
+}
+
+/// Starts a download into `dir` at 6 MiB/s and SIGKILLs it once it has
+/// `total / 2` bytes verified, leaving its part behind.
+pub fn kill_half_way(env: &Env, dir: &str, magnet: &str, total: u64) {
+    let limited = ["--download-limit", "6"];
+    let mut first = JsonProc::spawn(download_cmd(env, dir, magnet, &limited));
+    first.wait_for("half-way progress", |e| {
+        e["event"] == "progress" && e["bytes"].as_u64() >= Some(total / 2)
+    });
+    first.child.kill().unwrap(); // SIGKILL
+    let _ = first.child.wait();
+}
+
 /// A running p2pfile with `--json`, its events read as they come.
 pub struct JsonProc {
     pub child: Child,
