@@ -4,20 +4,25 @@
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-/// Next free loopback host number; each test takes its own addresses so
-/// tests can run in parallel without port clashes.
-static NEXT_HOST: AtomicU8 = AtomicU8::new(10);
+/// Next free loopback host; each test takes its own addresses so tests
+/// can run in parallel without port clashes.
+static NEXT_HOST: AtomicU16 = AtomicU16::new(0);
+/// Host numbers per /24: 127.N.x.10 to 127.N.x.199; .200 and up are the
+/// hostile peers' (see `hostile.rs`, `admission.rs`).
+const HOSTS_PER_NET: u16 = 190;
 
-/// A fresh 127.N.0.x address. N is `P2PFILE_TEST_NET` (default 0), so
-/// two checkouts can run their suites at once without sharing addresses.
+/// A fresh 127.N.x.y address, y in 10..200, x counting up from 0 as the
+/// suite uses them. N is `P2PFILE_TEST_NET` (default 0), so two checkouts
+/// can run their suites at once without sharing addresses.
 pub fn host() -> String {
-    let n = NEXT_HOST.fetch_add(1, Ordering::SeqCst);
-    assert!(n < 250, "out of loopback hosts");
-    format!("127.{}.0.{n}", test_net())
+    let i = NEXT_HOST.fetch_add(1, Ordering::SeqCst);
+    let (net, n) = (i / HOSTS_PER_NET, 10 + i % HOSTS_PER_NET);
+    assert!(net < 200, "out of loopback hosts");
+    format!("127.{}.{net}.{n}", test_net())
 }
 
 /// The second octet of this run's loopback addresses.
