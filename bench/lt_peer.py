@@ -1,16 +1,20 @@
 #!/usr/bin/python3
 """libtorrent downloader for the swarm benchmark (bench/swarm.sh).
 
-    /usr/bin/python3 bench/lt_peer.py MAGNET_OR_TORRENT --ip 10.77.0.I --port P \
-        --dir DIR [--done-file FILE] [--dht-node IP:PORT ...] [--timeout S]
+    /usr/bin/python3 bench/lt_peer.py MAGNET_OR_TORRENT... --ip 10.77.0.I --port P \
+        --dir DIR [--done-file FILE] [--dht-node IP:PORT ...] [--timeout S] \
+        [--lab-net 10.77.0.0/24]
 
-Downloads into DIR, then keeps seeding (so the swarm keeps trading) until
-SIGTERM/SIGINT or --timeout. When every piece is downloaded and hash-checked
-it prints one JSON line {"event":"completed",...,"downloaded":BYTES} on stdout
-and, with --done-file, writes the wall-clock time (time.time()) to FILE.
+Downloads every source into DIR (all at once, in one session), then keeps
+seeding (so the swarm keeps trading) until SIGTERM/SIGINT or --timeout. When
+every piece of a torrent is downloaded and hash-checked it prints one JSON
+line {"event":"completed",...,"downloaded":BYTES} for it on stdout; once every
+torrent is, with --done-file, it writes the wall-clock time (time.time()) to
+FILE.
 
 tests/interop/lt_client.py only accepts 127.0.0.0/8; this helper accepts the
-lab subnet 10.77.0.0/24 (bench/lab.sh) and loopback, and nothing else:
+lab subnet (--lab-net, default 10.77.0.0/24, bench/lab.sh's LAB_NET; it must be
+a /24 inside 10.0.0.0/8) and loopback, and nothing else:
 every address (--ip, --dht-node, x.pe peers) must be inside them, an IP filter
 blocks all other peers, the DHT (on only with --dht-node) bootstraps from the
 given nodes alone, and LSD, UPnP, NAT-PMP, trackers and web seeds are off.
@@ -34,6 +38,7 @@ import time
 
 import libtorrent as lt
 
+# The lab's /24 (set from --lab-net in main) and loopback.
 ALLOWED = [ipaddress.ip_network("10.77.0.0/24"), ipaddress.ip_network("127.0.0.0/8")]
 
 
@@ -45,7 +50,7 @@ def log(msg):
 def lab_ip(text, what):
     ip = ipaddress.ip_address(text)
     if ip.version != 4 or not any(ip in n for n in ALLOWED):
-        raise SystemExit("lt_peer: %s %s is outside 10.77.0.0/24 and 127/8; refusing" % (what, text))
+        raise SystemExit("lt_peer: %s %s is outside %s and 127/8; refusing" % (what, text, ALLOWED[0]))
     return str(ip)
 
 
@@ -56,7 +61,7 @@ def endpoint(text, what):
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("source")
+    p.add_argument("source", nargs="+")
     p.add_argument("--ip", required=True)
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--dir", required=True)
@@ -65,8 +70,14 @@ def main():
     p.add_argument("--timeout", type=float, default=900)
     p.add_argument("--verbose", action="store_true",
                    help="log peer, connect and DHT alerts to stderr")
+    p.add_argument("--lab-net", default="10.77.0.0/24",
+                   help="the lab's /24 inside 10.0.0.0/8 (bench/lab.sh LAB_NET)")
     a = p.parse_args()
 
+    net = ipaddress.ip_network(a.lab_net)
+    if net.version != 4 or net.prefixlen != 24 or not net.subnet_of(ipaddress.ip_network("10.0.0.0/8")):
+        raise SystemExit("lt_peer: --lab-net %s is not a /24 inside 10.0.0.0/8; refusing" % a.lab_net)
+    ALLOWED[0] = net
     ip = lab_ip(a.ip, "--ip")
     nodes = [endpoint(n, "--dht-node") for n in a.dht_node]
     cat = lt.alert.category_t
@@ -111,25 +122,28 @@ def main():
     for n in nodes:
         ses.add_dht_node(n)
 
-    if a.source.startswith("magnet:"):
-        atp = lt.parse_magnet_uri(a.source)
-        for peer_ip, _ in atp.peers:
-            lab_ip(peer_ip, "x.pe peer")
-    else:
-        with open(a.source, "rb") as f:
-            atp = lt.add_torrent_params()
-            atp.ti = lt.torrent_info(lt.bdecode(f.read()))
     os.makedirs(a.dir, exist_ok=True)
-    atp.save_path = os.path.abspath(a.dir)
-    atp.trackers = []
-    atp.url_seeds = []
-    atp.flags |= lt.torrent_flags.override_trackers | lt.torrent_flags.override_web_seeds
-    atp.flags |= lt.torrent_flags.disable_lsd
-    if not nodes:
-        atp.flags |= lt.torrent_flags.disable_dht
-    atp.flags &= ~lt.torrent_flags.auto_managed
-    atp.flags &= ~lt.torrent_flags.paused
-    h = ses.add_torrent(atp)
+    handles = []
+    for source in a.source:
+        if source.startswith("magnet:"):
+            atp = lt.parse_magnet_uri(source)
+            for peer_ip, _ in atp.peers:
+                lab_ip(peer_ip, "x.pe peer")
+        else:
+            with open(source, "rb") as f:
+                atp = lt.add_torrent_params()
+                atp.ti = lt.torrent_info(lt.bdecode(f.read()))
+        atp.save_path = os.path.abspath(a.dir)
+        atp.trackers = []
+        atp.url_seeds = []
+        atp.flags |= lt.torrent_flags.override_trackers | lt.torrent_flags.override_web_seeds
+        atp.flags |= lt.torrent_flags.disable_lsd
+        if not nodes:
+            atp.flags |= lt.torrent_flags.disable_dht
+        # Not auto-managed: every torrent runs at once, none is queued.
+        atp.flags &= ~lt.torrent_flags.auto_managed
+        atp.flags &= ~lt.torrent_flags.paused
+        handles.append(ses.add_torrent(atp))
 
     stop = {"flag": False}
 
@@ -139,29 +153,36 @@ def main():
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     deadline = time.monotonic() + a.timeout
+    finished = [False] * len(handles)
     done = False
     last_status = 0.0
     while not stop["flag"] and time.monotonic() < deadline:
         if a.verbose and time.monotonic() - last_status >= 2:
             last_status = time.monotonic()
-            st = h.status()
-            log("%.3f status: peers %d (list %d, candidates %d) progress %.1f%%"
-                % (time.time(), st.num_peers, st.list_peers, st.connect_candidates, st.progress * 100))
+            for h in handles:
+                st = h.status()
+                log("%.3f status: peers %d (list %d, candidates %d) progress %.1f%%"
+                    % (time.time(), st.num_peers, st.list_peers, st.connect_candidates, st.progress * 100))
         ses.wait_for_alert(100)
         for al in ses.pop_alerts():
             if a.verbose or al.category() & lt.alert.category_t.error_notification:
                 log("%.3f %s: %s" % (time.time(), al.what(), al.message()))
         if not done:
-            st = h.status()
-            if st.has_metadata and st.is_seeding:
+            for k, h in enumerate(handles):
+                if finished[k]:
+                    continue
+                st = h.status()
+                if st.has_metadata and st.is_seeding:
+                    finished[k] = True
+                    print(json.dumps({"event": "completed", "name": h.torrent_file().name(),
+                                      "downloaded": st.total_payload_download}, separators=(",", ":")), flush=True)
+            if all(finished):
                 done = True
                 if a.done_file:
                     with open(a.done_file + ".tmp", "w") as f:
                         f.write("%.6f\n" % time.time())
                     os.replace(a.done_file + ".tmp", a.done_file)
-                print(json.dumps({"event": "completed", "name": h.torrent_file().name(),
-                                  "downloaded": st.total_payload_download}, separators=(",", ":")), flush=True)
-    del h
+    del handles
     ses.pause()
     del ses
     return 0 if done else 3

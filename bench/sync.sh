@@ -143,6 +143,11 @@ if [[ ${#need[@]} -gt 0 && $EUID -eq 0 ]] && command -v apt-get >/dev/null; then
 fi
 
 # --- can we build a lab at all? ------------------------------------------------
+# st_config.py checks every Syncthing address against 10.77.0.x.
+if [[ $LAB_NET != 10.77.0 ]]; then
+    echo "sync: runs on the default LAB_NET=10.77.0 only (LAB_PREFIX may differ), got $LAB_NET" >&2
+    exit 2
+fi
 probe_ns=${LAB_PREFIX}-probe$$
 if [[ $EUID -ne 0 ]] || ! command -v ip >/dev/null || ! command -v tc >/dev/null ||
     ! ip netns add "$probe_ns" 2>/dev/null; then
