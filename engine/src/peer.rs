@@ -5,7 +5,8 @@
 //! into TCP instead of buffering). The writer owns the socket's write half:
 //! it batches everything queued since its last write into one buffer,
 //! reads requested blocks from disk in one blocking call per batch, and
-//! sends it all with one `write_all`. Neither task decides anything about
+//! sends it all with one `write_all`; on a slow link batches are small and
+//! our own messages go ahead of the blocks still queued (see [`SendPace`]). Neither task decides anything about
 //! pieces or choking; the coordinator does.
 
 use std::collections::VecDeque;
@@ -34,6 +35,23 @@ const KEEPALIVE: Duration = Duration::from_secs(60);
 const RTT_REFRESH: Duration = Duration::from_millis(500);
 /// Most block bytes one write batch reads from disk.
 const BATCH_BYTES: usize = 1 << 20;
+/// How long, at the connection's own sending rate, one write batch lasts
+/// (see [`SendPace`]). Batches of 100 ms and at least 64 KiB lost the
+/// mixed-rate gain (26.4 s against 23.1–23.7 s for the old writer).
+const SEND_QUEUE: Duration = Duration::from_millis(20);
+/// How long, at that rate, the bytes handed to the kernel and not yet sent
+/// may last: long enough that a writer woken late on a loaded host (a
+/// 2-core machine at load 10–20 in the lab) does not leave the link idle,
+/// which a seed, the swarm's bottleneck, cannot afford (40 ms made one
+/// uniform lab run 3.7 s slower, its seed's link underused).
+const UNSENT_QUEUE: Duration = Duration::from_millis(100);
+/// The least the kernel may hold unsent: two blocks, so a slow link never
+/// waits on a wake-up between blocks.
+const MIN_SEND_QUEUE: usize = 32 * 1024;
+/// Most the kernel may hold unsent; a link this fast never needs the limit.
+const MAX_SEND_QUEUE: usize = 4 << 20;
+/// How often the sending rate is measured.
+const PACE_WINDOW: Duration = Duration::from_millis(250);
 /// Most uploads queued for one peer; further requests are dropped (or
 /// rejected with the fast extension), which bounds memory per peer.
 pub(crate) const MAX_QUEUED_UPLOADS: usize = 512;
@@ -250,6 +268,7 @@ async fn write_loop(
         out.extend_from_slice(&hs.encode());
     }
     let mut queued: VecDeque<(BlockRequest, Arc<Storage>)> = VecDeque::new();
+    let mut pace = SendPace::new();
     loop {
         if out.is_empty() && queued.is_empty() {
             match tokio::time::timeout(KEEPALIVE, rx.recv()).await {
@@ -273,8 +292,9 @@ async fn write_loop(
         }
         let mut batch = Vec::new();
         let mut bytes = 0;
+        let most = pace.batch_bytes();
         while let Some(front) = queued.front() {
-            if bytes > 0 && bytes + front.0.length as usize > BATCH_BYTES {
+            if bytes > 0 && bytes + front.0.length as usize > most {
                 break;
             }
             bytes += front.0.length as usize;
@@ -289,6 +309,9 @@ async fn write_loop(
         }
         if !out.is_empty() {
             write.write_all(&out).await?;
+            if let Some(unsent) = pace.sent(out.len(), Instant::now()) {
+                set_notsent_lowat(write.as_ref(), unsent);
+            }
             out.clear();
             if bytes > 0
                 && events
@@ -301,6 +324,117 @@ async fn write_loop(
         }
     }
 }
+
+/// Keeps what we send on one connection from queueing for long.
+///
+/// Our requests, haves and cancels share the connection with the blocks we
+/// upload on it, and go out behind every byte written before them. A host
+/// on a slow uplink serving several peers sends each a few hundred KiB/s,
+/// while each keeps a pipeline of requests to it (16 blocks, 256 KiB, at
+/// the least): the kernel held 50–255 KiB unsent per connection on a
+/// 25 Mbit/s lab host, so each of its requests waited up to half a second
+/// and its downloads, paced by those requests, fell behind (mixed-rate
+/// lab: such hosts missed 140–250 pieces when the seed had sent every
+/// piece and finished a second or more after the rest).
+///
+/// So the write batch is bounded by [`SEND_QUEUE`] of the connection's
+/// measured sending rate, and what the kernel may hold unsent
+/// (`TCP_NOTSENT_LOWAT`) by [`UNSENT_QUEUE`] of it, within
+/// [`MIN_SEND_QUEUE`]..=[`MAX_SEND_QUEUE`]:
+/// the blocks wait in our queue instead, and messages are always put ahead
+/// of queued blocks. A fast link is not limited: its bound grows with its
+/// rate, and until a rate is measured nothing is bounded. Pure: time is
+/// passed in.
+#[derive(Debug)]
+struct SendPace {
+    /// Since the first write of the window (the connection's idle start,
+    /// handshake and metadata, must not count as a slow link).
+    window_start: Option<Instant>,
+    window_bytes: usize,
+    /// Bytes per second sent in the last window; None before the first.
+    rate: Option<f64>,
+    /// The kernel's unsent limit last set.
+    unsent: Option<usize>,
+}
+
+impl SendPace {
+    fn new() -> Self {
+        Self {
+            window_start: None,
+            window_bytes: 0,
+            rate: None,
+            unsent: None,
+        }
+    }
+
+    /// Bytes the rate sends in `time`.
+    fn allowance(&self, time: Duration) -> usize {
+        match self.rate {
+            None => MAX_SEND_QUEUE,
+            Some(rate) => (rate * time.as_secs_f64()) as usize,
+        }
+    }
+
+    /// Most block bytes to read for the next write (one block at least is
+    /// always taken).
+    fn batch_bytes(&self) -> usize {
+        self.allowance(SEND_QUEUE).min(BATCH_BYTES)
+    }
+
+    /// `bytes` were written at `now`. Returns a new limit for the
+    /// kernel's unsent bytes when it changes by half or more. The rate is
+    /// measured over wall time, idle gaps included: it is what the peer
+    /// takes, and the limit of [`UNSENT_QUEUE`] of it, many wake-ups' worth,
+    /// does not hold a link back; after an idle spell the rate comes down
+    /// by half a window at most.
+    fn sent(&mut self, bytes: usize, now: Instant) -> Option<usize> {
+        self.window_bytes += bytes;
+        let start = *self.window_start.get_or_insert(now);
+        let elapsed = now.duration_since(start);
+        if elapsed < PACE_WINDOW {
+            return None;
+        }
+        let measured = self.window_bytes as f64 / elapsed.as_secs_f64();
+        let rate = match self.rate {
+            Some(old) => measured.max(old / 2.0),
+            None => measured,
+        };
+        self.rate = Some(rate);
+        self.window_start = Some(now);
+        self.window_bytes = 0;
+        let unsent = self
+            .allowance(UNSENT_QUEUE)
+            .clamp(MIN_SEND_QUEUE, MAX_SEND_QUEUE);
+        match self.unsent {
+            Some(old) if unsent * 2 > old && unsent < old * 3 / 2 => None,
+            _ => {
+                self.unsent = Some(unsent);
+                Some(unsent)
+            }
+        }
+    }
+}
+
+/// Caps the bytes the kernel holds unsent on `stream` (the socket is
+/// writable again below it); best effort.
+#[cfg(target_os = "linux")]
+fn set_notsent_lowat(stream: &TcpStream, bytes: usize) {
+    use std::os::fd::AsRawFd;
+    let value = bytes.min(i32::MAX as usize) as libc::c_int;
+    // SAFETY: a valid socket and a c_int option value of the stated size.
+    unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_NOTSENT_LOWAT,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn set_notsent_lowat(_stream: &TcpStream, _bytes: usize) {}
 
 fn apply(
     cmd: PeerCmd,
@@ -345,4 +479,72 @@ fn read_blocks(
         storage.read_block(req.index, req.begin, &mut out[start..])?;
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    /// A writer whose first write was at `t0`.
+    fn started(t0: Instant) -> SendPace {
+        let mut p = SendPace::new();
+        assert_eq!(p.sent(0, t0), None);
+        p
+    }
+
+    #[test]
+    fn nothing_is_bounded_before_a_rate_is_measured() {
+        let t0 = Instant::now();
+        let mut p = started(t0);
+        assert_eq!(p.batch_bytes(), BATCH_BYTES);
+        assert_eq!(p.sent(1 << 20, t0 + 100 * MS), None, "within the window");
+        assert_eq!(p.batch_bytes(), BATCH_BYTES);
+    }
+
+    #[test]
+    fn a_slow_link_queues_little_a_fast_one_is_not_held_back() {
+        let t0 = Instant::now();
+        // 200 KiB/s (a 25 Mbit/s uplink shared by a dozen peers).
+        let mut slow = started(t0);
+        assert_eq!(slow.sent(50 * 1024, t0 + PACE_WINDOW), Some(MIN_SEND_QUEUE));
+        assert_eq!(slow.batch_bytes(), 4096, "one block per write");
+        // 1 GiB/s (loopback): the kernel may hold 100 ms of it, up to the cap.
+        let mut fast = started(t0);
+        assert_eq!(fast.sent(256 << 20, t0 + PACE_WINDOW), Some(MAX_SEND_QUEUE));
+        assert_eq!(fast.batch_bytes(), BATCH_BYTES);
+        // 2 MiB/s (a 100 Mbit/s seed serving seven): 100 ms of it unsent,
+        // batches of 20 ms.
+        let mut mid = started(t0);
+        let got = mid.sent(2 << 18, t0 + PACE_WINDOW).unwrap();
+        assert_eq!(got, ((2 << 20) as f64 * 0.1) as usize);
+        assert_eq!(mid.batch_bytes(), got / 5);
+        // The connection's idle start does not count: the window opens at
+        // the first write.
+        let mut late = SendPace::new();
+        assert_eq!(late.sent(0, t0 + 10 * PACE_WINDOW), None);
+        assert_eq!(
+            late.sent(256 << 20, t0 + 11 * PACE_WINDOW),
+            Some(MAX_SEND_QUEUE)
+        );
+    }
+
+    #[test]
+    fn the_limit_changes_only_by_half_or_more_and_falls_slowly() {
+        let t0 = Instant::now();
+        let mut p = started(t0);
+        let rate = 10usize << 20; // 10 MiB/s
+        let window = |k: u32| t0 + PACE_WINDOW * k;
+        let first = p.sent(rate / 4, window(1)).unwrap();
+        assert_eq!(p.sent(rate / 4, window(2)), None, "the same");
+        // Idle: the rate halves each window, not at once.
+        let near = |got: Option<usize>, want: usize| got.is_some_and(|g| g.abs_diff(want) <= 1);
+        assert!(near(p.sent(0, window(3)), first / 2));
+        assert!(near(p.sent(0, window(4)), first / 4));
+        assert!(near(p.sent(0, window(5)), first / 8));
+        // Busy again: back up within a window.
+        assert_eq!(p.sent(rate / 4, window(6)), Some(first));
+        assert_eq!(p.sent(rate / 4 + rate / 40, window(7)), None, "10 % more");
+    }
 }

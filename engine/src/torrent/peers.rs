@@ -298,7 +298,12 @@ impl Torrent {
         let Some(peer) = self.peers.remove(&key) else {
             return;
         };
-        tracing::debug!(addr = %peer.addr, "peer gone: {reason}");
+        tracing::debug!(
+            addr = %peer.addr,
+            uploaded = peer.uploaded,
+            blocks_received = peer.blocks_received,
+            "peer gone: {reason}"
+        );
         if let Some(a) = peer.listen.and_then(|l| self.addrs.get_mut(&l)) {
             a.connected = false;
             a.seed = peer.is_seed();
