@@ -41,6 +41,7 @@ mod dht;
 mod dial;
 mod error;
 mod event;
+mod hosts;
 mod peer;
 mod placement;
 pub mod rate;

@@ -179,6 +179,7 @@ impl Session {
             bans: Mutex::default(),
             dials: Arc::default(),
             first_copies: Mutex::default(),
+            hosts: Arc::default(),
         });
         let routes: Routes = Arc::default();
         let accept = tokio::spawn(accept_loop(listener, routes.clone(), shared.clone()));

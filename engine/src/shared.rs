@@ -15,6 +15,7 @@ use crate::choker::FirstCopies;
 use crate::dht::Dht;
 use crate::dial::DialSlots;
 use crate::event::TorrentEvent;
+use crate::hosts::HostConns;
 use crate::metainfo::InfoHash;
 use crate::rate::Limit;
 
@@ -43,6 +44,8 @@ pub(crate) struct Shared {
     /// Which seeding torrents still send first copies (see
     /// [`FirstCopies`]); short-held like the ban list.
     pub first_copies: Mutex<FirstCopies<InfoHash>>,
+    /// Live connections per address, by every torrent.
+    pub hosts: Arc<HostConns>,
 }
 
 impl Shared {

@@ -20,6 +20,7 @@ use crate::bitfield::Bitfield;
 use crate::choker::{self, Candidate};
 use crate::error::TorrentError;
 use crate::event::Event;
+use crate::hosts::HostConn;
 use crate::metainfo::Info;
 use crate::peer::{self, PeerCmd, PeerEvent, PeerKey};
 use crate::rate::RateEstimate;
@@ -117,6 +118,8 @@ pub(super) struct Peer {
     /// asked again past [`MAX_REQUESTS_PER_BLOCK`], up to
     /// [`REQUEST_MEMORY`] blocks.
     pub requested: HashMap<BlockRequest, u8>,
+    /// This connection among the session's to the same address.
+    pub host: HostConn,
 }
 
 impl Peer {
@@ -143,7 +146,13 @@ impl Peer {
     pub(super) fn queue_depth(&self) -> usize {
         let reqq = self.ext.as_ref().and_then(|e| e.reqq).map(|q| q as usize);
         let rtt = self.rtt_us.load(Ordering::Relaxed) as f64 / 1e6;
-        pipeline_depth(self.down_rate.get(), rtt, self.blocks_received, reqq)
+        pipeline_depth(
+            self.down_rate.get(),
+            rtt,
+            self.blocks_received,
+            reqq,
+            self.host.shared_by(),
+        )
     }
 }
 
@@ -247,6 +256,7 @@ impl Torrent {
             pex_sent: HashSet::new(),
             last_pex: None,
             direction,
+            host: self.shared.hosts.register(addr.ip()),
             since: now,
             spoken: false,
             last_useful: None,
