@@ -201,16 +201,7 @@ async fn a_request_flood_for_one_block_is_refused_and_banned() {
                 None => panic!("closed before unchoking"),
             }
         }
-        let req = BlockRequest {
-            index: 0,
-            begin: 0,
-            length: BLOCK_SIZE,
-        };
-        let mut out = bytes::BytesMut::new();
-        for _ in 0..1000 {
-            Message::Request(req).encode(&mut out);
-        }
-        stream.write_all(&out).await.unwrap();
+        send_times(&mut stream, Message::Request(FIRST_BLOCK), 1000).await;
         // Count the copies served until the seed closes, or 5 s pass.
         let mut served = 0;
         let _ = tokio::time::timeout(Duration::from_secs(5), async {
@@ -277,6 +268,22 @@ async fn a_request_flood_for_one_block_is_refused_and_banned() {
     .expect("finished in time");
 }
 
+/// The first block of piece 0.
+const FIRST_BLOCK: BlockRequest = BlockRequest {
+    index: 0,
+    begin: 0,
+    length: BLOCK_SIZE,
+};
+
+/// Writes `msg` to `stream` `times` times, in one write.
+async fn send_times(stream: &mut tokio::net::TcpStream, msg: Message, times: usize) {
+    let mut out = bytes::BytesMut::new();
+    for _ in 0..times {
+        msg.clone().encode(&mut out);
+    }
+    stream.write_all(&out).await.unwrap();
+}
+
 /// Requests the seed refuses for reasons of its own (here: the peer is
 /// choked) are not a flood, however often they come: aria2 and libtorrent
 /// ask again after every reject while a seed holds a piece back for the
@@ -289,17 +296,8 @@ async fn requests_refused_by_the_seed_are_not_a_flood() {
         let mut seed_events = seed.events().unwrap();
         let (mut stream, mut buf) =
             dial(hostile_ip(204), seed.local_addr(), info.info_hash().0).await;
-        let req = BlockRequest {
-            index: 0,
-            begin: 0,
-            length: BLOCK_SIZE,
-        };
         // Not interested, so choked: every request is refused.
-        let mut out = bytes::BytesMut::new();
-        for _ in 0..40 {
-            Message::Request(req).encode(&mut out);
-        }
-        stream.write_all(&out).await.unwrap();
+        send_times(&mut stream, Message::Request(FIRST_BLOCK), 40).await;
         // The seed's coordinator handles them in order, so once the
         // interest after them is answered, all 40 were seen.
         let mut out = bytes::BytesMut::new();
@@ -313,9 +311,7 @@ async fn requests_refused_by_the_seed_are_not_a_flood() {
                 None => panic!("closed: the refused requests were taken for a flood"),
             }
         }
-        let mut out = bytes::BytesMut::new();
-        Message::Request(req).encode(&mut out);
-        stream.write_all(&out).await.unwrap();
+        send_times(&mut stream, Message::Request(FIRST_BLOCK), 1).await;
         let block = loop {
             match next_message(&mut stream, &mut buf).await {
                 Some(Message::Piece { data, .. }) => break data,
