@@ -354,12 +354,22 @@ impl FolderFs {
 }
 
 /// Removes the files under `top` whose ctime is older than `keep`, then
-/// the directories that left empty. Returns how many files went.
+/// the directories that are left empty and were not changed within `keep`
+/// either. Returns how many files went.
+///
+/// A young empty directory stays: the engine makes a download's part
+/// directories before their files, and removing one in between failed
+/// that download ("cannot prepare ...: No such file or directory").
 fn expire(top: &Path, keep: Duration, now: SystemTime) -> io::Result<usize> {
     let mut removed = 0;
     if !top.is_dir() {
         return Ok(0);
     }
+    let old = |meta: &fs::Metadata| {
+        let changed = UNIX_EPOCH
+            + Duration::from_secs(std::os::unix::fs::MetadataExt::ctime(meta).max(0) as u64);
+        now.duration_since(changed).is_ok_and(|age| age >= keep)
+    };
     let mut stack = vec![top.to_path_buf()];
     let mut dirs = Vec::new();
     while let Some(dir) = stack.pop() {
@@ -368,12 +378,13 @@ fn expire(top: &Path, keep: Duration, now: SystemTime) -> io::Result<usize> {
             let meta = entry.metadata()?;
             if meta.is_dir() {
                 stack.push(entry.path());
-                dirs.push(entry.path());
+                // Judged by its age before this pass removes anything.
+                if old(&meta) {
+                    dirs.push(entry.path());
+                }
                 continue;
             }
-            let changed = UNIX_EPOCH
-                + Duration::from_secs(std::os::unix::fs::MetadataExt::ctime(&meta).max(0) as u64);
-            if now.duration_since(changed).is_ok_and(|age| age >= keep) {
+            if old(&meta) {
                 fs::remove_file(entry.path())?;
                 removed += 1;
             }
@@ -540,6 +551,15 @@ mod tests {
             1
         );
         assert_eq!(fs::read_dir(f.tmp_dir()).unwrap().count(), 0);
+        // A part directory made a moment ago, its files not yet created,
+        // is a download starting, not a left-over.
+        fs::create_dir_all(f.tmp_dir().join(".new.p2pfile-part/sub")).unwrap();
+        assert_eq!(
+            f.expire_tmp(Duration::from_secs(86_400), SystemTime::now())
+                .unwrap(),
+            0
+        );
+        assert!(f.tmp_dir().join(".new.p2pfile-part/sub").is_dir());
     }
 
     #[test]
