@@ -6,8 +6,9 @@
 //! it batches everything queued since its last write into one buffer,
 //! reads requested blocks from disk in one blocking call per batch, and
 //! sends it all with one `write_all`; on a slow link batches are small and
-//! our own messages go ahead of the blocks still queued (see [`SendPace`]). Neither task decides anything about
-//! pieces or choking; the coordinator does.
+//! our own messages go ahead of the blocks still queued (see [`SendPace`]).
+//! Neither task decides anything about pieces or choking; the coordinator
+//! does.
 
 use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
