@@ -49,6 +49,19 @@ const UNSENT_QUEUE: Duration = Duration::from_millis(100);
 /// The least the kernel may hold unsent: two blocks, so a slow link never
 /// waits on a wake-up between blocks.
 const MIN_SEND_QUEUE: usize = 32 * 1024;
+/// [`UNSENT_QUEUE`] and [`MIN_SEND_QUEUE`] on a connection we also
+/// download on. Our requests wait behind every unsent byte, and the blocks
+/// we get on it come one such wait after we ask: a 25 Mbit/s lab host's
+/// requests waited 0–210 ms behind its own uploads, and it got 5–7 MB/s
+/// where the others got 12 (mixed-rate lab, with the endgame rule of
+/// `crate::picker::Arrivals`: median of 6 interleaved runs 24.22 s before,
+/// 22.98 s after). A seed never requests, so its links keep the longer
+/// queue they need.
+const REQUESTING_UNSENT_QUEUE: Duration = Duration::from_millis(20);
+const MIN_REQUESTING_QUEUE: usize = 16 * 1024;
+/// How long after our last request a connection counts as one we
+/// download on.
+const REQUESTING_FOR: Duration = Duration::from_secs(1);
 /// Most the kernel may hold unsent; a link this fast never needs the limit.
 const MAX_SEND_QUEUE: usize = 4 << 20;
 /// How often the sending rate is measured.
@@ -275,12 +288,12 @@ async fn write_loop(
             match tokio::time::timeout(KEEPALIVE, rx.recv()).await {
                 Err(_) => Message::KeepAlive.encode(&mut out),
                 Ok(None) => return Ok(()),
-                Ok(Some(cmd)) => apply(cmd, &mut out, &mut queued, fast),
+                Ok(Some(cmd)) => apply(cmd, &mut out, &mut queued, &mut pace, fast),
             }
         }
         loop {
             match rx.try_recv() {
-                Ok(cmd) => apply(cmd, &mut out, &mut queued, fast),
+                Ok(cmd) => apply(cmd, &mut out, &mut queued, &mut pace, fast),
                 Err(mpsc::error::TryRecvError::Empty) => break,
                 Err(mpsc::error::TryRecvError::Disconnected) => {
                     if queued.is_empty() {
@@ -341,7 +354,8 @@ async fn write_loop(
 /// So the write batch is bounded by [`SEND_QUEUE`] of the connection's
 /// measured sending rate, and what the kernel may hold unsent
 /// (`TCP_NOTSENT_LOWAT`) by [`UNSENT_QUEUE`] of it, within
-/// [`MIN_SEND_QUEUE`]..=[`MAX_SEND_QUEUE`]:
+/// [`MIN_SEND_QUEUE`]..=[`MAX_SEND_QUEUE`], or by
+/// [`REQUESTING_UNSENT_QUEUE`] while we also send requests on it:
 /// the blocks wait in our queue instead, and messages are always put ahead
 /// of queued blocks. A fast link is not limited: its bound grows with its
 /// rate, and until a rate is measured nothing is bounded. Pure: time is
@@ -356,6 +370,8 @@ struct SendPace {
     rate: Option<f64>,
     /// The kernel's unsent limit last set.
     unsent: Option<usize>,
+    /// When we last wrote a request on the connection.
+    last_request: Option<Instant>,
 }
 
 impl SendPace {
@@ -365,7 +381,13 @@ impl SendPace {
             window_bytes: 0,
             rate: None,
             unsent: None,
+            last_request: None,
         }
+    }
+
+    /// We write a request at `now`.
+    fn requested(&mut self, now: Instant) {
+        self.last_request = Some(now);
     }
 
     /// Bytes the rate sends in `time`.
@@ -403,9 +425,16 @@ impl SendPace {
         self.rate = Some(rate);
         self.window_start = Some(now);
         self.window_bytes = 0;
-        let unsent = self
-            .allowance(UNSENT_QUEUE)
-            .clamp(MIN_SEND_QUEUE, MAX_SEND_QUEUE);
+        let requesting = self
+            .last_request
+            .is_some_and(|at| now.duration_since(at) < REQUESTING_FOR);
+        let unsent = if requesting {
+            self.allowance(REQUESTING_UNSENT_QUEUE)
+                .clamp(MIN_REQUESTING_QUEUE, MAX_SEND_QUEUE)
+        } else {
+            self.allowance(UNSENT_QUEUE)
+                .clamp(MIN_SEND_QUEUE, MAX_SEND_QUEUE)
+        };
         match self.unsent {
             Some(old) if unsent * 2 > old && unsent < old * 3 / 2 => None,
             _ => {
@@ -441,10 +470,14 @@ fn apply(
     cmd: PeerCmd,
     out: &mut BytesMut,
     queued: &mut VecDeque<(BlockRequest, Arc<Storage>)>,
+    pace: &mut SendPace,
     fast: bool,
 ) {
     match cmd {
         PeerCmd::Send(msg) => {
+            if let Message::Request(_) = msg {
+                pace.requested(Instant::now());
+            }
             if msg == Message::Choke {
                 for (req, _) in queued.drain(..) {
                     if fast {
@@ -502,6 +535,29 @@ mod tests {
         assert_eq!(p.batch_bytes(), BATCH_BYTES);
         assert_eq!(p.sent(1 << 20, t0 + 100 * MS), None, "within the window");
         assert_eq!(p.batch_bytes(), BATCH_BYTES);
+    }
+
+    #[test]
+    fn a_link_we_download_on_queues_a_fifth_as_long() {
+        let t0 = Instant::now();
+        // 2 MiB/s, as in the test below: 100 ms unsent while we only
+        // upload on it, 20 ms while we also send requests on it.
+        let mut p = started(t0);
+        p.requested(t0 + 10 * MS);
+        let got = p.sent(2 << 18, t0 + PACE_WINDOW).unwrap();
+        assert_eq!(got, ((2 << 20) as f64 * 0.02) as usize);
+        // A slow link: one block, not two.
+        let mut slow = started(t0);
+        slow.requested(t0);
+        assert_eq!(
+            slow.sent(50 * 1024, t0 + PACE_WINDOW),
+            Some(MIN_REQUESTING_QUEUE)
+        );
+        // A second after the last request it is an upload-only link again
+        // (the rate measured over that second falls to 1 MiB/s at most).
+        let later = t0 + PACE_WINDOW + REQUESTING_FOR;
+        let got = p.sent(2 << 18, later).unwrap();
+        assert_eq!(got, ((1 << 20) as f64 * 0.1) as usize);
     }
 
     #[test]
