@@ -4,7 +4,11 @@
 //! piece the peer has (ties broken at random, so downloaders that all see
 //! one seed start on different pieces and have something to trade); when
 //! every missing block is already requested, endgame: request blocks other
-//! peers are still sending, at most [`ENDGAME_DUPLICATES`] times each.
+//! peers are still sending, at most [`ENDGAME_DUPLICATES`] times each, and
+//! only of a peer expected to send them sooner than those already asked
+//! (see [`Arrivals`]), the latest-expected first: at the end a fast host
+//! takes over what a slow one still owes, and a slow one never copies what
+//! a fast one is about to send.
 //!
 //! Invariants (checked by the tests and `debug_assert!`):
 //! - a piece is in at most one of: `have`, `partial`;
@@ -25,7 +29,7 @@
 //!
 //! Pure: no I/O, no clock; randomness is passed in.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use rand::Rng;
 
@@ -34,6 +38,33 @@ use crate::wire::{BLOCK_SIZE, BlockRequest};
 
 /// How many peers may be asked for the same block during endgame.
 pub const ENDGAME_DUPLICATES: u8 = 2;
+
+/// When requested blocks are expected, for the endgame, in seconds from
+/// now as the caller estimates them from each peer's measured rate and
+/// queue. A block not in `held` is expected never (its peers' rates are
+/// unknown, or they skipped it): anyone may be asked for a copy. The
+/// default, nothing known, lets any peer copy any block, in piece order.
+#[derive(Debug, Default)]
+pub struct Arrivals {
+    /// When the peer being asked would send a block asked of it now.
+    pub ours: f64,
+    /// The earliest expected arrival of each block in flight, among the
+    /// other peers asked for it.
+    pub held: HashMap<BlockRequest, f64>,
+}
+
+impl Arrivals {
+    fn of(&self, req: &BlockRequest) -> f64 {
+        self.held.get(req).copied().unwrap_or(f64::INFINITY)
+    }
+
+    /// Whether the peer being asked should copy `req`: it is expected
+    /// sooner, or the block is not expected at all.
+    fn worth_copying(&self, req: &BlockRequest) -> bool {
+        let theirs = self.of(req);
+        theirs.is_infinite() || theirs > self.ours
+    }
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Block {
@@ -208,13 +239,15 @@ impl Picker {
 
     /// Up to `max` blocks to request from a peer holding `has`.
     /// `outstanding(req)` says whether this peer already has `req` in flight
-    /// (only consulted in endgame). Every returned block must later be
-    /// passed to [`received`](Self::received) or [`cancelled`](Self::cancelled).
+    /// and `arrivals` when the blocks in flight are expected (both only
+    /// consulted in endgame). Every returned block must later be passed to
+    /// [`received`](Self::received) or [`cancelled`](Self::cancelled).
     pub fn pick(
         &mut self,
         has: &Bitfield,
         max: usize,
         outstanding: impl Fn(&BlockRequest) -> bool,
+        arrivals: &Arrivals,
         rng: &mut impl Rng,
     ) -> Vec<BlockRequest> {
         let mut out = Vec::new();
@@ -269,7 +302,7 @@ impl Picker {
         if !self.in_endgame() {
             return out;
         }
-        let candidates: Vec<BlockRequest> = self
+        let mut candidates: Vec<BlockRequest> = self
             .partial
             .iter()
             .filter(|(i, _)| has.get(**i as usize))
@@ -281,9 +314,11 @@ impl Picker {
                     .map(move |(b, _)| (i, b))
             })
             .map(|(i, b)| self.block(i, b))
-            .filter(|r| !outstanding(r))
-            .take(max)
+            .filter(|r| !outstanding(r) && arrivals.worth_copying(r))
             .collect();
+        // Latest expected first; stable, so piece order among equals.
+        candidates.sort_by(|a, b| arrivals.of(b).total_cmp(&arrivals.of(a)));
+        candidates.truncate(max);
         for r in candidates {
             let slot = &mut self.partial.get_mut(&r.index).expect("partial").blocks
                 [(r.begin / BLOCK_SIZE) as usize];
@@ -297,13 +332,20 @@ impl Picker {
 
     /// Every missing piece is started and every block of them requested.
     pub fn in_endgame(&self) -> bool {
-        let all_started = (0..self.have.len()).all(|i| {
-            self.have.get(i)
-                || self.verifying.get(i)
-                || self.partial.contains_key(&(i as u32))
-                || self.data_size(i as u32) == 0
-        });
-        all_started
+        // Counted, not scanned: the coordinator asks at every top-up.
+        // `have`, `verifying` and `partial` never share a piece; pieces of
+        // padding only are started by definition.
+        let unrequestable = self
+            .padded
+            .iter()
+            .filter(|&&(p, data)| {
+                data == 0 && !self.have.get(p as usize) && !self.verifying.get(p as usize)
+            })
+            .count();
+        let started =
+            self.have.count() + self.verifying.count() + self.partial.len() + unrequestable;
+        debug_assert!(started <= self.have.len(), "bug: a piece counted twice");
+        started == self.have.len()
             && self
                 .partial
                 .values()
@@ -449,6 +491,16 @@ mod tests {
         StdRng::seed_from_u64(7)
     }
 
+    /// `p.pick` with nothing known of arrivals and a fixed seed.
+    fn pick(
+        p: &mut Picker,
+        has: &Bitfield,
+        max: usize,
+        outstanding: impl Fn(&BlockRequest) -> bool,
+    ) -> Vec<BlockRequest> {
+        p.pick(has, max, outstanding, &Arrivals::default(), &mut rng())
+    }
+
     fn picker(pieces: usize, max_partial: usize) -> Picker {
         Picker::new(
             BLOCK_SIZE * 2,
@@ -463,9 +515,9 @@ mod tests {
         let mut p = picker(4, 4);
         let all = Bitfield::full(4);
         p.add_peer(&all);
-        let first = p.pick(&all, 1, |_| false, &mut rng());
+        let first = pick(&mut p, &all, 1, |_| false);
         assert_eq!(first.len(), 1);
-        let second = p.pick(&all, 1, |_| false, &mut rng());
+        let second = pick(&mut p, &all, 1, |_| false);
         assert_eq!(
             second[0].index, first[0].index,
             "second block of the same piece"
@@ -484,7 +536,7 @@ mod tests {
         p.add_peer(&all);
         p.add_peer(&common);
         p.add_peer(&common);
-        let got = p.pick(&all, 2, |_| false, &mut rng());
+        let got = pick(&mut p, &all, 2, |_| false);
         assert!(
             got.iter().all(|r| r.index == 2),
             "piece 2 is rarest: {got:?}"
@@ -499,7 +551,7 @@ mod tests {
             let mut p = picker(64, 4);
             let all = Bitfield::full(64);
             p.add_peer(&all);
-            firsts.insert(p.pick(&all, 1, |_| false, &mut r)[0].index);
+            firsts.insert(p.pick(&all, 1, |_| false, &Arrivals::default(), &mut r)[0].index);
         }
         assert!(
             firsts.len() > 5,
@@ -529,17 +581,17 @@ mod tests {
         let mut p = picker(1, 4);
         let all = Bitfield::full(1);
         p.add_peer(&all);
-        let reqs = p.pick(&all, 10, |_| false, &mut rng());
+        let reqs = pick(&mut p, &all, 10, |_| false);
         assert_eq!(reqs.len(), 2);
         p.cancelled(&reqs[1]);
         assert_eq!(p.received(&reqs[0]), Received::Stored);
         assert_eq!(p.received(&reqs[0]), Received::Unwanted);
-        let again = p.pick(&all, 10, |_| false, &mut rng());
+        let again = pick(&mut p, &all, 10, |_| false);
         assert_eq!(again, vec![reqs[1]]);
         assert_eq!(p.received(&reqs[1]), Received::PieceComplete);
-        assert!(p.pick(&all, 10, |_| false, &mut rng()).is_empty());
+        assert!(pick(&mut p, &all, 10, |_| false).is_empty());
         p.piece_failed(0);
-        assert_eq!(p.pick(&all, 10, |_| false, &mut rng()).len(), 2);
+        assert_eq!(pick(&mut p, &all, 10, |_| false).len(), 2);
         for r in &reqs {
             p.received(r);
         }
@@ -553,16 +605,67 @@ mod tests {
         let mut p = picker(1, 4);
         let all = Bitfield::full(1);
         p.add_peer(&all);
-        let a = p.pick(&all, 10, |_| false, &mut rng());
-        let b = p.pick(&all, 10, |r| !a.contains(r), &mut rng());
+        let a = pick(&mut p, &all, 10, |_| false);
+        let b = pick(&mut p, &all, 10, |r| !a.contains(r));
         assert_eq!(b, a, "endgame re-requests from a second peer");
-        let c = p.pick(&all, 10, |_| false, &mut rng());
+        let c = pick(&mut p, &all, 10, |_| false);
         assert!(
             c.is_empty(),
             "no more than {ENDGAME_DUPLICATES} requests per block"
         );
-        let own = p.pick(&all, 10, |r| a.contains(r), &mut rng());
+        let own = pick(&mut p, &all, 10, |r| a.contains(r));
         assert!(own.is_empty());
+    }
+
+    /// One piece of four blocks, all requested from peer A; block 3
+    /// also from peer B. Returns the picker and the four requests.
+    fn endgame_of_four() -> (Picker, Vec<BlockRequest>) {
+        let mut p = Picker::new(BLOCK_SIZE * 4, BLOCK_SIZE as u64 * 4, Bitfield::new(1), 4);
+        let all = Bitfield::full(1);
+        p.add_peer(&all);
+        let a = pick(&mut p, &all, 4, |_| false);
+        assert_eq!(a.len(), 4);
+        let b = pick(&mut p, &all, 1, |r| *r != a[3]);
+        assert_eq!(b, vec![a[3]], "in piece order, with nothing known");
+        (p, a)
+    }
+
+    #[test]
+    fn endgame_copies_the_latest_expected_blocks_first() {
+        let (mut p, a) = endgame_of_four();
+        // A is slow: its blocks come 1, 2, 3 and 4 s from now; block 3,
+        // also asked of B, is not a candidate (two requests already).
+        let arrivals = Arrivals {
+            ours: 0.05,
+            held: a
+                .iter()
+                .enumerate()
+                .map(|(i, r)| (*r, if i == 3 { 0.1 } else { 1.0 + i as f64 }))
+                .collect(),
+        };
+        let got = p.pick(&Bitfield::full(1), 2, |_| false, &arrivals, &mut rng());
+        assert_eq!(got, vec![a[2], a[1]], "latest first, within max");
+    }
+
+    #[test]
+    fn a_slower_peer_does_not_copy_what_a_faster_one_sends() {
+        let (mut p, a) = endgame_of_four();
+        let held: HashMap<BlockRequest, f64> = a.iter().map(|r| (*r, 0.2)).collect();
+        let slow = Arrivals {
+            ours: 0.5,
+            held: held.clone(),
+        };
+        let all = Bitfield::full(1);
+        assert!(p.pick(&all, 4, |_| false, &slow, &mut rng()).is_empty());
+        // A block nobody is expected to send (its peer's rate unknown)
+        // may be copied by anyone.
+        let mut unknown = held;
+        unknown.remove(&a[0]);
+        let slow = Arrivals {
+            ours: 0.5,
+            held: unknown,
+        };
+        assert_eq!(p.pick(&all, 4, |_| false, &slow, &mut rng()), vec![a[0]]);
     }
 
     #[test]
@@ -574,15 +677,15 @@ mod tests {
         // A peer with only piece 0: once piece 0 is fully requested from the
         // seed, that peer gets nothing (pieces 1-3 are still unrequested).
         one.set(0);
-        let from_seed = p.pick(&one, 2, |_| false, &mut rng());
+        let from_seed = pick(&mut p, &one, 2, |_| false);
         assert_eq!(from_seed.len(), 2);
         assert!(!p.in_endgame());
-        assert!(p.pick(&one, 10, |_| false, &mut rng()).is_empty());
+        assert!(pick(&mut p, &one, 10, |_| false).is_empty());
         // Once everything is requested, endgame duplicates are allowed.
-        let rest = p.pick(&all, 100, |_| false, &mut rng());
+        let rest = pick(&mut p, &all, 100, |_| false);
         assert_eq!(rest.len(), 6);
         assert!(p.in_endgame());
-        assert_eq!(p.pick(&one, 10, |_| false, &mut rng()).len(), 2);
+        assert_eq!(pick(&mut p, &one, 10, |_| false).len(), 2);
     }
 
     #[test]
@@ -590,7 +693,7 @@ mod tests {
         let mut p = picker(10, 2);
         let all = Bitfield::full(10);
         p.add_peer(&all);
-        let got = p.pick(&all, 100, |_| false, &mut rng());
+        let got = pick(&mut p, &all, 100, |_| false);
         // a peer that can help no started piece may go to twice the limit
         assert_eq!(p.partial_count(), 4);
         assert_eq!(got.len(), 8);
@@ -599,7 +702,7 @@ mod tests {
             .find(|i| !got.iter().any(|r| r.index == *i))
             .unwrap();
         one.set(other as usize);
-        assert!(p.pick(&one, 100, |_| false, &mut rng()).is_empty());
+        assert!(pick(&mut p, &one, 100, |_| false).is_empty());
     }
 
     /// Three pieces of two blocks: the first ends in padding after one
@@ -625,7 +728,7 @@ mod tests {
         assert_eq!(p.block(2, 0).length, 5000);
         let all = Bitfield::full(3);
         p.add_peer(&all);
-        let mut got = p.pick(&all, 100, |_| false, &mut rng());
+        let mut got = pick(&mut p, &all, 100, |_| false);
         got.sort_by_key(|r| (r.index, r.begin));
         let layout: Vec<_> = got.iter().map(|r| (r.index, r.begin, r.length)).collect();
         assert_eq!(
@@ -658,7 +761,7 @@ mod tests {
             b
         };
         r.add_peer(&only);
-        assert!(r.pick(&only, 10, |_| false, &mut rng()).is_empty());
+        assert!(pick(&mut r, &only, 10, |_| false).is_empty());
         assert_eq!(r.partial_count(), 0);
     }
 
@@ -669,12 +772,9 @@ mod tests {
         p.add_peer(&all);
         // A peer that never answers: it is asked for four pieces (twice the
         // limit), then every request times out.
-        let lost = p.pick(&all, 100, |_| false, &mut rng());
+        let lost = pick(&mut p, &all, 100, |_| false);
         assert_eq!(p.partial_count(), 4);
-        assert!(
-            p.pick(&all, 100, |_| false, &mut rng()).is_empty(),
-            "pinned"
-        );
+        assert!(pick(&mut p, &all, 100, |_| false).is_empty(), "pinned");
         for r in &lost {
             p.timed_out(r);
         }
@@ -683,12 +783,12 @@ mod tests {
         for r in &lost {
             others.clear(r.index as usize);
         }
-        let fresh = p.pick(&others, 100, |_| false, &mut rng());
+        let fresh = pick(&mut p, &others, 100, |_| false);
         assert_eq!(fresh.len(), 8, "four more pieces started: {fresh:?}");
         assert_eq!(p.partial_count(), 8);
         // A peer holding a timed-out piece finishes it first: its blocks
         // are free again, and it counts against the limit again.
-        let again = p.pick(&all, 2, |_| false, &mut rng());
+        let again = pick(&mut p, &all, 2, |_| false);
         assert_eq!(again.len(), 2);
         assert!(lost.iter().any(|r| r.index == again[0].index), "{again:?}");
         assert_eq!(p.started_count(), 5);
@@ -700,16 +800,16 @@ mod tests {
         let all = Bitfield::full(1);
         p.add_peer(&all);
         p.add_peer(&all);
-        let a = p.pick(&all, 10, |_| false, &mut rng());
+        let a = pick(&mut p, &all, 10, |_| false);
         assert_eq!(a.len(), 2);
         p.timed_out(&a[0]);
         assert!(!p.in_endgame(), "the timed-out block is free again");
         // The second peer gets the freed block, not a duplicate of a[1].
-        let b = p.pick(&all, 1, |r| !a.contains(r), &mut rng());
+        let b = pick(&mut p, &all, 1, |r| !a.contains(r));
         assert_eq!(b, vec![a[0]]);
         // Everything requested again: endgame duplicates still work.
         assert!(p.in_endgame());
-        let dup = p.pick(&all, 10, |r| b.contains(r), &mut rng());
+        let dup = pick(&mut p, &all, 10, |r| b.contains(r));
         assert_eq!(dup, vec![a[1]]);
         assert_eq!(p.received(&a[1]), Received::Stored);
         assert_eq!(p.received(&b[0]), Received::PieceComplete);

@@ -115,8 +115,8 @@ impl Requests {
         }
     }
 
-    #[cfg(test)]
-    fn len(&self) -> usize {
+    /// Requests owed, skipped ones included.
+    pub(crate) fn len(&self) -> usize {
         self.sent.len()
     }
 
@@ -126,19 +126,24 @@ impl Requests {
         self.sent.is_empty()
     }
 
+    /// Requests not skipped: none sent after them was answered yet.
+    fn unskipped(&self) -> impl Iterator<Item = (&BlockRequest, &Sent)> {
+        let answered = self.answered;
+        self.sent
+            .iter()
+            .filter(move |(_, s)| answered.is_none_or(|a| s.seq > a))
+    }
+
     /// Requests that hold the pipeline: neither skipped (a later one was
     /// answered) nor older than a silence of [`probe_after`] the peer's
     /// `rate`.
     fn in_flight(&self, now: Instant, rate: f64) -> usize {
-        let answered = self.answered;
         let probe = probe_after(rate);
         let silent = self
             .waiting_since
             .is_some_and(|w| now.duration_since(w) >= probe);
-        self.sent
-            .values()
-            .filter(|s| answered.is_none_or(|a| s.seq > a))
-            .filter(|s| !silent || now.duration_since(s.at) < probe)
+        self.unskipped()
+            .filter(|(_, s)| !silent || now.duration_since(s.at) < probe)
             .count()
     }
 
@@ -247,6 +252,38 @@ impl Requests {
             .is_some_and(|since| now.duration_since(since) >= SERVES_NOTHING)
     }
 
+    /// When each request in flight is expected from a peer sending `rate`
+    /// bytes/s, in seconds from now: it serves them in the order sent, so
+    /// a request waits for its own bytes and those of every request sent
+    /// before it. Skipped ones (a later request was answered), and all of
+    /// them while the rate is unknown, are not expected and not listed.
+    pub(crate) fn arrivals(&self, rate: f64) -> Vec<(BlockRequest, f64)> {
+        if rate <= 0.0 {
+            return Vec::new();
+        }
+        let mut waiting: Vec<(&BlockRequest, &Sent)> = self.unskipped().collect();
+        waiting.sort_by_key(|(_, s)| s.seq);
+        let mut bytes = 0u64;
+        waiting
+            .into_iter()
+            .map(|(r, _)| {
+                bytes += r.length as u64;
+                (*r, bytes as f64 / rate)
+            })
+            .collect()
+    }
+
+    /// When a block asked now of a peer sending `rate` bytes/s would
+    /// arrive, behind the requests it still owes (infinite while the rate
+    /// is unknown).
+    pub(crate) fn next_arrival(&self, rate: f64) -> f64 {
+        if rate <= 0.0 {
+            return f64::INFINITY;
+        }
+        let owed: u64 = self.unskipped().map(|(r, _)| r.length as u64).sum();
+        (owed + BLOCK_SIZE as u64) as f64 / rate
+    }
+
     /// The peer is owed nothing and we will ask it nothing more: a stall
     /// that ended because we stopped asking is not starving.
     pub(crate) fn idle(&mut self) {
@@ -270,6 +307,28 @@ mod tests {
     }
 
     const S: Duration = Duration::from_secs(1);
+
+    #[test]
+    fn arrivals_follow_the_order_sent_and_skip_the_skipped() {
+        let t0 = Instant::now();
+        let mut r = Requests::new();
+        for i in 0..4 {
+            r.insert(req(i), t0);
+        }
+        let rate = 16384.0 * 10.0;
+        assert!(r.arrivals(0.0).is_empty(), "rate unknown");
+        assert_eq!(r.next_arrival(0.0), f64::INFINITY);
+        let mut got = r.arrivals(rate);
+        got.sort_by_key(|(q, _)| q.index);
+        let etas: Vec<f64> = got.iter().map(|(_, t)| *t).collect();
+        assert_eq!(etas, vec![0.1, 0.2, 0.3, 0.4]);
+        assert_eq!(r.next_arrival(rate), 0.5);
+        // Request 2 answered: 0 and 1 were skipped and are not expected.
+        assert!(r.received(&req(2), t0));
+        let got = r.arrivals(rate);
+        assert_eq!(got, vec![(req(3), 0.1)]);
+        assert_eq!(r.next_arrival(rate), 0.2);
+    }
 
     #[test]
     fn a_slow_in_order_peer_is_never_overtaken() {

@@ -16,7 +16,7 @@ use crate::bitfield::Bitfield;
 use crate::error::TorrentError;
 use crate::event::Event;
 use crate::peer::PeerKey;
-use crate::picker::Received;
+use crate::picker::{Arrivals, Received};
 use crate::snub::SERVES_NOTHING;
 use crate::wire::{BLOCK_SIZE, BlockRequest, Message};
 
@@ -123,16 +123,82 @@ impl Torrent {
         }
     }
 
+    /// Each peer's download state, once a tick at trace level: what a
+    /// slow transfer is waiting on.
+    pub(super) fn trace_peers(&self) {
+        if !tracing::enabled!(tracing::Level::TRACE) {
+            return;
+        }
+        let State::Live(l) = &self.state else {
+            return;
+        };
+        for p in self.peers.values() {
+            tracing::trace!(
+                info_hash = %self.info_hash,
+                addr = %p.listen.unwrap_or(p.addr),
+                rate = p.down_rate.get() as u64,
+                depth = depth(l, p),
+                owed = p.outstanding.len(),
+                rtt_us = p.rtt_us.load(std::sync::atomic::Ordering::Relaxed),
+                rejected = p.rejected.count(),
+                snubbed = p.snubbed.count(),
+                choking = p.peer_choking,
+                interested = p.am_interested,
+                "peer"
+            );
+        }
+    }
+
     /// Tops up a peer's pipeline of requests.
     pub(super) fn fill_requests(&mut self, key: PeerKey) {
         let zone_offer = self.zone_offer(key);
+        let arrivals = self.endgame_arrivals(key);
         let State::Live(l) = &mut self.state else {
             return;
         };
         let Some(peer) = self.peers.get_mut(&key) else {
             return;
         };
-        fill(l, key, peer, zone_offer.as_ref(), &mut self.rng);
+        fill(l, key, peer, zone_offer.as_ref(), &arrivals, &mut self.rng);
+    }
+
+    /// In endgame, when the blocks in flight are expected from the peers
+    /// other than `key`, and when `key` would send one asked now, each from
+    /// its measured rate and queue (see [`Arrivals`]); outside it, nothing
+    /// (the picker consults it only in endgame).
+    fn endgame_arrivals(&self, key: PeerKey) -> Arrivals {
+        let State::Live(l) = &self.state else {
+            return Arrivals::default();
+        };
+        let Some(asked) = self.peers.get(&key) else {
+            return Arrivals::default();
+        };
+        // Built only when it will be read: a top-up that sends requests
+        // (one in a quarter pipeline of blocks), in endgame.
+        let rate = asked.down_rate.get();
+        if asked
+            .outstanding
+            .room(depth(l, asked), Instant::now(), rate)
+            == 0
+            || !l.picker.in_endgame()
+        {
+            return Arrivals::default();
+        }
+        let mut held: HashMap<BlockRequest, f64> = HashMap::new();
+        for (k, p) in &self.peers {
+            if *k == key {
+                continue;
+            }
+            for (req, eta) in p.outstanding.arrivals(p.down_rate.get()) {
+                held.entry(req)
+                    .and_modify(|e| *e = e.min(eta))
+                    .or_insert(eta);
+            }
+        }
+        Arrivals {
+            ours: asked.outstanding.next_arrival(rate),
+            held,
+        }
     }
 
     pub(super) fn on_block(&mut self, key: PeerKey, index: u32, begin: u32, data: Bytes) {
@@ -337,13 +403,16 @@ impl Torrent {
                 ),
             );
         }
-        let keys: Vec<_> = self
+        // Fastest first: the requests taken back go to the peers that
+        // send them soonest.
+        let mut keys: Vec<(PeerKey, f64)> = self
             .peers
-            .keys()
-            .copied()
-            .filter(|k| !stalled.contains(k))
+            .iter()
+            .filter(|(k, _)| !stalled.contains(k))
+            .map(|(k, p)| (*k, p.down_rate.get()))
             .collect();
-        for k in keys {
+        keys.sort_by(|a, b| b.1.total_cmp(&a.1));
+        for (k, _) in keys {
             self.fill_requests(k);
         }
     }
@@ -427,6 +496,7 @@ fn fill(
     key: PeerKey,
     peer: &mut Peer,
     zone_offer: Option<&Bitfield>,
+    arrivals: &Arrivals,
     rng: &mut impl rand::Rng,
 ) {
     if peer.peer_choking || !peer.am_interested || l.finished {
@@ -455,7 +525,7 @@ fn fill(
             .difference(&peer.rejected)
             .difference(&peer.snubbed);
         l.suspects.withhold(key, &mut has);
-        if fill_from(l, peer, &has, rng) > 0 {
+        if fill_from(l, peer, &has, arrivals, rng) > 0 {
             return;
         }
         if peer.rejected.count() > 0 {
@@ -474,19 +544,27 @@ fn fill(
             has.clear(i);
         }
     }
-    fill_from(l, peer, &has, rng);
+    fill_from(l, peer, &has, arrivals, rng);
     // Nothing owed and nothing asked: not starving us, just idle.
     peer.outstanding.idle();
 }
 
 /// Sends up to a pipeline's worth of requests for pieces in `has`; returns
 /// how many.
-fn fill_from(l: &mut Live, peer: &mut Peer, has: &Bitfield, rng: &mut impl rand::Rng) -> usize {
+fn fill_from(
+    l: &mut Live,
+    peer: &mut Peer,
+    has: &Bitfield,
+    arrivals: &Arrivals,
+    rng: &mut impl rand::Rng,
+) -> usize {
     let want = peer
         .outstanding
         .room(depth(l, peer), Instant::now(), peer.down_rate.get());
     let outstanding = &peer.outstanding;
-    let picks = l.picker.pick(has, want, |r| outstanding.contains(r), rng);
+    let picks = l
+        .picker
+        .pick(has, want, |r| outstanding.contains(r), arrivals, rng);
     let n = picks.len();
     let now = Instant::now();
     for req in picks {

@@ -572,6 +572,7 @@ impl Torrent {
             p.down_rate.tick(secs);
         }
         self.close_silent(Instant::now());
+        self.trace_peers();
         self.connect_more();
         self.expire_requests();
         self.request_metadata();
