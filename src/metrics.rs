@@ -259,6 +259,11 @@ const PER_TORRENT: &[PerTorrent] = &[
         "Payload bytes received from peers by this process, including discarded ones",
         |s| s.downloaded,
     ),
+    counter(
+        "p2pfile_downloaded_other_zone_bytes",
+        "Payload bytes received from peers of another zone (0 without --zone)",
+        |s| s.downloaded_other_zone,
+    ),
     gauge(
         "p2pfile_size_bytes",
         "Content length (0 until the metadata is known)",

@@ -116,6 +116,7 @@ fn serve_metrics_count_an_upload_and_a_completed_peer() {
     for family in [
         "# TYPE p2pfile_uploaded_bytes_total counter",
         "# TYPE p2pfile_downloaded_bytes_total counter",
+        "# TYPE p2pfile_downloaded_other_zone_bytes_total counter",
         "# TYPE p2pfile_peers gauge",
         "# TYPE p2pfile_completed_peers_total counter",
         "# TYPE p2pfile_pieces_verified_total counter",
@@ -131,13 +132,13 @@ fn serve_metrics_count_an_upload_and_a_completed_peer() {
     assert!(seed.terminate().success());
 }
 
-/// `download --seeding --metrics`: the downloaded bytes and the pieces it
-/// verified, while it seeds.
+/// `download --seeding --metrics`: the downloaded bytes, those from
+/// another zone (the seed's), and the pieces it verified, while it seeds.
 #[test]
 fn download_metrics_count_downloaded_bytes_and_verified_pieces() {
     let env = Env::new();
     let size = 3 << 20;
-    let seed = env.serve(&host(), &[], &[&payload(&env, size)]);
+    let seed = env.serve(&host(), &["--zone", "a"], &[&payload(&env, size)]);
     let hash = hash_of(seed.magnet());
     let ip = host();
     let addr = format!("{ip}:{PORT}");
@@ -150,6 +151,8 @@ fn download_metrics_count_downloaded_bytes_and_verified_pieces() {
         "--dir",
         "dl",
         "--seeding",
+        "--zone",
+        "b",
     ])
     .args(["--seeding-time", "60", "--seeding-ratio", "0"])
     .args(["--metrics", &addr, seed.magnet()]);
@@ -162,6 +165,11 @@ fn download_metrics_count_downloaded_bytes_and_verified_pieces() {
     assert!(
         downloaded >= size as f64,
         "downloaded {downloaded}:\n{text}"
+    );
+    assert_eq!(
+        sample(&text, "p2pfile_downloaded_other_zone_bytes_total", &hash),
+        Some(downloaded),
+        "every byte came from the seed, in zone a:\n{text}"
     );
     let verified = sample(&text, "p2pfile_pieces_verified_total", &hash).unwrap();
     assert!(verified >= 1.0, "{text}");
