@@ -274,6 +274,9 @@ impl Torrent {
             Err(error) => return self.fail(error),
             Ok(true) => {
                 l.picker.piece_verified(index);
+                if let Some(z) = l.zoning.as_mut() {
+                    z.we_have(index);
+                }
                 self.pieces_verified += 1;
                 self.emit(Event::PieceVerified { index });
                 for p in self.peers.values() {

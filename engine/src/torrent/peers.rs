@@ -305,6 +305,7 @@ impl Torrent {
     }
 
     pub(super) fn drop_peer(&mut self, key: PeerKey, reason: &str) {
+        self.zone_news(key, None);
         let Some(peer) = self.peers.remove(&key) else {
             return;
         };
@@ -507,6 +508,7 @@ impl Torrent {
                 l.picker.add_peer(&peer.has);
             }
         }
+        self.zone_news(key, index);
         self.after_has_changed(key);
         Ok(())
     }
@@ -527,6 +529,7 @@ impl Torrent {
         l.picker.remove_peer(&peer.has);
         peer.has = has;
         l.picker.add_peer(&peer.has);
+        self.zone_news(key, None);
         self.after_has_changed(key);
         Ok(())
     }
@@ -565,6 +568,7 @@ impl Torrent {
             for i in l.picker.have().iter_ones() {
                 peer.send(Message::Have(i as u32));
             }
+            self.zone_news(key, None);
             self.after_has_changed(key);
         }
     }
@@ -698,6 +702,8 @@ impl Torrent {
                 let addr = peer.addr;
                 let first = peer.ext.is_none();
                 peer.ext = Some(ext);
+                // It may have told its zone.
+                self.zone_news(key, None);
                 if first && !names.is_empty() {
                     self.emit(Event::ExtensionsReady { addr, names });
                 }
