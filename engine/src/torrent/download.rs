@@ -151,14 +151,30 @@ impl Torrent {
 
     /// Tops up a peer's pipeline of requests.
     pub(super) fn fill_requests(&mut self, key: PeerKey) {
-        let zone_offer = self.zone_offer(key);
-        let arrivals = self.endgame_arrivals(key);
+        // Most top-ups send nothing (refills go a quarter pipeline at a
+        // time): only one that will needs the zone rule's offer and the
+        // endgame's arrivals.
+        let asks = match (&self.state, self.peers.get(&key)) {
+            (State::Live(l), Some(peer)) => room_for(l, peer) > 0,
+            _ => false,
+        };
+        let (zone_offer, arrivals) = if asks {
+            (self.zone_offer(key), self.endgame_arrivals(key))
+        } else {
+            (None, Arrivals::default())
+        };
         let State::Live(l) = &mut self.state else {
             return;
         };
         let Some(peer) = self.peers.get_mut(&key) else {
             return;
         };
+        if !asks {
+            if not_asking(l, peer) {
+                peer.outstanding.idle();
+            }
+            return;
+        }
         fill(l, key, peer, zone_offer.as_ref(), &arrivals, &mut self.rng);
     }
 
@@ -173,17 +189,10 @@ impl Torrent {
         let Some(asked) = self.peers.get(&key) else {
             return Arrivals::default();
         };
-        // Built only when it will be read: a top-up that sends requests
-        // (one in a quarter pipeline of blocks), in endgame.
-        let rate = asked.down_rate.get();
-        if asked
-            .outstanding
-            .room(depth(l, asked), Instant::now(), rate)
-            == 0
-            || !l.picker.in_endgame()
-        {
+        if !l.picker.in_endgame() {
             return Arrivals::default();
         }
+        let rate = asked.down_rate.get();
         let mut held: HashMap<BlockRequest, f64> = HashMap::new();
         for (k, p) in &self.peers {
             if *k == key {
@@ -492,6 +501,23 @@ impl Torrent {
     }
 }
 
+/// We ask `peer` for nothing: it chokes us, has nothing we want, or we
+/// are done.
+fn not_asking(l: &Live, peer: &Peer) -> bool {
+    peer.peer_choking || !peer.am_interested || l.finished
+}
+
+/// How many requests a top-up would send `peer` now (0 while we do not
+/// ask it, or hash as many pieces as we may at once).
+fn room_for(l: &Live, peer: &Peer) -> usize {
+    if not_asking(l, peer) || l.verifying >= l.max_verifying {
+        return 0;
+    }
+    peer.outstanding
+        .room(depth(l, peer), Instant::now(), peer.down_rate.get())
+}
+
+/// Sends requests to a peer with room for them ([`room_for`]).
 /// `zone_offer`, when given, is all this peer may be asked for (the zone
 /// rule, see `crate::zone`).
 fn fill(
@@ -502,20 +528,6 @@ fn fill(
     arrivals: &Arrivals,
     rng: &mut impl rand::Rng,
 ) {
-    if peer.peer_choking || !peer.am_interested || l.finished {
-        peer.outstanding.idle();
-        return;
-    }
-    if l.verifying >= l.max_verifying {
-        return;
-    }
-    if peer
-        .outstanding
-        .room(depth(l, peer), Instant::now(), peer.down_rate.get())
-        == 0
-    {
-        return;
-    }
     if peer.rejected.count() > 0 || peer.snubbed.count() > 0 {
         // Ask this peer for what it did not refuse nor leave unanswered.
         // If that gives nothing (the refused pieces may be the started
