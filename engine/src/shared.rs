@@ -1,8 +1,10 @@
 //! What every torrent of a session shares: identity, address, rate limits,
-//! the DHT node, the registered extensions, the session's event stream and
-//! its ban list and dial slots. Set once when the session starts and never mutated, so no
-//! lock, except the ban list: a short-held mutex that is never held across
-//! an `await` and under which no other lock is taken.
+//! the DHT node, the registered extensions, the zone, the session's event
+//! stream, its ban list, which torrents still send first copies, and the
+//! per-address dial slots and connection counts. Set once when the session
+//! starts; what changes after is behind short-held mutexes (the ban list,
+//! the first copies, and inside the dial and connection tables), none held
+//! across an `await`, none taken under another.
 
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
