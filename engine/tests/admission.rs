@@ -11,7 +11,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use p2pfile_engine::builder::build;
 use p2pfile_engine::metainfo::{Info, InfoHash};
 use p2pfile_engine::wire::{Handshake, Message};
 use p2pfile_engine::{Session, Source, Target};
@@ -27,15 +26,8 @@ async fn seed(dir: &Path) -> (Session, Arc<Info>, Vec<u8>) {
         .map(|i| (i * 13 + i / 509) as u8)
         .collect();
     std::fs::write(&path, &content).unwrap();
-    let built = build(&path).unwrap();
-    let info = Arc::new(built.info);
     let s = Session::start(loopback()).await.unwrap();
-    s.add(
-        Source::Info(info.clone()),
-        Target::Seed { root: built.root },
-        vec![],
-    )
-    .unwrap();
+    let info = common::seed(&s, &path);
     (s, info, content)
 }
 

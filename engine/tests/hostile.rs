@@ -12,7 +12,6 @@ use std::time::Duration;
 
 use common::peer::{Script, scripted_peer};
 use common::{config, connect_from, dial, hostile_ip, loopback, next_message, test_net};
-use p2pfile_engine::builder::build;
 use p2pfile_engine::metainfo::Info;
 use p2pfile_engine::wire::{BLOCK_SIZE, BlockRequest, Message};
 use p2pfile_engine::{BanReason, Event, Session, Source, Target, TorrentEvent};
@@ -31,15 +30,8 @@ async fn honest_seed(dir: &Path, len: usize) -> (Session, Arc<Info>, Arc<Vec<u8>
     let path = dir.join("data.bin");
     let data = content(len, 3);
     std::fs::write(&path, &data).unwrap();
-    let built = build(&path).unwrap();
-    let info = Arc::new(built.info);
     let seed = Session::start(loopback()).await.unwrap();
-    seed.add(
-        Source::Info(info.clone()),
-        Target::Seed { root: built.root },
-        vec![],
-    )
-    .unwrap();
+    let info = common::seed(&seed, &path);
     (seed, info, Arc::new(data))
 }
 
@@ -191,9 +183,7 @@ async fn a_request_flood_for_one_block_is_refused_and_banned() {
         let mut seed_events = seed.events().unwrap();
         let (mut stream, mut buf) =
             dial(hostile_ip(203), seed.local_addr(), info.info_hash().0).await;
-        let mut out = bytes::BytesMut::new();
-        Message::Interested.encode(&mut out);
-        stream.write_all(&out).await.unwrap();
+        send_times(&mut stream, Message::Interested, 1).await;
         loop {
             match next_message(&mut stream, &mut buf).await {
                 Some(Message::Unchoke) => break,
@@ -300,9 +290,7 @@ async fn requests_refused_by_the_seed_are_not_a_flood() {
         send_times(&mut stream, Message::Request(FIRST_BLOCK), 40).await;
         // The seed's coordinator handles them in order, so once the
         // interest after them is answered, all 40 were seen.
-        let mut out = bytes::BytesMut::new();
-        Message::Interested.encode(&mut out);
-        stream.write_all(&out).await.unwrap();
+        send_times(&mut stream, Message::Interested, 1).await;
         loop {
             match next_message(&mut stream, &mut buf).await {
                 Some(Message::Unchoke) => break,

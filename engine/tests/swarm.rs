@@ -33,17 +33,10 @@ fn make_tree(root: &Path) {
 
 /// Builds a torrent of `path` and seeds it from a new session on 127.0.0.1.
 async fn start_seed(path: &Path, dht: bool) -> (Session, Arc<p2pfile_engine::metainfo::Info>) {
-    let built = build(path).unwrap();
     let seed = Session::start(config([127, 0, 0, 1], dht, vec![]))
         .await
         .unwrap();
-    let info = Arc::new(built.info);
-    seed.add(
-        Source::Info(info.clone()),
-        Target::Seed { root: built.root },
-        vec![],
-    )
-    .unwrap();
+    let info = common::seed(&seed, path);
     (seed, info)
 }
 

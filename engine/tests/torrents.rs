@@ -7,7 +7,6 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use p2pfile_engine::builder::build;
 use p2pfile_engine::{Event, Session, Source, Target};
 use tracing::field::{Field, Visit};
 use tracing_subscriber::layer::{Context, SubscriberExt};
@@ -55,15 +54,7 @@ async fn twenty_torrents_from_one_seed_are_admitted_at_the_first_dial() {
         let path = src.path().join(format!("artifact{i:02}.bin"));
         let content: Vec<u8> = (0..300_000u32).map(|j| (j * 7 + i * 31) as u8).collect();
         std::fs::write(&path, content).unwrap();
-        let built = build(&path).unwrap();
-        let info = Arc::new(built.info);
-        seed.add(
-            Source::Info(info.clone()),
-            Target::Seed { root: built.root },
-            vec![],
-        )
-        .unwrap();
-        infos.push(info);
+        infos.push(common::seed(&seed, &path));
     }
 
     let dst = tempfile::tempdir().unwrap();

@@ -7,11 +7,13 @@
 pub mod peer;
 
 use bytes::BytesMut;
-use p2pfile_engine::metainfo::InfoHash;
+use p2pfile_engine::builder::build;
+use p2pfile_engine::metainfo::{Info, InfoHash};
 use p2pfile_engine::wire::{self, Handshake, Message};
-use p2pfile_engine::{Event, PortChoice, SessionConfig, TorrentEvent};
+use p2pfile_engine::{Event, PortChoice, Session, SessionConfig, Source, Target, TorrentEvent};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
+use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::mpsc::UnboundedReceiver;
@@ -33,6 +35,19 @@ pub fn config(ip: [u8; 4], dht: bool, bootstrap: Vec<SocketAddr>) -> SessionConf
 /// [`config`] on 127.0.0.1, without the DHT.
 pub fn loopback() -> SessionConfig {
     config([127, 0, 0, 1], false, vec![])
+}
+
+/// Builds a torrent of `path` (a file or directory) and seeds it in `s`.
+pub fn seed(s: &Session, path: &Path) -> Arc<Info> {
+    let built = build(path).unwrap();
+    let info = Arc::new(built.info);
+    s.add(
+        Source::Info(info.clone()),
+        Target::Seed { root: built.root },
+        vec![],
+    )
+    .unwrap();
+    info
 }
 
 /// Waits for `id` to complete, failing the test on `Failed`.
