@@ -202,8 +202,9 @@ impl Requests {
         removed
     }
 
-    /// The peer choked us: it said it stopped serving, which is not
-    /// snubbing. Returns what was owed.
+    /// The peer choked us without the fast extension, which cancels every
+    /// request (BEP 3); it said it stopped serving, which is not snubbing.
+    /// Returns what was owed.
     pub(crate) fn drain(&mut self) -> Vec<BlockRequest> {
         self.waiting_since = None;
         self.starved_since = None;

@@ -257,3 +257,29 @@ async fn a_peer_that_serves_nothing_is_closed() {
     assert!(peer.cancels() > 0, "its requests were handed back first");
     d.s.shutdown().await;
 }
+
+/// A peer with the fast extension that chokes us and unchokes us again
+/// right after our first requests, then serves them (BEP 6: its choke
+/// cancelled nothing it did not reject). Each block is asked exactly once:
+/// the requests owed across the choke are still owed, not asked again
+/// while their blocks are on the way and thrown away when they come.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fast_peers_choke_keeps_our_requests() {
+    let (src, info) = torrent(1 << 20);
+    let flapping = Script {
+        fast: true,
+        choke_at_first_request: true,
+        ..script(&info, src.path(), |_| true)
+    };
+    let peer = scripted_peer(hostile_ip(204), flapping).await;
+    let mut d = downloader(&info, vec![peer.addr]).await;
+    assert!(
+        d.completed(60, true).await,
+        "the download completed within 60 s"
+    );
+    let blocks = info.total_length().div_ceil(16 * 1024);
+    assert_eq!(peer.requests(), blocks, "each block asked once");
+    assert_eq!(peer.blocks_sent(), blocks, "each block sent once");
+    assert!(d.same_as(src.path()), "byte-identical");
+    d.s.shutdown().await;
+}

@@ -59,6 +59,13 @@ pub struct Script {
     /// The metadata (the info dictionary's bytes) it offers over
     /// `ut_metadata`, and how it lies about it.
     pub metadata: Option<(MetadataLie, Arc<Vec<u8>>)>,
+    /// It says it supports the fast extension (BEP 6).
+    pub fast: bool,
+    /// At the first request it sends a choke and an unchoke, then answers
+    /// that request and the later ones as usual: with the fast extension a
+    /// choke cancels nothing the peer does not reject, the race a peer
+    /// that chokes on "not interested" runs with one interested again.
+    pub choke_at_first_request: bool,
 }
 
 impl Script {
@@ -74,6 +81,8 @@ impl Script {
             delay: Duration::ZERO,
             oversized: false,
             metadata: None,
+            fast: false,
+            choke_at_first_request: false,
         }
     }
 
@@ -89,6 +98,8 @@ impl Script {
             delay: Duration::ZERO,
             oversized: false,
             metadata: Some((lie, Arc::new(info.as_bytes().to_vec()))),
+            fast: false,
+            choke_at_first_request: false,
         }
     }
 }
@@ -164,6 +175,9 @@ async fn serve(mut stream: TcpStream, script: Script, seen: Arc<Seen>) -> std::i
     if script.metadata.is_some() {
         reserved[5] |= 0x10;
     }
+    if script.fast {
+        reserved[7] |= 0x04;
+    }
     let ours = Handshake {
         reserved,
         info_hash: theirs.info_hash,
@@ -212,6 +226,7 @@ async fn serve(mut stream: TcpStream, script: Script, seen: Arc<Seen>) -> std::i
     let mut their_metadata_id = None;
     let mut buf = BytesMut::new();
     let mut reads = 0;
+    let mut choked_once = false;
     loop {
         tokio::select! {
             // Everything due is sent before the next read.
@@ -243,6 +258,11 @@ async fn serve(mut stream: TcpStream, script: Script, seen: Arc<Seen>) -> std::i
                     match msg {
                         Message::Request(r) => {
                             seen.requests.fetch_add(1, Ordering::SeqCst);
+                            if script.choke_at_first_request && !choked_once {
+                                choked_once = true;
+                                send(&mut stream, Message::Choke).await?;
+                                send(&mut stream, Message::Unchoke).await?;
+                            }
                             if (script.answers)(r.index) {
                                 if queue.is_empty() {
                                     due = Instant::now() + script.delay;
