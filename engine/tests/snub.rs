@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::peer::{Script, scripted_peer};
+use common::peer::{AtFirstRequest, Script, scripted_peer};
 use common::{hostile_ip, loopback};
 use p2pfile_engine::builder::build;
 use p2pfile_engine::metainfo::{Info, InfoHash};
@@ -268,7 +268,7 @@ async fn a_fast_peers_choke_keeps_our_requests() {
     let (src, info) = torrent(1 << 20);
     let flapping = Script {
         fast: true,
-        choke_at_first_request: true,
+        at_first_request: AtFirstRequest::ChokeAndUnchoke,
         ..script(&info, src.path(), |_| true)
     };
     let peer = scripted_peer(hostile_ip(204), flapping).await;
@@ -280,6 +280,32 @@ async fn a_fast_peers_choke_keeps_our_requests() {
     let blocks = info.total_length().div_ceil(16 * 1024);
     assert_eq!(peer.requests(), blocks, "each block asked once");
     assert_eq!(peer.blocks_sent(), blocks, "each block sent once");
+    assert!(d.same_as(src.path()), "byte-identical");
+    d.s.shutdown().await;
+}
+
+/// A peer with the fast extension that chokes us at our first requests
+/// and then neither serves nor rejects them (BEP 6 says it must reject
+/// what it will not serve) cannot hold the download: beside an honest
+/// seed, the blocks it holds are asked of the seed too (in the endgame,
+/// or once they stall, `crate::snub`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fast_peer_that_chokes_and_holds_our_requests_cannot_stop_the_download() {
+    let (src, info) = torrent(1 << 20);
+    let holder = Script {
+        fast: true,
+        at_first_request: AtFirstRequest::ChokeAndHold,
+        ..script(&info, src.path(), |_| true)
+    };
+    let holder = scripted_peer(hostile_ip(205), holder).await;
+    let seed = scripted_peer(hostile_ip(206), script(&info, src.path(), |_| true)).await;
+    let mut d = downloader(&info, vec![holder.addr, seed.addr]).await;
+    assert!(
+        d.completed(60, false).await,
+        "the download completed within 60 s"
+    );
+    assert!(holder.requests() > 0, "the holder was asked for something");
+    assert_eq!(holder.blocks_sent(), 0, "and sent nothing");
     assert!(d.same_as(src.path()), "byte-identical");
     d.s.shutdown().await;
 }

@@ -35,6 +35,21 @@ pub enum MetadataLie {
     Silent,
 }
 
+/// What a scripted peer does at the first request it gets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AtFirstRequest {
+    /// Nothing more than answering it.
+    Serve,
+    /// A choke and an unchoke, then it answers that request and the later
+    /// ones as usual: with the fast extension a choke cancels nothing the
+    /// peer does not reject, the race a peer that chokes on "not
+    /// interested" runs with one interested again.
+    ChokeAndUnchoke,
+    /// A choke, and then nothing: it neither serves nor rejects what it
+    /// was asked, as BEP 6 says a peer with the fast extension must.
+    ChokeAndHold,
+}
+
 /// What a scripted peer holds and how it answers.
 #[derive(Clone)]
 pub struct Script {
@@ -61,11 +76,8 @@ pub struct Script {
     pub metadata: Option<(MetadataLie, Arc<Vec<u8>>)>,
     /// It says it supports the fast extension (BEP 6).
     pub fast: bool,
-    /// At the first request it sends a choke and an unchoke, then answers
-    /// that request and the later ones as usual: with the fast extension a
-    /// choke cancels nothing the peer does not reject, the race a peer
-    /// that chokes on "not interested" runs with one interested again.
-    pub choke_at_first_request: bool,
+    /// What it does at the first request it gets.
+    pub at_first_request: AtFirstRequest,
 }
 
 impl Script {
@@ -82,7 +94,7 @@ impl Script {
             oversized: false,
             metadata: None,
             fast: false,
-            choke_at_first_request: false,
+            at_first_request: AtFirstRequest::Serve,
         }
     }
 
@@ -99,7 +111,7 @@ impl Script {
             oversized: false,
             metadata: Some((lie, Arc::new(info.as_bytes().to_vec()))),
             fast: false,
-            choke_at_first_request: false,
+            at_first_request: AtFirstRequest::Serve,
         }
     }
 }
@@ -226,12 +238,13 @@ async fn serve(mut stream: TcpStream, script: Script, seen: Arc<Seen>) -> std::i
     let mut their_metadata_id = None;
     let mut buf = BytesMut::new();
     let mut reads = 0;
-    let mut choked_once = false;
+    let mut first_request = true;
+    let mut holding = false;
     loop {
         tokio::select! {
             // Everything due is sent before the next read.
             biased;
-            _ = ready_at(due), if !queue.is_empty() => {
+            _ = ready_at(due), if !queue.is_empty() && !holding => {
                 let r = queue.pop_front().expect("queued");
                 let file = file.as_ref().expect("a peer with content");
                 let start = r.index as u64 * script.piece_length as u64 + r.begin as u64;
@@ -258,11 +271,16 @@ async fn serve(mut stream: TcpStream, script: Script, seen: Arc<Seen>) -> std::i
                     match msg {
                         Message::Request(r) => {
                             seen.requests.fetch_add(1, Ordering::SeqCst);
-                            if script.choke_at_first_request && !choked_once {
-                                choked_once = true;
+                            if first_request && script.at_first_request != AtFirstRequest::Serve {
                                 send(&mut stream, Message::Choke).await?;
-                                send(&mut stream, Message::Unchoke).await?;
+                                match script.at_first_request {
+                                    AtFirstRequest::ChokeAndUnchoke => {
+                                        send(&mut stream, Message::Unchoke).await?;
+                                    }
+                                    _ => holding = true,
+                                }
                             }
+                            first_request = false;
                             if (script.answers)(r.index) {
                                 if queue.is_empty() {
                                     due = Instant::now() + script.delay;
