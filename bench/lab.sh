@@ -24,6 +24,11 @@
 #                     digits, 2..12 characters)
 #   LAB_NET=10.77.0   the hosts' /24 (must be inside 10.0.0.0/8); give a second
 #                     lab its own net as well as its own prefix
+#   LAB_CC=           TCP congestion control of every lab host (for example
+#                     cubic, Debian's default, or bbr); unset, each host keeps
+#                     the machine's (a new namespace inherits it). Results
+#                     depend on it (bench/README.md, "Congestion control"), so
+#                     lab_cc prints the one in use and swarm.sh records it.
 #
 # Layout (every name starts with the prefix, default p2pf-, so nothing else
 # collides):
@@ -68,11 +73,17 @@ if ! [[ $LAB_NET =~ ^10\.([0-9]{1,3})\.([0-9]{1,3})$ ]] ||
     echo "lab: LAB_NET must be a /24 inside 10.0.0.0/8 written as 10.X.Y, got '$LAB_NET'" >&2
     return 2 2>/dev/null || exit 2
 fi
+if [[ -n ${LAB_CC:-} ]] && ! [[ " $(cat /proc/sys/net/ipv4/tcp_available_congestion_control 2>/dev/null) " == *" $LAB_CC "* ]]; then
+    echo "lab: LAB_CC=$LAB_CC is not a congestion control this kernel has (available: $(cat /proc/sys/net/ipv4/tcp_available_congestion_control 2>/dev/null))" >&2
+    return 2 2>/dev/null || exit 2
+fi
 LAB_BR_NS=${LAB_PREFIX}-br
 # Upload rate (Mbit/s) of host I is LAB_RATES[I], set by lab_up.
 LAB_RATES=()
 
 lab_ns() { printf '%s-h%d' "$LAB_PREFIX" "$1"; }
+# lab_cc: the TCP congestion control the lab's hosts use.
+lab_cc() { echo "${LAB_CC:-$(cat /proc/sys/net/ipv4/tcp_congestion_control)}"; }
 lab_ip() { printf '%s.%d' "$LAB_NET" "$1"; }
 # lab_rate I: host I's upload rate in Mbit/s (after lab_up or lab_parse_rates).
 lab_rate() { printf '%s' "${LAB_RATES[$1]}"; }
@@ -269,6 +280,12 @@ lab_up() {
         ip netns add "$ns" || return 1
         ip netns exec "$ns" sysctl -qw net.ipv6.conf.all.disable_ipv6=1
         ip netns exec "$ns" sysctl -qw net.ipv6.conf.default.disable_ipv6=1
+        if [[ -n ${LAB_CC:-} ]] &&
+            ! ip netns exec "$ns" sysctl -qw net.ipv4.tcp_congestion_control="$LAB_CC" 2>/dev/null; then
+            # A namespace may only pick from the allowed list.
+            echo "lab: the kernel refuses LAB_CC=$LAB_CC in a namespace (allowed: $(cat /proc/sys/net/ipv4/tcp_allowed_congestion_control)); allow it with: sysctl -w net.ipv4.tcp_allowed_congestion_control=\"$(cat /proc/sys/net/ipv4/tcp_allowed_congestion_control) $LAB_CC\"" >&2
+            return 1
+        fi
         ip -n "$ns" link set lo up
         # Both ends are born inside lab namespaces.
         ip -n "$LAB_BR_NS" link add "h$i" type veth peer name eth0 netns "$ns" || return 1
@@ -360,7 +377,7 @@ lab_main() {
             lab_down
             exit 1
         }
-        echo "lab up ($LAB_PREFIX-*): $1 hosts ($(lab_ip 1)..$(lab_ip "$1")), egress Mbit/s: $(IFS=,; echo "${LAB_RATES[*]}")"
+        echo "lab up ($LAB_PREFIX-*): $1 hosts ($(lab_ip 1)..$(lab_ip "$1")), egress Mbit/s: $(IFS=,; echo "${LAB_RATES[*]}"), TCP congestion control $(lab_cc)"
         if ((LAB_NZONES > 1)); then
             echo "zones: $3 (host -> zone: $(IFS=,; echo "${LAB_ZONE_OF[*]}")), links of $4 Mbit/s each way$( ((LAB_NZONES > 2)) && echo ", a star through bridge core")"
         fi

@@ -13,6 +13,8 @@
 #                      number for all or HOSTS numbers (default: RATE_MBIT each)
 #   LAB_PREFIX=p2pf LAB_NET=10.77.0   the lab's namespace prefix and /24
 #                      (bench/lab.sh); two labs need different ones
+#   LAB_CC=cubic       TCP congestion control of every host (lab.sh; default:
+#                      the machine's). Printed and recorded in the results
 #   ZONES=4,4          zone sizes (hosts in order; the seed h1 is in zone 1):
 #                      a bridge per zone, joined by shaped links (lab.sh)
 #   ZONE_RATE_MBIT=R   host uploads in a zone lab: one figure, or one per
@@ -294,7 +296,8 @@ LOGROOT=$RESULTS/swarm-$STAMP
 mkdir -p "$RESULTS" "$LOGROOT"
 REV=$(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo unknown)
 
-echo "swarm: $HOSTS hosts, upload Mbit/s $RATES_JSON (seed first), $ARTIFACTS x $SIZE_MIB MiB, clients: $CLIENTS, runs: $RUNS" >&2
+CC=$(lab_cc)
+echo "swarm: $HOSTS hosts, upload Mbit/s $RATES_JSON (seed first), $ARTIFACTS x $SIZE_MIB MiB, TCP congestion control $CC, clients: $CLIENTS, runs: $RUNS" >&2
 if [[ -n $ZONES ]]; then
     echo "swarm: zones $ZONES (host -> zone $ZONE_OF_JSON), inter-zone link $LINK_MBIT Mbit/s each way$( ((LAB_NZONES > 2)) && echo ' (a star through a core bridge: one such link per zone)')" >&2
 fi
@@ -593,7 +596,7 @@ list_max() {
 # --- all runs ------------------------------------------------------------------
 JSONL=$RESULTS/swarm.jsonl
 CSV=$RESULTS/swarm.csv
-CSV_HEADER="stamp,rev,client,run,hosts,rate_mbit,size_mib,seconds,t_min,ratio,verified,downloaders,copies_moved,rates_mbit,artifacts,zones,link_mbit,link_in_copies,zone_flag"
+CSV_HEADER="stamp,rev,client,run,hosts,rate_mbit,size_mib,seconds,t_min,ratio,verified,downloaders,copies_moved,rates_mbit,artifacts,zones,link_mbit,link_in_copies,zone_flag,cc"
 if [[ -s $CSV && $(head -n1 "$CSV") != "$CSV_HEADER" ]]; then
     # Columns changed: keep the old rows under their own header.
     mv "$CSV" "$CSV.$STAMP.old"
@@ -625,12 +628,12 @@ for ((run = 1; run <= RUNS; run++)); do
         HOSTS_BAD=$((HOSTS_BAD + N_DL - R_VERIFIED))
         seed_at=$(list_max "$R_SEEDREACH")
         mesh_at=$(list_max "$R_MESH")
-        printf '{"stamp":"%s","rev":"%s","client":"%s","run":%d,"hosts":%d,"rate_mbit":%d,"size_mib":%d,"seconds":%s,"t_min":%s,"ratio":%s,"verified":%d,"downloaders":%d,"host_seconds":[%s],"host_downloaded":[%s],"copies_moved":%s,"host_seed_reach_s":[%s],"host_mesh_s":[%s],"host_max_peers":[%s],"seed_sent":%s,"seed_wire":%s,"rates_mbit":[%s],"t_min_term":"%s","artifacts":%d,"bytes_per_host":%d,"zones":[%s],"host_zone":[%s],"link_mbit":%s,"link_in_copies":[%s],"link_in_wire_copies":[%s],"zone_flag":%s}\n' \
+        printf '{"stamp":"%s","rev":"%s","client":"%s","run":%d,"hosts":%d,"rate_mbit":%d,"size_mib":%d,"seconds":%s,"t_min":%s,"ratio":%s,"verified":%d,"downloaders":%d,"host_seconds":[%s],"host_downloaded":[%s],"copies_moved":%s,"host_seed_reach_s":[%s],"host_mesh_s":[%s],"host_max_peers":[%s],"seed_sent":%s,"seed_wire":%s,"rates_mbit":[%s],"t_min_term":"%s","artifacts":%d,"bytes_per_host":%d,"zones":[%s],"host_zone":[%s],"link_mbit":%s,"link_in_copies":[%s],"link_in_wire_copies":[%s],"zone_flag":%s,"cc":"%s"}\n' \
             "$STAMP" "$REV" "$client" "$run" "$HOSTS" "${LAB_RATES[1]}" "$SIZE_MIB" "$R_SECONDS" "$T_MIN" "$ratio" \
             "$R_VERIFIED" "$N_DL" "$R_HOSTTIMES" "$R_DOWNLOADED" "$copies" "$R_SEEDREACH" "$R_MESH" "$R_MAXPEERS" "$R_SEEDSENT" "$R_SEEDWIRE" "$RATES_JSON" \
             "$T_TERM" "$ARTIFACTS" "$F_BYTES" "$ZONES" "$ZONE_OF_JSON" "$( [[ -n $ZONES ]] && echo "$LINK_MBIT" || echo null)" \
-            "$R_LINK_IN" "$R_LINK_IN_WIRE" "$( ((ZONE_FLAG)) && echo true || echo false)" >>"$JSONL"
-        echo "$STAMP,$REV,$client,$run,$HOSTS,${LAB_RATES[1]},$SIZE_MIB,$R_SECONDS,$T_MIN,$ratio,$R_VERIFIED,$N_DL,$copies,$RATES_LIST,$ARTIFACTS,${ZONES//,/;},$( [[ -n $ZONES ]] && echo "$LINK_MBIT"),${R_LINK_IN//,/;},$ZONE_FLAG" >>"$CSV"
+            "$R_LINK_IN" "$R_LINK_IN_WIRE" "$( ((ZONE_FLAG)) && echo true || echo false)" "$CC" >>"$JSONL"
+        echo "$STAMP,$REV,$client,$run,$HOSTS,${LAB_RATES[1]},$SIZE_MIB,$R_SECONDS,$T_MIN,$ratio,$R_VERIFIED,$N_DL,$copies,$RATES_LIST,$ARTIFACTS,${ZONES//,/;},$( [[ -n $ZONES ]] && echo "$LINK_MBIT"),${R_LINK_IN//,/;},$ZONE_FLAG,$CC" >>"$CSV"
         ROWS+=("$client $run $R_SECONDS $ratio $R_VERIFIED $copies $R_SEEDSENT $seed_at $mesh_at ${R_LINK_IN:--} $R_HOSTTIMES")
         echo "swarm: [$client run $run] last verified copy after ${R_SECONDS} s (T_min $T_MIN s, ratio $ratio), $R_VERIFIED/$N_DL verified, per host: $R_HOSTTIMES" >&2
         [[ -z $ZONES ]] || echo "swarm: [$client run $run] copies across the link(s) into each zone (z1,z2,...): payload $R_LINK_IN, wire $R_LINK_IN_WIRE" >&2
