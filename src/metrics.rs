@@ -264,6 +264,11 @@ const PER_TORRENT: &[PerTorrent] = &[
         "Payload bytes received from peers of another zone (0 without --zone)",
         |s| s.downloaded_other_zone,
     ),
+    counter(
+        "p2pfile_discarded_bytes",
+        "Of the payload bytes received, those thrown away: late after a cancel or choke, sent first by another peer, or never asked for",
+        |s| s.discarded,
+    ),
     gauge(
         "p2pfile_size_bytes",
         "Content length (0 until the metadata is known)",

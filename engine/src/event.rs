@@ -179,6 +179,12 @@ pub struct Stats {
     /// (another zone, or none said): what crossed the link between zones.
     /// 0 when this host has no zone (see `SessionConfig::zone`).
     pub downloaded_other_zone: u64,
+    /// Of `downloaded`, the bytes thrown away: blocks that came after their
+    /// request was cancelled, choked off (by a peer without the fast
+    /// extension) or handed to another peer, blocks another peer had sent
+    /// first (the endgame), and blocks never asked for. A few percent at
+    /// most in a healthy swarm; more is upload spent for nothing.
+    pub discarded: u64,
     /// Payload bytes sent to peers this run.
     pub uploaded: u64,
     /// Bytes per second received, smoothed.
@@ -220,6 +226,7 @@ impl Stats {
             have: 0,
             downloaded: 0,
             downloaded_other_zone: 0,
+            discarded: 0,
             uploaded: 0,
             download_rate: 0.0,
             upload_rate: 0.0,

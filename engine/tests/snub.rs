@@ -265,22 +265,64 @@ async fn a_peer_that_serves_nothing_is_closed() {
 /// while their blocks are on the way and thrown away when they come.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fast_peers_choke_keeps_our_requests() {
+    let (info, peer, d) = download_from_a_flapping_peer(true, 204).await;
+    let blocks = info.total_length().div_ceil(16 * 1024);
+    assert_eq!(peer.requests(), blocks, "each block asked once");
+    assert_eq!(peer.blocks_sent(), blocks, "each block sent once");
+    d.s.shutdown().await;
+}
+
+/// A 1 MiB download from one peer (on `hostile_ip(ip)`, with the fast
+/// extension or not) that chokes and unchokes us at our first requests and
+/// then serves everything it is asked; checked complete and byte-identical.
+async fn download_from_a_flapping_peer(
+    fast: bool,
+    ip: u8,
+) -> (Arc<Info>, common::peer::ScriptedPeer, Downloader) {
     let (src, info) = torrent(1 << 20);
     let flapping = Script {
-        fast: true,
+        fast,
         at_first_request: AtFirstRequest::ChokeAndUnchoke,
         ..script(&info, src.path(), |_| true)
     };
-    let peer = scripted_peer(hostile_ip(204), flapping).await;
+    let peer = scripted_peer(hostile_ip(ip), flapping).await;
     let mut d = downloader(&info, vec![peer.addr]).await;
     assert!(
         d.completed(60, true).await,
         "the download completed within 60 s"
     );
-    let blocks = info.total_length().div_ceil(16 * 1024);
-    assert_eq!(peer.requests(), blocks, "each block asked once");
-    assert_eq!(peer.blocks_sent(), blocks, "each block sent once");
     assert!(d.same_as(src.path()), "byte-identical");
+    (info, peer, d)
+}
+
+/// A peer without the fast extension that chokes us and unchokes us again
+/// right after our first requests, then serves everything it was asked.
+/// Its choke cancelled our requests (BEP 3), so we asked for those blocks
+/// again, and it sent them twice: the copies we no longer expected are
+/// thrown away, and counted as discarded, to the byte.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blocks_after_a_choke_without_the_fast_extension_count_as_discarded() {
+    let (info, peer, d) = download_from_a_flapping_peer(false, 207).await;
+    let size = info.total_length();
+    let block = 16 * 1024;
+    let blocks = size.div_ceil(block);
+    // The last copies may come after the completion; wait (bounded) until
+    // the counters hold every block the peer sent.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let stats = loop {
+        let stats = d.s.stats(d.id).unwrap();
+        if stats.downloaded == peer.blocks_sent() * block || Instant::now() > deadline {
+            break stats;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(peer.blocks_sent() > blocks, "some blocks were sent twice");
+    assert_eq!(stats.downloaded, peer.blocks_sent() * block, "{stats:?}");
+    assert_eq!(
+        stats.discarded,
+        (peer.blocks_sent() - blocks) * block,
+        "one copy of each block sent twice: {stats:?}"
+    );
     d.s.shutdown().await;
 }
 

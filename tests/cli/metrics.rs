@@ -117,6 +117,7 @@ fn serve_metrics_count_an_upload_and_a_completed_peer() {
         "# TYPE p2pfile_uploaded_bytes_total counter",
         "# TYPE p2pfile_downloaded_bytes_total counter",
         "# TYPE p2pfile_downloaded_other_zone_bytes_total counter",
+        "# TYPE p2pfile_discarded_bytes_total counter",
         "# TYPE p2pfile_peers gauge",
         "# TYPE p2pfile_completed_peers_total counter",
         "# TYPE p2pfile_pieces_verified_total counter",
@@ -171,6 +172,9 @@ fn download_metrics_count_downloaded_bytes_and_verified_pieces() {
         Some(downloaded),
         "every byte came from the seed, in zone a:\n{text}"
     );
+    // Every byte received is in the file or counted as thrown away.
+    let discarded = sample(&text, "p2pfile_discarded_bytes_total", &hash).unwrap();
+    assert_eq!(downloaded - discarded, size as f64, "{text}");
     let verified = sample(&text, "p2pfile_pieces_verified_total", &hash).unwrap();
     assert!(verified >= 1.0, "{text}");
     assert_eq!(

@@ -229,13 +229,15 @@ impl Torrent {
         peer.down_rate.add(data.len() as u64);
         if !peer.outstanding.received(&req, Instant::now()) {
             // Late after a cancel, choke or timeout, or never asked for.
+            self.discarded += data.len() as u64;
             return;
         }
         peer.blocks_received += 1;
         // It does serve this piece after all.
         peer.snubbed.clear(index as usize);
         match l.picker.received(&req) {
-            Received::Unwanted => {}
+            // Another peer sent it first, or the piece is done.
+            Received::Unwanted => self.discarded += data.len() as u64,
             outcome => {
                 let blocks = l.picker.block_count(index);
                 let piece = l

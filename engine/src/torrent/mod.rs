@@ -243,6 +243,8 @@ struct Torrent {
     downloaded: u64,
     /// Of `downloaded`, from peers outside our zone (see `zones`).
     downloaded_other_zone: u64,
+    /// Of `downloaded`, thrown away (see `Stats::discarded`).
+    discarded: u64,
     uploaded: u64,
     down_rate: RateEstimate,
     up_rate: RateEstimate,
@@ -301,6 +303,7 @@ pub(crate) fn spawn(shared: Arc<Shared>, p: Params) -> Spawned {
         rng: StdRng::from_os_rng(),
         downloaded: 0,
         downloaded_other_zone: 0,
+        discarded: 0,
         uploaded: 0,
         down_rate: RateEstimate::default(),
         up_rate: RateEstimate::default(),
@@ -774,6 +777,7 @@ impl Torrent {
             have,
             downloaded: self.downloaded,
             downloaded_other_zone: self.downloaded_other_zone,
+            discarded: self.discarded,
             uploaded: self.uploaded,
             download_rate: self.down_rate.get(),
             upload_rate: self.up_rate.get(),
