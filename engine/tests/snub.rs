@@ -340,7 +340,13 @@ async fn a_fast_peer_that_chokes_and_holds_our_requests_cannot_stop_the_download
         ..script(&info, src.path(), |_| true)
     };
     let holder = scripted_peer(hostile_ip(205), holder).await;
-    let seed = scripted_peer(hostile_ip(206), script(&info, src.path(), |_| true)).await;
+    // A seed that takes a while (10 ms a block, 0.64 s in all), so the
+    // download cannot be over before the holder is asked.
+    let seed = Script {
+        delay: Duration::from_millis(10),
+        ..script(&info, src.path(), |_| true)
+    };
+    let seed = scripted_peer(hostile_ip(206), seed).await;
     let mut d = downloader(&info, vec![holder.addr, seed.addr]).await;
     assert!(
         d.completed(60, false).await,

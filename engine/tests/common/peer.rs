@@ -179,6 +179,24 @@ pub async fn scripted_peer(ip: IpAddr, script: Script) -> ScriptedPeer {
     ScriptedPeer { addr, seen }
 }
 
+/// The peer id of the scripted peer listening on `addr`: one per peer, so
+/// a downloader with two of them does not close one as a second connection
+/// to the other (it did, and a test's peer was never asked).
+fn peer_id(addr: SocketAddr) -> [u8; 20] {
+    let tail = match addr.ip() {
+        IpAddr::V4(ip) => format!(
+            "{:03}{:03}{:06}",
+            ip.octets()[1],
+            ip.octets()[3],
+            addr.port()
+        ),
+        IpAddr::V6(ip) => format!("{:06}{:06}", ip.segments()[7], addr.port()),
+    };
+    let mut id = *b"-XX0000-000000000000";
+    id[8..].copy_from_slice(tail.as_bytes());
+    id
+}
+
 async fn serve(mut stream: TcpStream, script: Script, seen: Arc<Seen>) -> std::io::Result<()> {
     let mut hs = [0u8; wire::HANDSHAKE_LEN];
     stream.read_exact(&mut hs).await?;
@@ -193,7 +211,7 @@ async fn serve(mut stream: TcpStream, script: Script, seen: Arc<Seen>) -> std::i
     let ours = Handshake {
         reserved,
         info_hash: theirs.info_hash,
-        peer_id: *b"-XX0000-scriptedpeer",
+        peer_id: peer_id(stream.local_addr()?),
     };
     let mut out = BytesMut::new();
     out.extend_from_slice(&ours.encode());
