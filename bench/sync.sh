@@ -11,6 +11,8 @@
 #
 # Environment:
 #   RATE=100        egress of every host, Mbit/s (tc tbf, see lab.sh)
+#   LAB_CC=         TCP congestion control of every host (lab.sh; default:
+#                   the machine's); printed, and written in the table
 #   RUNS=3          runs per scenario and tool; the table shows medians
 #   SCENARIOS=10m,256m+50,delta10,5000small,rename64
 #   TOOLS=p2pfile,syncthing,unison,rsync
@@ -761,7 +763,7 @@ for t in ${TOOLS//,/ }; do
 done
 
 ROWS=() # "scenario tool run seconds moved note..."
-echo "sync: $NHOSTS hosts x $RATE Mbit/s, scenarios $SCENARIOS, tools $TOOLS, runs $RUNS, work $WORK" >&2
+echo "sync: $NHOSTS hosts x $RATE Mbit/s, TCP congestion control $(lab_cc), scenarios $SCENARIOS, tools $TOOLS, runs $RUNS, work $WORK" >&2
 for s in ${SCENARIOS//,/ }; do
     make_data "$s"
     for ((run = 1; run <= RUNS; run++)); do
@@ -802,7 +804,7 @@ median() { sort -g | awk '{ v[++n] = $1 } END { if (n == 0) { print "-"; exit }
     m = (n % 2) ? v[(n + 1) / 2] : (v[n / 2] + v[n / 2 + 1]) / 2; printf "%.2f", m }'; }
 {
     echo
-    echo "Folder sync: $NHOSTS hosts x $RATE Mbit/s egress, tmpfs folders, rev $REV, $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores, runs $RUNS"
+    echo "Folder sync: $NHOSTS hosts x $RATE Mbit/s egress, TCP congestion control $(lab_cc), tmpfs folders, rev $REV, $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores, runs $RUNS"
     echo "versions: $(for t in ${TOOLS//,/ }; do [[ -n ${SKIP_WHY[$t]:-} ]] || printf '%s; ' "$(tool_version "$t")"; done)"
     printf '%-10s | %-9s | %8s | %7s | %9s | %s\n' scenario tool seconds "÷ bound" "moved MiB" notes
     printf '%s\n' "-----------+-----------+----------+---------+-----------+------"
